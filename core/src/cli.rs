@@ -1,0 +1,1030 @@
+//! The command line (SPEC §1): argv into a validated [`Config`], or version, or help.
+//!
+//! A getopt-style pre-pass splits clusters (`-nfl`, `-dd`, `-kP file`, `-i10.0.0.1`)
+//! and long options (`--name value`, `--name=value`) into one key and one value per
+//! option; pico-args then collects them. (pico-args' own combined-flags feature
+//! corrupts attached values, so it is not used.) Every value is validated here, with
+//! a message naming the bad word (CLI-7).
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::addr::{parse_ip, parse_socket_addr, AddrError, Destination, Source};
+use crate::connect::ProxyCredentials;
+use crate::dial::{DialOptions, DEFAULT_CONNECT_TIMEOUT};
+use crate::relay::{RelayOptions, DEFAULT_BUFFER_SIZE};
+use crate::rules::{AcceptRule, AcceptRules};
+use crate::select::{
+    Order, SelectPolicy, StickyPolicy, DEFAULT_STICKY_CAPACITY, DEFAULT_STICKY_TIMEOUT,
+};
+
+/// Exit status of a normal end (CLI-6).
+pub const EXIT_OK: i32 = 0;
+/// Exit status of a fatal error: cannot bind, cannot write the pid file, … (CLI-6).
+pub const EXIT_FATAL: i32 = 4;
+/// Exit status of a usage error (CLI-6).
+pub const EXIT_SYNTAX: i32 = 5;
+
+/// The port an upstream proxy listens on when `-h` names none.
+pub const DEFAULT_PROXY_PORT: u16 = 80;
+
+/// The largest number of seconds any option takes (about 100 years): far beyond any
+/// real use, small enough that adding it to an instant can never overflow.
+const MAX_SECONDS: u64 = 3_155_760_000;
+
+/// Single-letter flags of 2.5.5.
+const FLAGS: &[u8] = b"nklfodV";
+/// Single-letter options that take a value.
+const VALUE_OPTIONS: &[u8] = b"PSipahtr";
+/// A usage error: exit status 5, a one-line message naming the bad word, then usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    message: String,
+}
+
+impl CliError {
+    fn new(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+        }
+    }
+
+    /// The exit status: always [`EXIT_SYNTAX`].
+    pub fn status(&self) -> i32 {
+        EXIT_SYNTAX
+    }
+
+    /// The message, without the program name.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<AddrError> for CliError {
+    fn from(e: AddrError) -> Self {
+        CliError::new(e.to_string())
+    }
+}
+
+/// Where session lines go (`-S`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionTarget {
+    /// `-S -`: standard output (implies `-n`).
+    Stdout,
+    /// A file, opened anew for every line.
+    File(PathBuf),
+}
+
+/// The PROXY protocol version of `--proxy-protocol` (OPT-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// A validated command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where to listen (source argument and `-i`).
+    pub source: Source,
+    /// Destinations in command-line order.
+    pub destinations: Vec<Destination>,
+    /// Stay in the foreground: `-n`, `-d` or `-S -`.
+    pub foreground: bool,
+    /// `-d` count: debug detail on stderr.
+    pub debug: u8,
+    /// `-l`: log connections to syslog.
+    pub log_connections: bool,
+    /// `-k`: SO_KEEPALIVE on both sockets.
+    pub keepalive: bool,
+    /// `-o`, `-f`, `-t`, `-r`.
+    pub select: SelectPolicy,
+    /// `-P`.
+    pub pid_file: Option<PathBuf>,
+    /// `-S`.
+    pub session: Option<SessionTarget>,
+    /// `-a`, in order.
+    pub rules: AcceptRules,
+    /// `-p`.
+    pub bind: Option<IpAddr>,
+    /// `-h`.
+    pub proxy: Option<SocketAddr>,
+    /// `--connect-timeout` (OPT-1).
+    pub connect_timeout: Duration,
+    /// `--idle-timeout` (OPT-2).
+    pub idle_timeout: Option<Duration>,
+    /// `--max-conns` (OPT-3); `None` means derived from the descriptor limit.
+    pub max_conns: Option<u32>,
+    /// `--max-conns-per-ip` (OPT-3).
+    pub max_conns_per_ip: Option<u32>,
+    /// `--proxy-protocol` (OPT-4).
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// `--proxy-auth-file` (OPT-5); the adapter reads it at start.
+    pub proxy_auth_file: Option<PathBuf>,
+    /// `--drain-timeout` (OPT-8).
+    pub drain_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// The dialing settings, with the credentials read from `--proxy-auth-file`.
+    pub fn dial_options(&self, credentials: Option<ProxyCredentials>) -> DialOptions {
+        DialOptions {
+            proxy: self.proxy,
+            bind: self.bind,
+            connect_timeout: self.connect_timeout,
+            credentials,
+        }
+    }
+
+    /// The relay settings.
+    pub fn relay_options(&self) -> RelayOptions {
+        RelayOptions {
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Serve with this configuration.
+    Run(Box<Config>),
+    /// `-V`: print [`crate::log::version`] on stdout and exit 0.
+    Version,
+    /// `--help`: print [`help`] on stdout and exit 0.
+    Help,
+}
+
+/// The usage summary printed after a syntax error.
+pub fn usage(program: &str) -> String {
+    let pad = " ".repeat(program.len());
+    format!(
+        "usage: {program} -V\n       {program} [-nklfod...] [-P pidfile] [-S sessionfile] [-i listenaddr] [-p bindaddr]\n       {pad} [-a rule]... [-h proxy[:port]] [-t seconds] [-r seconds] [--option value]...\n       {pad} source dest[:port] [dest[:port]]...\n"
+    )
+}
+
+/// The text of `--help`.
+pub fn help(program: &str) -> String {
+    format!(
+        "{}\n\
+source:       port, :port, *:port, addr:port or [v6addr]:port\n\
+dest:         addr[:port] or [v6addr][:port]; the port defaults to the source port\n\
+  -n          stay in the foreground          -d  debug to stderr (repeat for more)\n\
+  -l          log connections to syslog       -k  SO_KEEPALIVE on both sockets\n\
+  -f          keep clients on one destination -o  always the first healthy destination\n\
+  -V          print the version and exit\n\
+  -P file     pid file                        -S file   session file (- = stdout)\n\
+  -i addr     listen address                  -p addr   bind outgoing connections to addr\n\
+  -a net[/bits]  accept only these clients (repeatable)\n\
+  -h addr[:port] connect through this HTTP CONNECT proxy (port 80 by default)\n\
+  -t secs     sticky timeout (3600)           -r secs   retry a dead destination after secs\n\
+  --connect-timeout secs (10)   --idle-timeout secs   --drain-timeout secs\n\
+  --max-conns n   --max-conns-per-ip n   --proxy-protocol v1|v2   --proxy-auth-file file\n\
+  --help      print this help and exit\n",
+        usage(program)
+    )
+}
+
+/// One option after the pre-pass: a key pico-args knows and its value, if any.
+struct Opt {
+    key: &'static str,
+    value: Option<String>,
+}
+
+/// The pre-pass result: options in order, positionals in order, or an early action.
+enum PrePass {
+    Parsed {
+        opts: Vec<Opt>,
+        positionals: Vec<String>,
+    },
+    Early(Action),
+}
+
+fn short_key(c: u8) -> &'static str {
+    match c {
+        b'n' => "-n",
+        b'k' => "-k",
+        b'l' => "-l",
+        b'f' => "-f",
+        b'o' => "-o",
+        b'd' => "-d",
+        b'V' => "-V",
+        b'P' => "-P",
+        b'S' => "-S",
+        b'i' => "-i",
+        b'p' => "-p",
+        b'a' => "-a",
+        b'h' => "-h",
+        b't' => "-t",
+        _ => "-r",
+    }
+}
+
+/// The long options that take a value (CLI-9, §6).
+fn long_key(name: &str) -> Option<&'static str> {
+    match name {
+        "connect-timeout" => Some("--connect-timeout"),
+        "idle-timeout" => Some("--idle-timeout"),
+        "max-conns" => Some("--max-conns"),
+        "max-conns-per-ip" => Some("--max-conns-per-ip"),
+        "proxy-protocol" => Some("--proxy-protocol"),
+        "proxy-auth-file" => Some("--proxy-auth-file"),
+        "drain-timeout" => Some("--drain-timeout"),
+        _ => None,
+    }
+}
+
+/// Splits clusters and long options; `-V` and `--help` act where they appear.
+fn pre_pass(words: &[String]) -> Result<PrePass, CliError> {
+    let mut opts = Vec::new();
+    let mut positionals = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let word = &words[i];
+        i += 1;
+        if word == "--" {
+            positionals.extend(words[i..].iter().cloned());
+            break;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (long, None),
+            };
+            if name == "help" {
+                if inline.is_some() {
+                    return Err(CliError::new("option --help takes no value"));
+                }
+                return Ok(PrePass::Early(Action::Help));
+            }
+            let key = long_key(name)
+                .ok_or_else(|| CliError::new(format!("unknown option '--{name}'")))?;
+            let value = match inline {
+                Some(v) => v,
+                None if i < words.len() => {
+                    i += 1;
+                    words[i - 1].clone()
+                }
+                None => return Err(CliError::new(format!("option --{name} needs a value"))),
+            };
+            opts.push(Opt {
+                key,
+                value: Some(value),
+            });
+            continue;
+        }
+        let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) else {
+            positionals.push(word.clone());
+            continue;
+        };
+        let bytes = cluster.as_bytes();
+        for (at, &c) in bytes.iter().enumerate() {
+            if FLAGS.contains(&c) {
+                if c == b'V' {
+                    return Ok(PrePass::Early(Action::Version));
+                }
+                opts.push(Opt {
+                    key: short_key(c),
+                    value: None,
+                });
+            } else if VALUE_OPTIONS.contains(&c) {
+                // A value option takes the rest of its word, or else the next word.
+                let rest = &cluster[at + 1..];
+                let value = if !rest.is_empty() {
+                    rest.to_string()
+                } else if i < words.len() {
+                    i += 1;
+                    words[i - 1].clone()
+                } else {
+                    return Err(CliError::new(format!(
+                        "option -{} needs a value",
+                        char::from(c)
+                    )));
+                };
+                opts.push(Opt {
+                    key: short_key(c),
+                    value: Some(value),
+                });
+                break;
+            } else {
+                let shown: String = cluster[at..]
+                    .chars()
+                    .next()
+                    .map(String::from)
+                    .unwrap_or_default();
+                return Err(CliError::new(format!(
+                    "unknown option '-{shown}' in '{word}'"
+                )));
+            }
+        }
+    }
+    Ok(PrePass::Parsed { opts, positionals })
+}
+
+/// Marks a value so that pico-args can never take it for a key: every key starts
+/// with `-`, every marked value with `=`.
+fn mark(value: &str) -> OsString {
+    OsString::from(format!("={value}"))
+}
+
+fn unmark(marked: &str) -> Result<String, &'static str> {
+    marked
+        .strip_prefix('=')
+        .map(str::to_string)
+        .ok_or("value lost its marker")
+}
+
+/// Collects the pre-pass output with pico-args: flags counted, values gathered in
+/// order per key.
+struct Collected {
+    args: pico_args::Arguments,
+}
+
+impl Collected {
+    fn new(opts: Vec<Opt>) -> Self {
+        let mut tokens = Vec::with_capacity(opts.len() * 2);
+        for opt in opts {
+            tokens.push(OsString::from(opt.key));
+            if let Some(v) = opt.value {
+                tokens.push(mark(&v));
+            }
+        }
+        Collected {
+            args: pico_args::Arguments::from_vec(tokens),
+        }
+    }
+
+    fn values(&mut self, key: &'static str) -> Result<Vec<String>, CliError> {
+        self.args
+            .values_from_fn(key, unmark)
+            .map_err(|e| CliError::new(format!("option {key}: {e}")))
+    }
+
+    fn last(&mut self, key: &'static str) -> Result<Option<String>, CliError> {
+        Ok(self.values(key)?.pop())
+    }
+
+    fn count(&mut self, key: &'static str) -> usize {
+        let mut n = 0;
+        while self.args.contains(key) {
+            n += 1;
+        }
+        n
+    }
+}
+
+fn seconds(option: &str, word: &str, min: u64) -> Result<Duration, CliError> {
+    let bad = || {
+        CliError::new(format!(
+            "bad value '{word}' for {option}: expected whole seconds from {min} to {MAX_SECONDS}"
+        ))
+    };
+    if word.is_empty() || word.len() > 10 || !word.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    match word.parse::<u64>() {
+        Ok(s) if (min..=MAX_SECONDS).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(bad()),
+    }
+}
+
+fn count_value(option: &str, word: &str) -> Result<u32, CliError> {
+    match word.parse::<u32>() {
+        Ok(n) if n >= 1 && word.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(CliError::new(format!(
+            "bad value '{word}' for {option}: expected a whole number from 1 to {}",
+            u32::MAX
+        ))),
+    }
+}
+
+fn path(option: &str, word: String) -> Result<PathBuf, CliError> {
+    if word.is_empty() {
+        return Err(CliError::new(format!("option {option} needs a file name")));
+    }
+    Ok(PathBuf::from(word))
+}
+
+fn ip(option: &str, word: &str) -> Result<IpAddr, CliError> {
+    parse_ip(word).map_err(|e| CliError::new(format!("option {option}: {e}")))
+}
+
+/// Parses the arguments after the program name (CLI-1 … CLI-9).
+pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
+    let mut words = Vec::with_capacity(args.len());
+    for a in args {
+        match a.into_string() {
+            Ok(s) => words.push(s),
+            Err(raw) => {
+                return Err(CliError::new(format!(
+                    "argument '{}' is not valid UTF-8",
+                    raw.to_string_lossy()
+                )))
+            }
+        }
+    }
+    let (opts, positionals) = match pre_pass(&words)? {
+        PrePass::Early(action) => return Ok(action),
+        PrePass::Parsed { opts, positionals } => (opts, positionals),
+    };
+    let mut c = Collected::new(opts);
+
+    // Values first, then flags: the keys are unambiguous either way, but this is
+    // the order pico-args documents.
+    let pid_file = c.last("-P")?.map(|w| path("-P", w)).transpose()?;
+    let session = match c.last("-S")? {
+        None => None,
+        Some(w) if w == "-" => Some(SessionTarget::Stdout),
+        Some(w) => Some(SessionTarget::File(path("-S", w)?)),
+    };
+    let listen = c.last("-i")?.map(|w| ip("-i", &w)).transpose()?;
+    let bind = c.last("-p")?.map(|w| ip("-p", &w)).transpose()?;
+    let rules = c
+        .values("-a")?
+        .iter()
+        .map(|w| AcceptRule::parse(w).map_err(|e| CliError::new(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let proxy = c
+        .last("-h")?
+        .map(|w| {
+            parse_socket_addr(&w, DEFAULT_PROXY_PORT)
+                .map_err(|e| CliError::new(format!("option -h: {e}")))
+        })
+        .transpose()?;
+    let sticky_timeout = c.last("-t")?.map(|w| seconds("-t", &w, 0)).transpose()?;
+    let retry = c.last("-r")?.map(|w| seconds("-r", &w, 0)).transpose()?;
+    let connect_timeout = c
+        .last("--connect-timeout")?
+        .map(|w| seconds("--connect-timeout", &w, 1))
+        .transpose()?
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let idle_timeout = c
+        .last("--idle-timeout")?
+        .map(|w| seconds("--idle-timeout", &w, 1))
+        .transpose()?;
+    let drain_timeout = c
+        .last("--drain-timeout")?
+        .map(|w| seconds("--drain-timeout", &w, 0))
+        .transpose()?;
+    let max_conns = c
+        .last("--max-conns")?
+        .map(|w| count_value("--max-conns", &w))
+        .transpose()?;
+    let max_conns_per_ip = c
+        .last("--max-conns-per-ip")?
+        .map(|w| count_value("--max-conns-per-ip", &w))
+        .transpose()?;
+    let proxy_protocol = match c.last("--proxy-protocol")?.as_deref() {
+        None => None,
+        Some("v1") => Some(ProxyProtocol::V1),
+        Some("v2") => Some(ProxyProtocol::V2),
+        Some(w) => {
+            return Err(CliError::new(format!(
+                "bad value '{w}' for --proxy-protocol: expected v1 or v2"
+            )))
+        }
+    };
+    let proxy_auth_file = c
+        .last("--proxy-auth-file")?
+        .map(|w| path("--proxy-auth-file", w))
+        .transpose()?;
+
+    let foreground_flag = c.count("-n") > 0;
+    let debug = u8::try_from(c.count("-d")).unwrap_or(u8::MAX);
+    let log_connections = c.count("-l") > 0;
+    let keepalive = c.count("-k") > 0;
+    let sticky = c.count("-f") > 0;
+    let first_healthy = c.count("-o") > 0;
+    let left = c.args.finish();
+    if let Some(extra) = left.first() {
+        return Err(CliError::new(format!(
+            "unexpected argument '{}'",
+            extra.to_string_lossy()
+        )));
+    }
+
+    let mut positionals = positionals.into_iter();
+    let Some(source_word) = positionals.next() else {
+        return Err(CliError::new("missing source port and destination"));
+    };
+    let mut source = Source::parse(&source_word)?;
+    if let Some(addr) = listen {
+        match source.addr {
+            Some(given) if given != addr => {
+                return Err(CliError::new(format!(
+                    "listen address given twice: -i {addr} and source '{source_word}'"
+                )))
+            }
+            _ => source.addr = Some(addr),
+        }
+    }
+    let destinations = positionals
+        .map(|w| Destination::parse(&w, source.port, proxy.is_some()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if destinations.is_empty() {
+        return Err(CliError::new("missing destination"));
+    }
+    if proxy_auth_file.is_some() && proxy.is_none() {
+        return Err(CliError::new(
+            "--proxy-auth-file needs an upstream proxy (-h)",
+        ));
+    }
+    if let Some(b) = bind {
+        // An outgoing socket bound to one family cannot reach the other.
+        let reached: Vec<SocketAddr> = match proxy {
+            Some(p) => vec![p],
+            None => destinations
+                .iter()
+                .filter_map(Destination::socket_addr)
+                .collect(),
+        };
+        if let Some(bad) = reached.iter().find(|a| a.is_ipv4() != b.is_ipv4()) {
+            return Err(CliError::new(format!(
+                "-p {b} cannot reach {bad}: address families differ"
+            )));
+        }
+    }
+
+    let select = SelectPolicy {
+        order: if first_healthy {
+            Order::FirstHealthy
+        } else {
+            Order::RoundRobin
+        },
+        retry,
+        sticky: sticky.then(|| StickyPolicy {
+            timeout: sticky_timeout.unwrap_or(DEFAULT_STICKY_TIMEOUT),
+            capacity: DEFAULT_STICKY_CAPACITY,
+        }),
+    };
+    let foreground = foreground_flag || debug > 0 || session == Some(SessionTarget::Stdout);
+    Ok(Action::Run(Box::new(Config {
+        source,
+        destinations,
+        foreground,
+        debug,
+        log_connections,
+        keepalive,
+        select,
+        pid_file,
+        session,
+        rules: AcceptRules::new(rules),
+        bind,
+        proxy,
+        connect_timeout,
+        idle_timeout,
+        max_conns,
+        max_conns_per_ip,
+        proxy_protocol,
+        proxy_auth_file,
+        drain_timeout,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Host;
+    use proptest::prelude::*;
+
+    fn args(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
+    }
+
+    fn run(words: &[&str]) -> Config {
+        match parse(args(words)) {
+            Ok(Action::Run(c)) => *c,
+            other => panic!("{words:?} gave {other:?}"),
+        }
+    }
+
+    fn err(words: &[&str]) -> String {
+        match parse(args(words)) {
+            Err(e) => {
+                assert_eq!(e.status(), EXIT_SYNTAX);
+                e.to_string()
+            }
+            other => panic!("{words:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn classic_forms_cli_1_cli_4() {
+        let c = run(&["8080", "10.0.0.5:80", "10.0.0.6"]);
+        assert_eq!(
+            c.source,
+            Source {
+                addr: None,
+                port: 8080
+            }
+        );
+        assert_eq!(c.destinations[0].to_string(), "10.0.0.5:80");
+        assert_eq!(c.destinations[1].to_string(), "10.0.0.6:8080");
+        assert!(!c.foreground);
+        assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.select, SelectPolicy::default());
+        let c = run(&["-i", "192.168.0.14", "119", "10.0.3.15"]);
+        assert_eq!(c.source.session_text(), "192.168.0.14:119");
+    }
+
+    #[test]
+    fn clusters_and_attached_values_cli_1() {
+        let c = run(&[
+            "-nfl",
+            "-dd",
+            "-kP",
+            "/run/plug.pid",
+            "-i10.0.0.1",
+            "80",
+            "10.0.0.5",
+        ]);
+        assert!(c.foreground && c.log_connections && c.keepalive);
+        assert_eq!(c.debug, 2);
+        assert!(c.select.sticky.is_some());
+        assert_eq!(c.pid_file, Some(PathBuf::from("/run/plug.pid")));
+        assert_eq!(c.source.addr, Some("10.0.0.1".parse().unwrap()));
+        // A value may itself look like an option.
+        let c = run(&["-S", "-", "-P", "-n", "80", "10.0.0.5"]);
+        assert_eq!(c.session, Some(SessionTarget::Stdout));
+        assert_eq!(c.pid_file, Some(PathBuf::from("-n")));
+        assert!(c.foreground, "-S - implies -n");
+    }
+
+    #[test]
+    fn interleaving_repeats_and_accumulation_cli_1() {
+        let c = run(&[
+            "80",
+            "-t",
+            "5",
+            "10.0.0.5",
+            "-a",
+            "10.0.0.0/8",
+            "-t10",
+            "10.0.0.6",
+            "-a127.0.0.1",
+        ]);
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.select.sticky, None, "-t alone does not turn on -f");
+        let c = run(&["-f", "80", "-t", "5", "10.0.0.5", "-t10"]);
+        assert_eq!(c.select.sticky.unwrap().timeout, Duration::from_secs(10));
+        let c = run(&["80", "-a", "10.0.0.0/8", "10.0.0.5", "-a127.0.0.1"]);
+        assert_eq!(c.rules.rules().len(), 2);
+        assert!(c.rules.allows("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn version_acts_where_it_appears_cli_1() {
+        assert_eq!(parse(args(&["-V"])), Ok(Action::Version));
+        assert_eq!(
+            parse(args(&["-nV", "-t", "abc", "--bogus"])),
+            Ok(Action::Version)
+        );
+        assert_eq!(parse(args(&["-t", "abc", "-V"])), Ok(Action::Version));
+        assert!(
+            parse(args(&["-x", "-V"])).is_err(),
+            "an earlier unknown option wins"
+        );
+        assert_eq!(parse(args(&["80", "--help", "junk"])), Ok(Action::Help));
+    }
+
+    #[test]
+    fn flags_cli_2() {
+        let c = run(&["-o", "-r", "30", "80", "10.0.0.5"]);
+        assert_eq!(c.select.order, Order::FirstHealthy);
+        assert_eq!(c.select.retry, Some(Duration::from_secs(30)));
+        let c = run(&["-d", "80", "10.0.0.5"]);
+        assert!(c.foreground, "-d implies -n");
+        let c = run(&["-f", "80", "10.0.0.5"]);
+        assert_eq!(
+            c.select.sticky,
+            Some(StickyPolicy {
+                timeout: DEFAULT_STICKY_TIMEOUT,
+                capacity: DEFAULT_STICKY_CAPACITY
+            })
+        );
+    }
+
+    #[test]
+    fn value_options_cli_3() {
+        let c = run(&[
+            "-p",
+            "127.0.0.3",
+            "-h",
+            "127.0.0.1",
+            "-S",
+            "/tmp/s",
+            "80",
+            "example.com:443",
+        ]);
+        assert_eq!(c.bind, Some("127.0.0.3".parse().unwrap()));
+        assert_eq!(c.proxy, Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(c.session, Some(SessionTarget::File("/tmp/s".into())));
+        assert_eq!(c.destinations[0].host, Host::Name("example.com".into()));
+        let c = run(&["-h", "[::1]:8008", "80", "10.0.0.5"]);
+        assert_eq!(c.proxy, Some("[::1]:8008".parse().unwrap()));
+    }
+
+    #[test]
+    fn numeric_only_without_proxy_cli_5() {
+        assert!(err(&["80", "example.com"]).contains("example.com"));
+        assert!(err(&["-i", "localhost", "80", "10.0.0.5"]).contains("localhost"));
+        assert!(err(&["-h", "proxy.example", "80", "10.0.0.5"]).contains("proxy.example"));
+    }
+
+    #[test]
+    fn garbage_is_named_cli_7() {
+        for (words, bad) in [
+            (&["-t", "abc", "80", "10.0.0.5"][..], "abc"),
+            (&["80", "10.0.0.5:99999"], "99999"),
+            (&["-a", "300.1.2.3/40", "80", "10.0.0.5"], "300.1.2.3/40"),
+            (&["99999", "10.0.0.5"], "99999"),
+            (&["-r", "-5", "80", "10.0.0.5"], "-5"),
+            (&["--connect-timeout", "0", "80", "10.0.0.5"], "0"),
+            (&["--max-conns", "1e3", "80", "10.0.0.5"], "1e3"),
+            (&["--proxy-protocol", "v3", "80", "10.0.0.5"], "v3"),
+            (&["-x", "80", "10.0.0.5"], "-x"),
+            (&["--frobnicate", "80", "10.0.0.5"], "--frobnicate"),
+            (&["80", "10.0.0.5", "-P"], "-P"),
+            (&["-t", "99999999999", "80", "10.0.0.5"], "99999999999"),
+        ] {
+            let msg = err(words);
+            assert!(msg.contains(bad), "{words:?}: {msg}");
+        }
+        assert!(err(&["80"]).contains("destination"));
+        assert!(err(&[]).contains("source"));
+        assert!(err(&["--proxy-auth-file", "/x", "80", "10.0.0.5"]).contains("-h"));
+        assert!(err(&["-p", "::1", "80", "10.0.0.5"]).contains("families"));
+        assert!(err(&["-i", "127.0.0.1", "127.0.0.2:80", "10.0.0.5"]).contains("twice"));
+    }
+
+    #[test]
+    fn ipv6_everywhere_cli_8() {
+        let c = run(&[
+            "-i",
+            "::",
+            "-p",
+            "::1",
+            "-a",
+            "2001:db8::/32",
+            "8080",
+            "[::1]:9000",
+        ]);
+        assert_eq!(c.source.bind_addr(), "[::]:8080".parse().unwrap());
+        assert_eq!(c.bind, Some("::1".parse().unwrap()));
+        assert!(c.rules.allows("2001:db8::5".parse().unwrap()));
+        assert_eq!(
+            c.destinations[0].socket_addr(),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        for src in ["8080", ":8080", "*:8080"] {
+            assert_eq!(
+                run(&[src, "10.0.0.5"]).source,
+                Source {
+                    addr: None,
+                    port: 8080
+                }
+            );
+        }
+        assert_eq!(
+            run(&["[::1]:8080", "::1"]).destinations[0].to_string(),
+            "[::1]:8080"
+        );
+    }
+
+    #[test]
+    fn long_options_cli_9() {
+        let c = run(&[
+            "--connect-timeout=3",
+            "--idle-timeout",
+            "60",
+            "--max-conns",
+            "100",
+            "--max-conns-per-ip=5",
+            "--proxy-protocol",
+            "v2",
+            "--drain-timeout=0",
+            "-h",
+            "127.0.0.1:3128",
+            "--proxy-auth-file",
+            "/etc/plug/auth",
+            "80",
+            "10.0.0.5",
+        ]);
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(c.max_conns, Some(100));
+        assert_eq!(c.max_conns_per_ip, Some(5));
+        assert_eq!(c.proxy_protocol, Some(ProxyProtocol::V2));
+        assert_eq!(c.drain_timeout, Some(Duration::ZERO));
+        assert_eq!(c.proxy_auth_file, Some(PathBuf::from("/etc/plug/auth")));
+        // A lone `--` ends the options.
+        let c = run(&["-n", "--", "80", "10.0.0.5"]);
+        assert!(c.foreground);
+        assert!(err(&["--", "-n", "80", "10.0.0.5"]).contains("-n"));
+    }
+
+    #[test]
+    fn usage_and_help_name_the_program() {
+        assert!(usage("plug-std").starts_with("usage: plug-std -V\n"));
+        assert!(help("plug").contains("--connect-timeout"));
+    }
+
+    /// A valid option set, as (short letter or long name, value) items.
+    #[derive(Debug, Clone)]
+    struct Item {
+        key: String,
+        value: Option<String>,
+        long: bool,
+    }
+
+    fn valid_items() -> impl Strategy<Value = (Vec<Item>, Vec<String>)> {
+        let flag = prop_oneof![
+            Just('n'),
+            Just('k'),
+            Just('l'),
+            Just('f'),
+            Just('o'),
+            Just('d')
+        ];
+        let short_value = prop_oneof![
+            Just(('P', "/run/plug.pid".to_string())),
+            Just(('S', "/var/log/plug.sessions".to_string())),
+            Just(('S', "-".to_string())),
+            Just(('p', "127.0.0.3".to_string())),
+            Just(('h', "127.0.0.1:3128".to_string())),
+            (0u64..100_000).prop_map(|s| ('t', s.to_string())),
+            (0u64..100).prop_map(|s| ('r', s.to_string())),
+            (0u8..=32).prop_map(|b| ('a', format!("10.1.2.3/{b}"))),
+            Just(('a', "::1".to_string())),
+        ];
+        let long_value = prop_oneof![
+            (1u64..100).prop_map(|s| ("connect-timeout", s.to_string())),
+            (1u64..100).prop_map(|s| ("idle-timeout", s.to_string())),
+            (1u32..1000).prop_map(|n| ("max-conns", n.to_string())),
+            Just(("proxy-protocol", "v1".to_string())),
+        ];
+        let item = prop_oneof![
+            flag.prop_map(|c| Item {
+                key: c.to_string(),
+                value: None,
+                long: false
+            }),
+            short_value.prop_map(|(c, v)| Item {
+                key: c.to_string(),
+                value: Some(v),
+                long: false
+            }),
+            long_value.prop_map(|(n, v)| Item {
+                key: n.to_string(),
+                value: Some(v),
+                long: true
+            }),
+        ];
+        let dests = proptest::collection::vec((1u8..255, proptest::option::of(1u16..)), 1..4)
+            .prop_map(|ds| {
+                ds.into_iter()
+                    .map(|(h, p)| match p {
+                        Some(p) => format!("10.9.8.{h}:{p}"),
+                        None => format!("10.9.8.{h}"),
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let source = prop_oneof![
+            Just("8080".to_string()),
+            Just(":8080".to_string()),
+            Just("127.0.0.1:8080".to_string())
+        ];
+        (proptest::collection::vec(item, 0..12), source, dests).prop_map(|(items, src, dests)| {
+            let mut pos = vec![src];
+            pos.extend(dests);
+            (items, pos)
+        })
+    }
+
+    /// Renders items one per word (`-x value`, `--name value`), positionals last.
+    fn canonical(items: &[Item], positionals: &[String]) -> Vec<String> {
+        let mut out = vec![];
+        for it in items {
+            if it.long {
+                out.push(format!("--{}", it.key));
+            } else {
+                out.push(format!("-{}", it.key));
+            }
+            out.extend(it.value.clone());
+        }
+        out.extend(positionals.iter().cloned());
+        out
+    }
+
+    /// Renders items with random clustering, attachment, `=` forms and positionals
+    /// interleaved, driven by `choices`.
+    fn shuffled(items: &[Item], positionals: &[String], choices: &[u8]) -> Vec<String> {
+        let mut pick = choices.iter().cycle().copied();
+        let mut out: Vec<String> = vec![];
+        let mut pos = positionals.iter().peekable();
+        let mut cluster = String::new();
+        let flush = |cluster: &mut String, out: &mut Vec<String>| {
+            if !cluster.is_empty() {
+                out.push(format!("-{cluster}"));
+                cluster.clear();
+            }
+        };
+        for it in items {
+            let c = pick.next().unwrap_or(0);
+            if c % 3 == 0 {
+                if let Some(p) = pos.next() {
+                    flush(&mut cluster, &mut out);
+                    out.push(p.clone());
+                }
+            }
+            match (&it.value, it.long) {
+                (None, _) => {
+                    cluster.push_str(&it.key);
+                    if c % 2 == 0 {
+                        flush(&mut cluster, &mut out);
+                    }
+                }
+                (Some(v), true) => {
+                    flush(&mut cluster, &mut out);
+                    if c % 2 == 0 {
+                        out.push(format!("--{}={v}", it.key));
+                    } else {
+                        out.push(format!("--{}", it.key));
+                        out.push(v.clone());
+                    }
+                }
+                (Some(v), false) => {
+                    cluster.push_str(&it.key);
+                    // A value starting with '-' must stand alone, as with getopt.
+                    if c % 2 == 0 && !v.starts_with('-') {
+                        cluster.push_str(v);
+                        flush(&mut cluster, &mut out);
+                    } else {
+                        flush(&mut cluster, &mut out);
+                        out.push(v.clone());
+                    }
+                }
+            }
+        }
+        flush(&mut cluster, &mut out);
+        out.extend(pos.cloned());
+        out
+    }
+
+    fn parse_words(words: &[String]) -> Result<Action, CliError> {
+        parse(words.iter().map(OsString::from).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// CLI-1: any clustering, attachment, `=` form and interleaving of the same
+        /// options parses to the same Config as the plain one-per-word form.
+        #[test]
+        fn clusterings_parse_to_the_same_config(
+            (items, positionals) in valid_items(),
+            choices in proptest::collection::vec(any::<u8>(), 1..32),
+        ) {
+            let plain = parse_words(&canonical(&items, &positionals));
+            let mixed = parse_words(&shuffled(&items, &positionals, &choices));
+            prop_assert!(plain.is_ok(), "{:?}", plain);
+            prop_assert_eq!(mixed, plain);
+        }
+
+        /// CLI-7: random words never panic; anything refused is status 5 with a
+        /// message.
+        #[test]
+        fn garbage_never_panics(words in proptest::collection::vec(
+            prop_oneof![
+                "-[a-zA-Z]{1,4}",
+                "--[a-z-]{1,18}(=[ -~]{0,6})?",
+                "[0-9]{1,6}",
+                "[0-9.:\\[\\]/a-f]{1,20}",
+                "[ -~]{0,12}",
+                Just("--".to_string()),
+                Just("-".to_string()),
+            ], 0..10)) {
+            match parse_words(&words) {
+                Ok(_) => {}
+                Err(e) => {
+                    prop_assert_eq!(e.status(), EXIT_SYNTAX);
+                    prop_assert!(!e.message().is_empty());
+                }
+            }
+        }
+    }
+}

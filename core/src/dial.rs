@@ -1,0 +1,526 @@
+//! Reaching a destination for one client: the attempt plan with fail-over (CONN-4),
+//! health reporting (CONN-3), `-p` binding (CONN-8), the connect timeout (OPT-1) and
+//! the CONNECT exchange through `-h` (CONN-9).
+//!
+//! The adapter drives a [`Dialer`] with what happened (connected, failed, reply bytes,
+//! timeout) and does what each returned [`DialStep`] says, until `Established` or
+//! `GiveUp`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::addr::{canonical_ip, Destination};
+use crate::connect::{connect_request, ProxyCredentials, ProxyFailure, ProxyReply, ReplyStatus};
+use crate::select::{AttemptPlan, Balancer, DestId};
+
+/// The `--connect-timeout` default (OPT-1).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How outgoing connections are made, from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialOptions {
+    /// `-h`: the upstream CONNECT proxy every destination is reached through.
+    pub proxy: Option<SocketAddr>,
+    /// `-p`: the local address outgoing sockets are bound to (port 0).
+    pub bind: Option<IpAddr>,
+    /// `--connect-timeout`: how long a connect, and then a CONNECT exchange, may take.
+    pub connect_timeout: Duration,
+    /// `--proxy-auth-file`: credentials for the proxy.
+    pub credentials: Option<ProxyCredentials>,
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        DialOptions {
+            proxy: None,
+            bind: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            credentials: None,
+        }
+    }
+}
+
+/// What the adapter should do next for this client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialStep {
+    /// Open a TCP connection to `addr`, bound first to `bind` when given, and report
+    /// the result with [`Dialer::handle_connected`] or [`Dialer::handle_connect_failed`];
+    /// give up on it at [`Dialer::poll_timeout`].
+    Connect {
+        /// The destination being tried.
+        dest: DestId,
+        /// Where to connect: the destination itself, or the proxy with `-h`.
+        addr: SocketAddr,
+        /// The local address to bind to first (`-p`, port 0).
+        bind: Option<SocketAddr>,
+    },
+    /// Write all of `request` to the proxy, then read its reply and feed it to
+    /// [`Dialer::handle_reply_data`] (or report EOF / an error).
+    SendRequest {
+        /// The CONNECT request.
+        request: Bytes,
+    },
+    /// Read more of the proxy's reply and feed it to [`Dialer::handle_reply_data`].
+    ReadReply,
+    /// Connected: start relaying, delivering `leftover` to the client first.
+    Established {
+        /// The destination reached.
+        dest: DestId,
+        /// Tunnel bytes that arrived with the proxy's reply (empty without `-h`).
+        leftover: Bytes,
+    },
+    /// Every destination this client may try has failed: close the client.
+    GiveUp,
+}
+
+/// Why one attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialFailure {
+    /// The connect (or a read or write of the CONNECT exchange) failed.
+    Io(String),
+    /// The connect or CONNECT exchange took longer than `--connect-timeout`.
+    Timeout(Duration),
+    /// The proxy did not open a tunnel.
+    Proxy(ProxyFailure),
+    /// A named destination without `-h`; the command line never allows it.
+    NoAddress,
+}
+
+impl fmt::Display for DialFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialFailure::Io(e) => f.write_str(e),
+            DialFailure::Timeout(t) => write!(f, "timed out after {}s", t.as_secs_f64()),
+            DialFailure::Proxy(p) => write!(f, "{p}"),
+            DialFailure::NoAddress => f.write_str("a host name needs an upstream proxy (-h)"),
+        }
+    }
+}
+
+/// What a dialer noticed, for the log; drained with [`Dialer::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialEvent {
+    /// The destination that failed.
+    pub dest: Destination,
+    /// The client it failed for.
+    pub client: IpAddr,
+    /// Why.
+    pub failure: DialFailure,
+}
+
+impl fmt::Display for DialEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "destination {} failed for {}: {}",
+            self.dest, self.client, self.failure
+        )
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Connecting {
+        dest: DestId,
+        deadline: Option<Instant>,
+    },
+    Handshaking {
+        dest: DestId,
+        reply: ProxyReply,
+        deadline: Option<Instant>,
+    },
+    Established {
+        dest: DestId,
+    },
+    GaveUp,
+}
+
+/// The connection-establishment machine of one accepted client.
+#[derive(Debug)]
+pub struct Dialer {
+    plan: AttemptPlan,
+    options: DialOptions,
+    phase: Phase,
+    events: VecDeque<DialEvent>,
+}
+
+impl Dialer {
+    /// Creates the dialer for a client just accepted (and allowed by the rules).
+    pub fn new(balancer: &Balancer, client: IpAddr, options: DialOptions) -> Self {
+        Dialer {
+            plan: balancer.plan(canonical_ip(client)),
+            options,
+            phase: Phase::Idle,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The client this dialer works for.
+    pub fn client(&self) -> IpAddr {
+        self.plan.client()
+    }
+
+    /// The destination being tried or reached, if any.
+    pub fn current(&self) -> Option<DestId> {
+        match self.phase {
+            Phase::Connecting { dest, .. }
+            | Phase::Handshaking { dest, .. }
+            | Phase::Established { dest } => Some(dest),
+            Phase::Idle | Phase::GaveUp => None,
+        }
+    }
+
+    /// Chooses the first destination. Call once, right after creating the dialer.
+    pub fn start(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
+        self.try_next(now, balancer)
+    }
+
+    fn try_next(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
+        loop {
+            let Some(dest) = balancer.next_attempt(now, &mut self.plan) else {
+                self.phase = Phase::GaveUp;
+                return DialStep::GiveUp;
+            };
+            let target = match (self.options.proxy, balancer.destination(dest)) {
+                (Some(proxy), _) => Some(proxy),
+                (None, Some(d)) => d.socket_addr(),
+                (None, None) => None,
+            };
+            let Some(addr) = target else {
+                self.record_failure(now, balancer, dest, DialFailure::NoAddress);
+                continue;
+            };
+            self.phase = Phase::Connecting {
+                dest,
+                deadline: now.checked_add(self.options.connect_timeout),
+            };
+            let bind = self.options.bind.map(|ip| SocketAddr::new(ip, 0));
+            return DialStep::Connect { dest, addr, bind };
+        }
+    }
+
+    fn record_failure(
+        &mut self,
+        now: Instant,
+        balancer: &mut Balancer,
+        dest: DestId,
+        failure: DialFailure,
+    ) {
+        balancer.handle_connect_failed(now, dest);
+        if let Some(d) = balancer.destination(dest) {
+            self.events.push_back(DialEvent {
+                dest: d.clone(),
+                client: self.plan.client(),
+                failure,
+            });
+        }
+    }
+
+    fn fail(&mut self, now: Instant, balancer: &mut Balancer, failure: DialFailure) -> DialStep {
+        match self.current() {
+            Some(dest) if !matches!(self.phase, Phase::Established { .. }) => {
+                self.record_failure(now, balancer, dest, failure);
+                self.try_next(now, balancer)
+            }
+            _ => self.stale(),
+        }
+    }
+
+    /// The answer to an input that does not fit the current phase: repeat what the
+    /// phase already asked for, so a confused driver cannot corrupt the plan.
+    fn stale(&self) -> DialStep {
+        match self.phase {
+            Phase::Established { dest } => DialStep::Established {
+                dest,
+                leftover: Bytes::new(),
+            },
+            Phase::Handshaking { .. } => DialStep::ReadReply,
+            Phase::Idle | Phase::Connecting { .. } | Phase::GaveUp => DialStep::GiveUp,
+        }
+    }
+
+    /// Reports that the TCP connect of the last [`DialStep::Connect`] succeeded.
+    pub fn handle_connected(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
+        let Phase::Connecting { dest, .. } = self.phase else {
+            return self.stale();
+        };
+        match (&self.options.proxy, balancer.destination(dest)) {
+            (Some(_), Some(d)) => {
+                let request = connect_request(d, self.options.credentials.as_ref());
+                let deadline = now.checked_add(self.options.connect_timeout);
+                self.phase = Phase::Handshaking {
+                    dest,
+                    reply: ProxyReply::new(),
+                    deadline,
+                };
+                DialStep::SendRequest { request }
+            }
+            _ => {
+                balancer.handle_connected(now, dest);
+                self.phase = Phase::Established { dest };
+                DialStep::Established {
+                    dest,
+                    leftover: Bytes::new(),
+                }
+            }
+        }
+    }
+
+    /// Reports that the connect failed, or that writing the request or reading the
+    /// reply failed: the destination is marked unhealthy and the next one is tried.
+    pub fn handle_connect_failed(
+        &mut self,
+        now: Instant,
+        balancer: &mut Balancer,
+        error: &dyn fmt::Display,
+    ) -> DialStep {
+        self.fail(now, balancer, DialFailure::Io(error.to_string()))
+    }
+
+    /// Feeds bytes read from the proxy after [`DialStep::SendRequest`] or
+    /// [`DialStep::ReadReply`].
+    pub fn handle_reply_data(
+        &mut self,
+        now: Instant,
+        balancer: &mut Balancer,
+        data: &[u8],
+    ) -> DialStep {
+        let Phase::Handshaking { dest, reply, .. } = &mut self.phase else {
+            return self.stale();
+        };
+        let dest = *dest;
+        match reply.feed(data) {
+            ReplyStatus::NeedMore => DialStep::ReadReply,
+            ReplyStatus::Tunnel { leftover } => {
+                balancer.handle_connected(now, dest);
+                self.phase = Phase::Established { dest };
+                DialStep::Established { dest, leftover }
+            }
+            ReplyStatus::Failed(f) => self.fail(now, balancer, DialFailure::Proxy(f)),
+        }
+    }
+
+    /// Reports that the proxy closed the connection while its reply was awaited.
+    pub fn handle_reply_eof(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
+        let Phase::Handshaking { reply, .. } = &mut self.phase else {
+            return self.stale();
+        };
+        match reply.feed_eof() {
+            ReplyStatus::Failed(f) => self.fail(now, balancer, DialFailure::Proxy(f)),
+            _ => self.fail(now, balancer, DialFailure::Proxy(ProxyFailure::Truncated)),
+        }
+    }
+
+    /// The instant the current connect or CONNECT exchange times out, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Connecting { deadline, .. } | Phase::Handshaking { deadline, .. } => deadline,
+            _ => None,
+        }
+    }
+
+    /// Checks the timeout at `now`: `None` if it has not passed (nothing to do),
+    /// otherwise the attempt fails and the next step is returned. Idempotent.
+    pub fn handle_timeout(&mut self, now: Instant, balancer: &mut Balancer) -> Option<DialStep> {
+        match self.poll_timeout() {
+            Some(deadline) if now >= deadline => Some(self.fail(
+                now,
+                balancer,
+                DialFailure::Timeout(self.options.connect_timeout),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Returns the next thing worth logging, oldest first.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<DialEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::select::{Health, SelectPolicy};
+
+    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn balancer(words: &[&str], names: bool) -> Balancer {
+        let dests = words
+            .iter()
+            .map(|w| Destination::parse(w, 80, names).unwrap())
+            .collect();
+        Balancer::new(dests, SelectPolicy::default())
+    }
+
+    fn client() -> IpAddr {
+        "127.0.0.2".parse().unwrap()
+    }
+
+    fn connect_addr(step: &DialStep) -> SocketAddr {
+        match step {
+            DialStep::Connect { addr, .. } => *addr,
+            other => panic!("expected Connect, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn direct_connect_binds_with_p_conn_8() {
+        let mut b = balancer(&["127.0.0.1:9000"], false);
+        let opts = DialOptions {
+            bind: Some("127.0.0.3".parse().unwrap()),
+            ..DialOptions::default()
+        };
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), opts);
+        let step = d.start(now, &mut b);
+        assert_eq!(
+            step,
+            DialStep::Connect {
+                dest: DestId(0),
+                addr: "127.0.0.1:9000".parse().unwrap(),
+                bind: Some("127.0.0.3:0".parse().unwrap()),
+            }
+        );
+        assert_eq!(d.poll_timeout(), Some(now + DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(
+            d.handle_connected(now, &mut b),
+            DialStep::Established {
+                dest: DestId(0),
+                leftover: Bytes::new()
+            }
+        );
+        assert_eq!(d.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_failed_connect_moves_on_to_the_next_destination_conn_4() {
+        let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], false);
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), DialOptions::default());
+        assert_eq!(connect_addr(&d.start(now, &mut b)).port(), 1);
+        let step = d.handle_connect_failed(now, &mut b, &"Connection refused");
+        assert_eq!(connect_addr(&step).port(), 2);
+        let ev = d.poll_event().unwrap();
+        assert_eq!(
+            ev.to_string(),
+            "destination 127.0.0.1:1 failed for 127.0.0.2: Connection refused"
+        );
+        assert_eq!(b.health(DestId(0)), Some(Health::Unhealthy { since: now }));
+        let step = d.handle_connect_failed(now, &mut b, &"refused");
+        assert_eq!(connect_addr(&step).port(), 3);
+        assert_eq!(
+            d.handle_connect_failed(now, &mut b, &"refused"),
+            DialStep::GiveUp
+        );
+        assert_eq!(d.current(), None);
+    }
+
+    #[test]
+    fn connect_timeout_fails_the_destination_opt_1() {
+        let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2"], false);
+        let now = t0();
+        let opts = DialOptions {
+            connect_timeout: Duration::from_secs(3),
+            ..DialOptions::default()
+        };
+        let mut d = Dialer::new(&b, client(), opts);
+        d.start(now, &mut b);
+        assert_eq!(d.handle_timeout(now + Duration::from_secs(2), &mut b), None);
+        let step = d
+            .handle_timeout(now + Duration::from_secs(3), &mut b)
+            .unwrap();
+        assert_eq!(connect_addr(&step).port(), 2);
+        assert!(matches!(
+            d.poll_event().unwrap().failure,
+            DialFailure::Timeout(_)
+        ));
+        assert_eq!(
+            b.health(DestId(0)),
+            Some(Health::Unhealthy {
+                since: now + Duration::from_secs(3)
+            })
+        );
+    }
+
+    #[test]
+    fn connect_through_a_proxy_conn_9() {
+        let mut b = balancer(&["customer.example.com:22"], true);
+        let proxy: SocketAddr = "127.0.0.1:8008".parse().unwrap();
+        let opts = DialOptions {
+            proxy: Some(proxy),
+            ..DialOptions::default()
+        };
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), opts);
+        assert_eq!(connect_addr(&d.start(now, &mut b)), proxy);
+        let DialStep::SendRequest { request } = d.handle_connected(now, &mut b) else {
+            panic!()
+        };
+        assert!(request.starts_with(
+            b"CONNECT customer.example.com:22 HTTP/1.1\r\nHost: customer.example.com:22\r\n"
+        ));
+        assert_eq!(
+            d.handle_reply_data(now, &mut b, b"HTTP/1.0 200 OK\r"),
+            DialStep::ReadReply
+        );
+        assert_eq!(
+            d.handle_reply_data(now, &mut b, b"\n\r\nSSH-2.0"),
+            DialStep::Established {
+                dest: DestId(0),
+                leftover: Bytes::from_static(b"SSH-2.0")
+            }
+        );
+    }
+
+    #[test]
+    fn a_refused_connect_marks_the_destination_unhealthy_conn_3() {
+        let mut b = balancer(&["10.0.0.5:22", "10.0.0.6:22"], false);
+        let opts = DialOptions {
+            proxy: Some("127.0.0.1:8008".parse().unwrap()),
+            ..DialOptions::default()
+        };
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), opts);
+        d.start(now, &mut b);
+        d.handle_connected(now, &mut b);
+        let step = d.handle_reply_data(
+            now,
+            &mut b,
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+        );
+        assert_eq!(connect_addr(&step).port(), 8008);
+        assert_eq!(b.health(DestId(0)), Some(Health::Unhealthy { since: now }));
+        let ev = d.poll_event().unwrap().to_string();
+        assert!(ev.contains("407") && ev.contains("authentication"), "{ev}");
+        // The second destination's exchange is bounded by the timeout too.
+        d.handle_connected(now, &mut b);
+        assert_eq!(d.poll_timeout(), Some(now + DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(d.handle_reply_eof(now, &mut b), DialStep::GiveUp);
+    }
+
+    #[test]
+    fn inputs_out_of_phase_do_not_corrupt_the_plan() {
+        let mut b = balancer(&["127.0.0.1:1"], false);
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), DialOptions::default());
+        assert_eq!(d.handle_reply_data(now, &mut b, b"x"), DialStep::GiveUp);
+        d.start(now, &mut b);
+        d.handle_connected(now, &mut b);
+        assert!(matches!(
+            d.handle_connect_failed(now, &mut b, &"late"),
+            DialStep::Established { .. }
+        ));
+        assert_eq!(b.health(DestId(0)), Some(Health::Healthy));
+    }
+}

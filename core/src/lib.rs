@@ -1,0 +1,30 @@
+//! plug-core: every decision plug makes, as pure state machines with no I/O.
+//!
+//! plug is a drop-in replacement for plugdaemon 2.5.5, the "dumb" TCP forwarding
+//! daemon. This crate owns the behaviour contract (SPEC.md): the command line, accept
+//! rules, destination selection and health, the sticky table, the CONNECT exchange,
+//! the relay of each direction with byte accounting, and the texts of the log and
+//! session lines. It never reads a clock, opens a socket or a file, or starts a
+//! thread: time comes in as `now: Instant`, outcomes go out as values, and the
+//! runtime adapters (`plug-std`, `plug-smol`, `plug-async-std`) carry them out.
+//!
+//! The pieces, in the order a connection meets them:
+//! - [`cli::parse`] turns argv into a [`cli::Config`].
+//! - [`rules::AcceptRules::allows`] admits or refuses a client (CONN-1).
+//! - [`dial::Dialer`] reaches a destination chosen by the shared
+//!   [`select::Balancer`], failing over (CONN-2..5, CONN-8, CONN-9, OPT-1), using
+//!   [`connect`] for the CONNECT exchange.
+//! - [`relay::Relay`] says what each direction does next until both end (CONN-6).
+//! - [`session::SessionRecord::line`] and [`log`] produce the texts.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod addr;
+pub mod cli;
+pub mod connect;
+pub mod dial;
+pub mod log;
+pub mod relay;
+pub mod rules;
+pub mod select;
+pub mod session;

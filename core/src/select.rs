@@ -1,0 +1,760 @@
+//! Destination selection: round robin or first-healthy (CONN-2), health with `-r`
+//! (CONN-3), the per-client attempt plan that fails over (CONN-4), and the sticky
+//! client table of `-f`/`-t` (CONN-5).
+//!
+//! One [`Balancer`] is shared by every connection of a listener (adapters keep it
+//! behind a lock); each connection holds its own [`AttemptPlan`]. Expiry is lazy:
+//! retry times and sticky ages are compared with `now` when the next call arrives.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::addr::{canonical_ip, Destination};
+
+/// The bound on the sticky table when none is configured (2.5.5 used 16384).
+pub const DEFAULT_STICKY_CAPACITY: usize = 16384;
+
+/// The sticky timeout when `-t` is not given: one hour, as 2.5.5.
+pub const DEFAULT_STICKY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A destination's position on the command line, counting from zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DestId(pub usize);
+
+impl DestId {
+    /// The zero-based command-line position.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// How a new client's destination is chosen (CONN-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Rotate through the destinations in command-line order (the default).
+    RoundRobin,
+    /// Always the first healthy destination in command-line order (`-o`).
+    FirstHealthy,
+}
+
+/// The sticky-client settings of `-f` (CONN-5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StickyPolicy {
+    /// How long a client keeps its destination after its previous connection (`-t`).
+    pub timeout: Duration,
+    /// The most clients remembered at once.
+    pub capacity: usize,
+}
+
+/// Every selection setting, from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectPolicy {
+    /// Rotation or first-healthy.
+    pub order: Order,
+    /// `-r`: how long a failed destination stays out; `None` means until all failed.
+    pub retry: Option<Duration>,
+    /// `-f`: keep clients on their destination.
+    pub sticky: Option<StickyPolicy>,
+}
+
+impl Default for SelectPolicy {
+    fn default() -> Self {
+        SelectPolicy {
+            order: Order::RoundRobin,
+            retry: None,
+            sticky: None,
+        }
+    }
+}
+
+/// What the balancer noticed, for the log; drained with [`Balancer::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectEvent {
+    /// A destination failed a connect and is out of rotation (CONN-3).
+    MarkedUnhealthy(DestId),
+    /// A failed destination's `-r` time passed; it is being tried again.
+    Retrying(DestId),
+    /// Every destination was unhealthy, so all were marked healthy again (CONN-2).
+    AllReset,
+    /// The sticky table is full: new clients are balanced normally until it has room
+    /// (reported once each time it fills, not once per client).
+    StickyTableFull {
+        /// The table's bound.
+        capacity: usize,
+    },
+}
+
+/// A destination's health as seen at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// In rotation.
+    Healthy,
+    /// Out of rotation since a failed connect at `since`.
+    Unhealthy {
+        /// When the failure that took it out happened.
+        since: Instant,
+    },
+}
+
+/// One client's way through the destinations (CONN-4): each destination is tried at
+/// most once; when none is left the client is closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptPlan {
+    client: IpAddr,
+    tried: Vec<bool>,
+    attempts: usize,
+}
+
+impl AttemptPlan {
+    /// The client address this plan is for (canonical: IPv4-mapped counts as IPv4).
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
+    /// How many destinations this client has been given so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts
+    }
+
+    /// True when this client has already been given `dest`.
+    pub fn has_tried(&self, dest: DestId) -> bool {
+        self.tried.get(dest.0).copied().unwrap_or(false)
+    }
+}
+
+#[derive(Debug, Default)]
+struct StickyTable {
+    entries: BTreeMap<IpAddr, (DestId, Instant)>,
+    by_age: BTreeSet<(Instant, IpAddr)>,
+    full_reported: bool,
+}
+
+impl StickyTable {
+    fn purge(&mut self, now: Instant, timeout: Duration) {
+        while let Some(&(seen, client)) = self.by_age.first() {
+            if now.saturating_duration_since(seen) <= timeout {
+                break;
+            }
+            self.by_age.pop_first();
+            self.entries.remove(&client);
+        }
+    }
+
+    fn lookup(&self, client: IpAddr) -> Option<DestId> {
+        self.entries.get(&client).map(|&(dest, _)| dest)
+    }
+
+    /// Records `client → dest` as of `now`; false when the table is full.
+    fn record(&mut self, client: IpAddr, dest: DestId, now: Instant, capacity: usize) -> bool {
+        if let Some(&(_, seen)) = self.entries.get(&client) {
+            self.by_age.remove(&(seen, client));
+        } else if self.entries.len() >= capacity {
+            return false;
+        }
+        self.entries.insert(client, (dest, now));
+        self.by_age.insert((now, client));
+        true
+    }
+}
+
+/// The shared selection state of one listener: destinations, their health, the
+/// rotation cursor and the sticky table.
+#[derive(Debug)]
+pub struct Balancer {
+    destinations: Vec<Destination>,
+    health: Vec<Health>,
+    cursor: usize,
+    policy: SelectPolicy,
+    sticky: StickyTable,
+    events: VecDeque<SelectEvent>,
+}
+
+impl Balancer {
+    /// Creates a balancer over `destinations` in command-line order, all healthy,
+    /// rotation starting with the first.
+    pub fn new(destinations: Vec<Destination>, policy: SelectPolicy) -> Self {
+        let health = vec![Health::Healthy; destinations.len()];
+        Balancer {
+            destinations,
+            health,
+            cursor: 0,
+            policy,
+            sticky: StickyTable::default(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The destinations in command-line order.
+    pub fn destinations(&self) -> &[Destination] {
+        &self.destinations
+    }
+
+    /// The destination `id` names, or `None` if there is no such position.
+    pub fn destination(&self, id: DestId) -> Option<&Destination> {
+        self.destinations.get(id.0)
+    }
+
+    /// The recorded health of `id` (an unhealthy one whose `-r` time has passed is
+    /// still reported unhealthy until a client tries it).
+    pub fn health(&self, id: DestId) -> Option<Health> {
+        self.health.get(id.0).copied()
+    }
+
+    /// The number of clients in the sticky table right now (expired entries that no
+    /// call has purged yet included).
+    pub fn sticky_len(&self) -> usize {
+        self.sticky.entries.len()
+    }
+
+    /// Starts the attempt plan for a newly accepted client; nothing is chosen yet.
+    pub fn plan(&self, client: IpAddr) -> AttemptPlan {
+        AttemptPlan {
+            client: canonical_ip(client),
+            tried: vec![false; self.destinations.len()],
+            attempts: 0,
+        }
+    }
+
+    fn eligible(&self, i: usize, now: Instant) -> bool {
+        match self.health[i] {
+            Health::Healthy => true,
+            Health::Unhealthy { since } => match self.policy.retry {
+                Some(retry) => now.saturating_duration_since(since) >= retry,
+                None => false,
+            },
+        }
+    }
+
+    /// Chooses the destination this client should try next, or `None` when it has
+    /// tried every one it may (close the client then).
+    ///
+    /// Call once after [`Balancer::plan`], and again after each
+    /// [`Balancer::handle_connect_failed`] for that plan. The first attempt of a
+    /// known sticky client goes to its destination if that is still eligible;
+    /// otherwise destinations rotate (or `-o` takes the first), skipping unhealthy
+    /// ones and ones this client tried. When no destination at all is eligible,
+    /// every one is marked healthy again and the first untried one is used, with
+    /// rotation continuing after it (CONN-2).
+    pub fn next_attempt(&mut self, now: Instant, plan: &mut AttemptPlan) -> Option<DestId> {
+        let n = self.destinations.len();
+        if n == 0 || plan.attempts >= n || plan.tried.len() != n {
+            return None;
+        }
+        let sticky = self.policy.sticky;
+        if let Some(policy) = sticky {
+            self.sticky.purge(now, policy.timeout);
+        }
+        let remembered = match sticky {
+            Some(_) if plan.attempts == 0 => self.sticky.lookup(plan.client),
+            _ => None,
+        };
+        let chosen = match remembered {
+            Some(DestId(i)) if i < n && self.eligible(i, now) => i,
+            _ => {
+                let start = match self.policy.order {
+                    Order::RoundRobin => self.cursor % n,
+                    Order::FirstHealthy => 0,
+                };
+                let found = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| !plan.tried[i] && self.eligible(i, now));
+                let i = match found {
+                    Some(i) => i,
+                    None if (0..n).any(|i| self.eligible(i, now)) => return None,
+                    None => {
+                        self.health.iter_mut().for_each(|h| *h = Health::Healthy);
+                        self.events.push_back(SelectEvent::AllReset);
+                        (0..n).find(|&i| !plan.tried[i])?
+                    }
+                };
+                if self.policy.order == Order::RoundRobin {
+                    self.cursor = (i + 1) % n;
+                }
+                i
+            }
+        };
+        if let Health::Unhealthy { .. } = self.health[chosen] {
+            self.health[chosen] = Health::Healthy;
+            self.events.push_back(SelectEvent::Retrying(DestId(chosen)));
+        }
+        if let Some(policy) = sticky {
+            if self
+                .sticky
+                .record(plan.client, DestId(chosen), now, policy.capacity)
+            {
+                if self.sticky.entries.len() < policy.capacity {
+                    self.sticky.full_reported = false;
+                }
+            } else if !self.sticky.full_reported {
+                self.sticky.full_reported = true;
+                self.events.push_back(SelectEvent::StickyTableFull {
+                    capacity: policy.capacity,
+                });
+            }
+        }
+        plan.tried[chosen] = true;
+        plan.attempts += 1;
+        Some(DestId(chosen))
+    }
+
+    /// Records that a connect to `dest` (or its CONNECT exchange) failed at `now`:
+    /// it leaves rotation until `-r` passes or every destination has failed (CONN-3).
+    pub fn handle_connect_failed(&mut self, now: Instant, dest: DestId) {
+        if let Some(h) = self.health.get_mut(dest.0) {
+            *h = Health::Unhealthy { since: now };
+            self.events.push_back(SelectEvent::MarkedUnhealthy(dest));
+        }
+    }
+
+    /// Records that a connection to `dest` was established: it is healthy.
+    pub fn handle_connected(&mut self, _now: Instant, dest: DestId) {
+        if let Some(h) = self.health.get_mut(dest.0) {
+            *h = Health::Healthy;
+        }
+    }
+
+    /// Returns the next thing worth logging, oldest first; drain after each call.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<SelectEvent> {
+        self.events.pop_front()
+    }
+}
+
+impl fmt::Display for SelectEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelectEvent::MarkedUnhealthy(d) => {
+                write!(f, "destination #{} marked unhealthy", d.0 + 1)
+            }
+            SelectEvent::Retrying(d) => write!(f, "retrying destination #{}", d.0 + 1),
+            SelectEvent::AllReset => {
+                f.write_str("all destinations were unhealthy; all marked healthy again")
+            }
+            SelectEvent::StickyTableFull { capacity } => {
+                write!(
+                    f,
+                    "sticky table full ({capacity} clients); new clients are balanced normally"
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Host;
+    use proptest::prelude::*;
+
+    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn dests(n: usize) -> Vec<Destination> {
+        (0..n)
+            .map(|i| Destination {
+                host: Host::Ip(format!("127.0.0.{}", i + 10).parse().unwrap()),
+                port: 9000,
+            })
+            .collect()
+    }
+
+    fn client(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    /// Picks the first destination for a new client.
+    fn pick(b: &mut Balancer, now: Instant, c: IpAddr) -> Option<usize> {
+        let mut plan = b.plan(c);
+        b.next_attempt(now, &mut plan).map(DestId::index)
+    }
+
+    #[test]
+    fn round_robin_in_command_line_order_conn_2() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), SelectPolicy::default());
+        let picks: Vec<_> = (0..7)
+            .map(|k| pick(&mut b, now, client(k)).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn unhealthy_destinations_are_skipped_conn_2_conn_3() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), SelectPolicy::default());
+        b.handle_connect_failed(now, DestId(1));
+        let picks: Vec<_> = (0..4)
+            .map(|k| pick(&mut b, now, client(k)).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+        assert_eq!(
+            b.poll_event(),
+            Some(SelectEvent::MarkedUnhealthy(DestId(1)))
+        );
+        assert_eq!(b.poll_event(), None);
+    }
+
+    #[test]
+    fn first_healthy_with_o_conn_2() {
+        let now = t0();
+        let policy = SelectPolicy {
+            order: Order::FirstHealthy,
+            ..SelectPolicy::default()
+        };
+        let mut b = Balancer::new(dests(3), policy);
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        assert_eq!(pick(&mut b, now, client(2)), Some(0));
+        b.handle_connect_failed(now, DestId(0));
+        assert_eq!(pick(&mut b, now, client(3)), Some(1));
+        assert_eq!(pick(&mut b, now, client(4)), Some(1));
+    }
+
+    #[test]
+    fn all_unhealthy_resets_and_continues_with_second_conn_2() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), SelectPolicy::default());
+        for i in 0..3 {
+            b.handle_connect_failed(now, DestId(i));
+        }
+        while b.poll_event().is_some() {}
+        // The reset happens only now, when a client needs a destination.
+        assert_eq!(b.health(DestId(0)), Some(Health::Unhealthy { since: now }));
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        assert_eq!(b.poll_event(), Some(SelectEvent::AllReset));
+        assert_eq!(pick(&mut b, now, client(2)), Some(1));
+        assert_eq!(pick(&mut b, now, client(3)), Some(2));
+    }
+
+    #[test]
+    fn retry_time_brings_a_destination_back_conn_3() {
+        let now = t0();
+        let policy = SelectPolicy {
+            retry: Some(Duration::from_secs(5)),
+            ..SelectPolicy::default()
+        };
+        let mut b = Balancer::new(dests(2), policy);
+        b.handle_connect_failed(now, DestId(0));
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(4), client(1)),
+            Some(1)
+        );
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(4), client(2)),
+            Some(1)
+        );
+        while b.poll_event().is_some() {}
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(5), client(3)),
+            Some(0)
+        );
+        assert_eq!(b.poll_event(), Some(SelectEvent::Retrying(DestId(0))));
+    }
+
+    #[test]
+    fn without_retry_a_dead_destination_stays_out_conn_3() {
+        let now = t0();
+        let mut b = Balancer::new(dests(2), SelectPolicy::default());
+        b.handle_connect_failed(now, DestId(0));
+        let later = now + Duration::from_secs(100_000);
+        assert!((0..5).all(|k| pick(&mut b, later, client(k)) == Some(1)));
+    }
+
+    #[test]
+    fn a_failed_client_tries_each_destination_once_conn_4() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), SelectPolicy::default());
+        let mut plan = b.plan(client(1));
+        let mut tried = vec![];
+        while let Some(d) = b.next_attempt(now, &mut plan) {
+            tried.push(d.index());
+            b.handle_connect_failed(now, d);
+        }
+        assert_eq!(tried, [0, 1, 2]);
+        assert_eq!(plan.attempts(), 3);
+        // Every destination is now unhealthy; the next client triggers the reset.
+        assert_eq!(pick(&mut b, now, client(2)), Some(0));
+    }
+
+    #[test]
+    fn fail_over_skips_unhealthy_and_resets_when_needed_conn_4() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), SelectPolicy::default());
+        b.handle_connect_failed(now, DestId(1));
+        b.handle_connect_failed(now, DestId(2));
+        let mut plan = b.plan(client(1));
+        assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(0)));
+        b.handle_connect_failed(now, DestId(0));
+        // Nothing is eligible: reset, and the first destination this client has not
+        // tried is used.
+        assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(1)));
+        b.handle_connect_failed(now, DestId(1));
+        assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(2)));
+        b.handle_connect_failed(now, DestId(2));
+        assert_eq!(b.next_attempt(now, &mut plan), None);
+    }
+
+    #[test]
+    fn sticky_clients_keep_their_destination_conn_5() {
+        let now = t0();
+        let sticky = StickyPolicy {
+            timeout: Duration::from_secs(10),
+            capacity: 100,
+        };
+        let mut b = Balancer::new(
+            dests(3),
+            SelectPolicy {
+                sticky: Some(sticky),
+                ..SelectPolicy::default()
+            },
+        );
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        assert_eq!(pick(&mut b, now, client(2)), Some(1));
+        // Comes back within the timeout of its previous connection, repeatedly.
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(10), client(1)),
+            Some(0)
+        );
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(20), client(1)),
+            Some(0)
+        );
+        // Mapped form of the same client is the same client.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(pick(&mut b, now + Duration::from_secs(21), mapped), Some(0));
+        // After the timeout it is balanced anew (the rotation is at 2 now).
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(32), client(1)),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn sticky_client_is_reassigned_when_its_destination_dies_conn_5() {
+        let now = t0();
+        let sticky = StickyPolicy {
+            timeout: Duration::from_secs(10),
+            capacity: 100,
+        };
+        let mut b = Balancer::new(
+            dests(2),
+            SelectPolicy {
+                sticky: Some(sticky),
+                ..SelectPolicy::default()
+            },
+        );
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        b.handle_connect_failed(now, DestId(0));
+        assert_eq!(pick(&mut b, now, client(1)), Some(1));
+        assert_eq!(pick(&mut b, now, client(1)), Some(1));
+    }
+
+    #[test]
+    fn sticky_table_is_bounded_and_purged_conn_5() {
+        let now = t0();
+        let sticky = StickyPolicy {
+            timeout: Duration::from_secs(10),
+            capacity: 2,
+        };
+        let mut b = Balancer::new(
+            dests(2),
+            SelectPolicy {
+                sticky: Some(sticky),
+                ..SelectPolicy::default()
+            },
+        );
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        assert_eq!(pick(&mut b, now, client(2)), Some(1));
+        assert_eq!(pick(&mut b, now, client(3)), Some(0));
+        assert_eq!(
+            b.poll_event(),
+            Some(SelectEvent::StickyTableFull { capacity: 2 })
+        );
+        assert_eq!(pick(&mut b, now, client(4)), Some(1));
+        assert_eq!(
+            b.poll_event(),
+            None,
+            "full is reported once, not per client"
+        );
+        assert_eq!(b.sticky_len(), 2);
+        // Client 3 was not remembered: it is balanced again.
+        assert_eq!(pick(&mut b, now, client(3)), Some(0));
+        // Expired entries make room.
+        assert_eq!(
+            pick(&mut b, now + Duration::from_secs(11), client(5)),
+            Some(1)
+        );
+        assert_eq!(b.sticky_len(), 1);
+    }
+
+    #[test]
+    fn no_destinations_never_panics() {
+        let mut b = Balancer::new(vec![], SelectPolicy::default());
+        assert_eq!(pick(&mut b, t0(), client(1)), None);
+        b.handle_connect_failed(t0(), DestId(3));
+        assert_eq!(b.poll_event(), None);
+    }
+
+    /// The reference model: the selection rules of CONN-2..5 written as plainly as
+    /// possible, with linear scans and no indexes.
+    struct Model {
+        up: Vec<bool>,
+        down_at: Vec<u64>,
+        cursor: usize,
+        first: bool,
+        retry: Option<u64>,
+        sticky: Option<(u64, usize)>,
+        table: Vec<(u8, usize, u64)>,
+    }
+
+    impl Model {
+        fn eligible(&self, i: usize, now: u64) -> bool {
+            self.up[i] || self.retry.is_some_and(|r| now >= self.down_at[i] + r)
+        }
+
+        fn next(
+            &mut self,
+            now: u64,
+            c: u8,
+            tried: &mut [bool],
+            first_attempt: bool,
+        ) -> Option<usize> {
+            let n = self.up.len();
+            if tried.iter().all(|&t| t) {
+                return None;
+            }
+            if let Some((timeout, _)) = self.sticky {
+                self.table.retain(|&(_, _, seen)| now - seen <= timeout);
+            }
+            let mut pick = None;
+            if first_attempt {
+                if let Some(&(_, d, _)) = self.table.iter().find(|e| e.0 == c) {
+                    if self.eligible(d, now) {
+                        pick = Some(d);
+                    }
+                }
+            }
+            if pick.is_none() {
+                let start = if self.first { 0 } else { self.cursor };
+                let mut i = None;
+                for k in 0..n {
+                    let j = (start + k) % n;
+                    if !tried[j] && self.eligible(j, now) {
+                        i = Some(j);
+                        break;
+                    }
+                }
+                if i.is_none() {
+                    if (0..n).any(|j| self.eligible(j, now)) {
+                        return None;
+                    }
+                    self.up = vec![true; n];
+                    i = (0..n).find(|&j| !tried[j]);
+                }
+                let i = i?;
+                if !self.first {
+                    self.cursor = (i + 1) % n;
+                }
+                pick = Some(i);
+            }
+            let i = pick?;
+            self.up[i] = true;
+            if let Some((_, cap)) = self.sticky {
+                if let Some(e) = self.table.iter_mut().find(|e| e.0 == c) {
+                    *e = (c, i, now);
+                } else if self.table.len() < cap {
+                    self.table.push((c, i, now));
+                }
+            }
+            tried[i] = true;
+            Some(i)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Accept(u8),
+        Fail(usize),
+        Connect(usize),
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..6).prop_map(Op::Accept),
+            3 => any::<usize>().prop_map(Op::Fail),
+            2 => any::<usize>().prop_map(Op::Connect),
+            2 => (0u64..8).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// CONN-2/3/4/5: over random interleavings of accepts, failed and successful
+        /// connects and time passing, with concurrent clients in flight, the balancer
+        /// chooses exactly what the reference model chooses.
+        #[test]
+        fn balancer_matches_reference_model(
+            n in 1usize..5,
+            first in any::<bool>(),
+            retry in proptest::option::of(1u64..6),
+            sticky in proptest::option::of((0u64..6, 1usize..4)),
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            let base = t0();
+            let policy = SelectPolicy {
+                order: if first { Order::FirstHealthy } else { Order::RoundRobin },
+                retry: retry.map(Duration::from_secs),
+                sticky: sticky.map(|(t, cap)| StickyPolicy { timeout: Duration::from_secs(t), capacity: cap }),
+            };
+            let mut real = Balancer::new(dests(n), policy);
+            let mut model = Model {
+                up: vec![true; n], down_at: vec![0; n], cursor: 0, first, retry, sticky, table: vec![],
+            };
+            let mut now = 0u64;
+            // In-flight connections: (real plan, model tried-set, client, current destination).
+            let mut flying: Vec<(AttemptPlan, Vec<bool>, u8, usize)> = vec![];
+            for op in ops {
+                let at = base + Duration::from_secs(now);
+                match op {
+                    Op::Accept(c) => {
+                        let mut plan = real.plan(client(c));
+                        let mut tried = vec![false; n];
+                        let got = real.next_attempt(at, &mut plan).map(DestId::index);
+                        let want = model.next(now, c, &mut tried, true);
+                        prop_assert_eq!(got, want);
+                        if let Some(d) = got {
+                            flying.push((plan, tried, c, d));
+                        }
+                    }
+                    Op::Fail(k) if !flying.is_empty() => {
+                        let k = k % flying.len();
+                        let (mut plan, mut tried, c, d) = flying.swap_remove(k);
+                        real.handle_connect_failed(at, DestId(d));
+                        model.up[d] = false;
+                        model.down_at[d] = now;
+                        let got = real.next_attempt(at, &mut plan).map(DestId::index);
+                        let want = model.next(now, c, &mut tried, false);
+                        prop_assert_eq!(got, want);
+                        prop_assert!(plan.attempts() <= n, "a destination was tried twice");
+                        if let Some(d) = got {
+                            flying.push((plan, tried, c, d));
+                        }
+                    }
+                    Op::Connect(k) if !flying.is_empty() => {
+                        let (_, _, _, d) = flying.swap_remove(k % flying.len());
+                        real.handle_connected(at, DestId(d));
+                        model.up[d] = true;
+                    }
+                    Op::Advance(s) => now += s,
+                    _ => {}
+                }
+                while real.poll_event().is_some() {}
+            }
+        }
+    }
+}
