@@ -1,0 +1,5 @@
+//! The `plug-std` binary.
+
+fn main() {
+    plug_std::main()
+}

@@ -1,0 +1,481 @@
+//! Process plumbing shared by every plug runtime (std, smol, async-std): start-up
+//! order, detaching, pid file, syslog, signals, the session writer, and the glue a
+//! connection driver calls to consult the core and record what happened.
+//!
+//! Start-up order (PROC-1/2/3): parse and validate → read the proxy credentials →
+//! raise the descriptor limit → bind the listener (still on the terminal, so failures
+//! print and exit 4) → check the session file → detach with a readiness pipe (while
+//! single-threaded) → pid file → block signals → the adapter starts its threads or
+//! runtime and calls [`Boot::ready`].
+
+pub mod daemon;
+pub mod listener;
+pub mod logger;
+pub mod session_file;
+pub mod sys;
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use plug_core::accept::{AcceptBackoff, AcceptFailure};
+use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
+use plug_core::connect::ProxyCredentials;
+use plug_core::dial::{DialOptions, DialStep, Dialer};
+use plug_core::log::{self, CloseStatus};
+use plug_core::relay::{Relay, RelayOutcome};
+use plug_core::select::{Balancer, DestId, SelectEvent};
+use plug_core::session::SessionRecord;
+
+use daemon::{ParentOutcome, PidFile, Readiness};
+use logger::Logger;
+use session_file::SessionWriter;
+
+/// Prints `PROG: message` on stderr and exits with `status`.
+fn die(program: &str, message: &str, status: i32) -> ! {
+    let _ = writeln!(io::stderr(), "{program}: {message}");
+    std::process::exit(status)
+}
+
+/// Everything a running plug shares between its connections.
+#[derive(Debug)]
+pub struct Context {
+    program: String,
+    config: Config,
+    dial: DialOptions,
+    log: Logger,
+    balancer: Mutex<Balancer>,
+    sessions: Option<SessionWriter>,
+    pid_file: Mutex<Option<PidFile>>,
+    pid: u32,
+    open: Mutex<usize>,
+    drained: Condvar,
+    stopping: AtomicBool,
+    backoff: Mutex<AcceptBackoff>,
+}
+
+/// A started process, ready for an adapter to serve `listener`.
+#[derive(Debug)]
+pub struct Boot {
+    /// The shared state.
+    pub ctx: Arc<Context>,
+    /// The bound, listening socket.
+    pub listener: TcpListener,
+    readiness: Readiness,
+}
+
+impl Boot {
+    /// Reports that serving has started: a waiting parent exits 0 (PROC-1).
+    pub fn ready(&mut self) {
+        self.readiness.ready();
+    }
+
+    /// Reports a start-up failure after detaching and exits 4.
+    pub fn fail(mut self, message: &str) -> ! {
+        if !self.readiness.failed(message) {
+            self.ctx.log.error(message);
+        }
+        self.ctx.exit(EXIT_FATAL)
+    }
+}
+
+/// Starts the process from argv: returns only in the process that will serve.
+/// `-V`, `--help`, usage errors (exit 5) and start-up failures (exit 4) end here.
+pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
+    let mut argv = argv.into_iter();
+    let argv0 = argv
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let program = log::program_name(&argv0).to_string();
+    let config = match cli::parse(argv.collect()) {
+        Ok(Action::Run(config)) => *config,
+        Ok(Action::Version) => {
+            println!("{}", log::version(&program));
+            std::process::exit(EXIT_OK)
+        }
+        Ok(Action::Help) => {
+            print!("{}", cli::help(&program));
+            std::process::exit(EXIT_OK)
+        }
+        Err(e) => {
+            let _ = write!(io::stderr(), "{program}: {e}\n{}", cli::usage(&program));
+            std::process::exit(e.status())
+        }
+    };
+
+    let credentials = match &config.proxy_auth_file {
+        None => None,
+        Some(path) => {
+            let contents = std::fs::read(path).unwrap_or_else(|e| {
+                die(
+                    &program,
+                    &format!("cannot read proxy credentials {}: {e}", path.display()),
+                    EXIT_FATAL,
+                )
+            });
+            match ProxyCredentials::from_file_contents(&contents) {
+                Ok(c) => Some(c),
+                Err(e) => die(&program, &format!("{}: {e}", path.display()), EXIT_FATAL),
+            }
+        }
+    };
+
+    // Connections need descriptors; the hard limit is what the operator allowed.
+    let _ = sys::raise_nofile_limit();
+
+    let addr = config.source.bind_addr();
+    let listener = listener::bind(addr).unwrap_or_else(|e| {
+        die(
+            &program,
+            &format!("cannot listen on {addr}: {e}"),
+            EXIT_FATAL,
+        )
+    });
+    let sessions = config.session.as_ref().map(|target| {
+        SessionWriter::open(target.clone()).unwrap_or_else(|e| {
+            die(
+                &program,
+                &format!("cannot open session file: {e}"),
+                EXIT_FATAL,
+            )
+        })
+    });
+    let readiness = if config.foreground {
+        Readiness::none()
+    } else {
+        match daemon::detach() {
+            Ok(Ok(readiness)) => readiness,
+            Ok(Err(ParentOutcome::Ready)) => std::process::exit(EXIT_OK),
+            Ok(Err(ParentOutcome::Failed(msg))) => die(&program, &msg, EXIT_FATAL),
+            Err(e) => die(&program, &format!("cannot detach: {e}"), EXIT_FATAL),
+        }
+    };
+    sys::openlog(&program);
+    let logger = Logger::new(
+        &program,
+        !config.foreground,
+        config.debug,
+        config.log_connections,
+    );
+    let pid = std::process::id();
+    let dial = config.dial_options(credentials);
+    let balancer = Balancer::new(config.destinations.clone(), config.select);
+    let ctx = Arc::new(Context {
+        program,
+        dial,
+        log: logger,
+        balancer: Mutex::new(balancer),
+        sessions,
+        pid_file: Mutex::new(None),
+        pid,
+        open: Mutex::new(0),
+        drained: Condvar::new(),
+        stopping: AtomicBool::new(false),
+        backoff: Mutex::new(AcceptBackoff::new()),
+        config,
+    });
+    let boot = Boot {
+        ctx,
+        listener,
+        readiness,
+    };
+
+    if let Some(path) = boot.ctx.config.pid_file.clone() {
+        match PidFile::write(&path, pid) {
+            Ok(file) => *lock(&boot.ctx.pid_file) = Some(file),
+            Err(e) => boot.fail(&format!("cannot write pid file {}: {e}", path.display())),
+        }
+    }
+    // Before any thread exists, so that every thread inherits the mask and only the
+    // signal thread receives them.
+    if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT]) {
+        boot.fail(&format!("cannot set up signals: {e}"));
+    }
+    let ctx = &boot.ctx;
+    ctx.log.connection(&log::started(&ctx.config.source));
+    let local = boot
+        .listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    ctx.log.debug(1, &format!("listening on {local}"));
+    boot
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking connection must not take the whole daemon with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One accepted client on its way through plug; counts as open until dropped.
+#[derive(Debug)]
+pub struct Connection {
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    dialer: Dialer,
+    reached: Option<DestId>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut open = lock(&self.ctx.open);
+        *open = open.saturating_sub(1);
+        if *open == 0 {
+            self.ctx.drained.notify_all();
+        }
+    }
+}
+
+impl Connection {
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// True when `-k` asks for SO_KEEPALIVE on both sockets (CONN-7).
+    pub fn keepalive(&self) -> bool {
+        self.ctx.config.keepalive
+    }
+
+    /// Asks the core what to do first: the first destination to connect to.
+    pub fn start(&mut self, now: Instant) -> DialStep {
+        self.step(|d, b| d.start(now, b))
+    }
+
+    /// Feeds the dialer an input (connected, failed, reply bytes) with the shared
+    /// balancer, logs what the core noticed, and returns the next step.
+    pub fn step(&mut self, input: impl FnOnce(&mut Dialer, &mut Balancer) -> DialStep) -> DialStep {
+        let step = self.with_core(input);
+        self.note(&step);
+        step
+    }
+
+    /// Checks the dialer's timeout at `now`: `None` if it has not passed, otherwise
+    /// the next step (see [`Dialer::handle_timeout`]).
+    pub fn timeout(&mut self, now: Instant) -> Option<DialStep> {
+        let step = self.with_core(|d, b| d.handle_timeout(now, b));
+        if let Some(s) = &step {
+            self.note(s);
+        }
+        step
+    }
+
+    fn with_core<R>(&mut self, input: impl FnOnce(&mut Dialer, &mut Balancer) -> R) -> R {
+        let ctx = Arc::clone(&self.ctx);
+        let result = {
+            let mut balancer = lock(&ctx.balancer);
+            let result = input(&mut self.dialer, &mut balancer);
+            while let Some(event) = balancer.poll_event() {
+                match event {
+                    SelectEvent::StickyTableFull { .. } => ctx.log.notice(&event.to_string()),
+                    _ => ctx.log.debug(1, &event.to_string()),
+                }
+            }
+            result
+        };
+        while let Some(event) = self.dialer.poll_event() {
+            ctx.log.debug(1, &event.to_string());
+        }
+        result
+    }
+
+    fn note(&mut self, step: &DialStep) {
+        if let DialStep::Established { dest, .. } = step {
+            self.reached = Some(*dest);
+            if let Some(d) = lock(&self.ctx.balancer).destination(*dest) {
+                self.ctx.log.connection(&log::connect_from(
+                    &self.ctx.config.source,
+                    self.peer.ip(),
+                    d,
+                ));
+            }
+        }
+    }
+
+    /// When the current connect or CONNECT exchange times out.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.dialer.poll_timeout()
+    }
+
+    /// Starts the relay once established, with the leftover delivered first.
+    pub fn relay(&self, now: Instant, leftover: &[u8]) -> Relay {
+        Relay::new(now, self.ctx.config.relay_options(), leftover)
+    }
+
+    /// Records the end of the connection: the session line for one that reached a
+    /// destination (SPEC §4), and `Complete` for `-l` (PROC-5).
+    pub fn finish(self, now: Instant, outcome: Option<RelayOutcome>) {
+        let ctx = &self.ctx;
+        let status = match (&self.reached, &outcome) {
+            (Some(_), Some(o)) => CloseStatus::from(o.end),
+            (Some(_), None) => CloseStatus::Exception,
+            (None, _) => CloseStatus::ConnectFailed,
+        };
+        if let (Some(dest), Some(o), Some(sessions)) = (self.reached, outcome, &ctx.sessions) {
+            let destination = lock(&ctx.balancer).destination(dest).cloned();
+            if let Some(destination) = destination {
+                let duration = now.saturating_duration_since(self.accepted_at);
+                let record = SessionRecord::new(
+                    ctx.config.source,
+                    self.peer.ip(),
+                    destination,
+                    &o,
+                    duration,
+                );
+                let line = record.line(sys::local_time(SystemTime::now()), ctx.pid);
+                if let Err(e) = sessions.write(&line) {
+                    ctx.log.error(&format!("cannot write session line: {e}"));
+                }
+            }
+        }
+        if let Some(o) = outcome {
+            ctx.log.debug(
+                1,
+                &format!(
+                    "{} closed: {:?}, in {} out {}",
+                    self.peer, o.end, o.from_client, o.from_destination
+                ),
+            );
+        }
+        ctx.log
+            .connection(&log::complete(&ctx.config.source, status));
+    }
+}
+
+impl Context {
+    /// The validated command line.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The logger.
+    pub fn log(&self) -> &Logger {
+        &self.log
+    }
+
+    /// The program name used in messages.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// Decides about a client just accepted (CONN-1): `None` means refused (logged;
+    /// close it at once without contacting any destination).
+    pub fn admit(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Connection> {
+        if !self.config.rules.allows(peer.ip()) {
+            self.log
+                .connection(&log::refused(&self.config.source, peer.ip()));
+            return None;
+        }
+        *lock(&self.open) += 1;
+        let dialer = Dialer::new(&lock(&self.balancer), peer.ip(), self.dial.clone());
+        Some(Connection {
+            ctx: Arc::clone(self),
+            peer,
+            accepted_at: now,
+            dialer,
+            reached: None,
+        })
+    }
+
+    /// Decides what to do after accept failed: returns how long to pause (§5).
+    pub fn accept_failed(&self, now: Instant, error: &io::Error) -> Option<Duration> {
+        let failure = match error.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => AcceptFailure::OutOfDescriptors,
+            Some(libc::ENOBUFS | libc::ENOMEM) => AcceptFailure::OutOfMemory,
+            Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR | libc::EAGAIN | libc::EPERM) => {
+                AcceptFailure::ClientGone
+            }
+            _ => AcceptFailure::Other,
+        };
+        let action = lock(&self.backoff).handle_failure(now, failure, &error.to_string());
+        if let Some(line) = action.log {
+            self.log.error(&line);
+        }
+        action.pause
+    }
+
+    /// True once a graceful stop has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Begins the graceful stop (PROC-4): removes the pid file; the caller closes the
+    /// listener. Returns false if a stop had already begun.
+    pub fn begin_stop(&self) -> bool {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.remove_pid_file();
+        self.log
+            .debug(1, "stopping: listener closed, waiting for open connections");
+        true
+    }
+
+    fn remove_pid_file(&self) {
+        if let Some(file) = lock(&self.pid_file).take() {
+            file.remove();
+        }
+    }
+
+    /// Blocks until no connection is open, or `--drain-timeout` has passed (OPT-8).
+    pub fn wait_drained(&self) {
+        let deadline = self
+            .config
+            .drain_timeout
+            .and_then(|t| Instant::now().checked_add(t));
+        let mut open = lock(&self.open);
+        while *open > 0 {
+            match deadline {
+                None => open = self.drained.wait(open).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.log
+                            .debug(1, &format!("drain timeout: exiting with {} open", *open));
+                        break;
+                    }
+                    open = self
+                        .drained
+                        .wait_timeout(open, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Exits the process with `status`, removing the pid file first.
+    pub fn exit(&self, status: i32) -> ! {
+        self.remove_pid_file();
+        let _ = io::stdout().flush();
+        std::process::exit(status)
+    }
+
+    /// Starts the thread that receives SIGTERM and SIGINT: the first begins the
+    /// graceful stop and calls `close_listener`; the second exits at once (PROC-4).
+    pub fn spawn_signal_thread(
+        self: &Arc<Self>,
+        close_listener: impl Fn() + Send + 'static,
+    ) -> io::Result<()> {
+        let ctx = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let signals = [sys::signal::TERM, sys::signal::INT];
+                match sys::wait_signal(&signals) {
+                    Ok(_) if ctx.begin_stop() => close_listener(),
+                    Ok(_) => ctx.exit(EXIT_OK),
+                    Err(e) => {
+                        ctx.log.error(&format!("signal wait failed: {e}"));
+                        return;
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,64 @@
+//! The session-file writer (SPEC §4): one line per finished connection, each a
+//! single append, never interleaved; the file is opened anew for every line, as
+//! 2.5.5 did, so logrotate can move it away without telling plug.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use plug_core::cli::SessionTarget;
+
+/// Writes session lines to a file or stdout.
+#[derive(Debug)]
+pub struct SessionWriter {
+    target: SessionTarget,
+    // Serialises writers inside this process; O_APPEND does the rest.
+    lock: Mutex<()>,
+}
+
+impl SessionWriter {
+    /// Creates the writer and, for a file, checks now that it can be opened, so a
+    /// bad path is reported at start-up (exit 4) rather than lost later.
+    pub fn open(target: SessionTarget) -> io::Result<Self> {
+        if let SessionTarget::File(path) = &target {
+            Self::open_file(path)?;
+        }
+        Ok(SessionWriter {
+            target,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn open_file(path: &PathBuf) -> io::Result<std::fs::File> {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o666)
+            .open(path)
+    }
+
+    /// Appends one line (newline included) in a single write.
+    pub fn write(&self, line: &str) -> io::Result<()> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        match &self.target {
+            SessionTarget::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(line.as_bytes())?;
+                out.flush()
+            }
+            SessionTarget::File(path) => {
+                let mut file = Self::open_file(path)?;
+                let n = file.write(line.as_bytes())?;
+                if n != line.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "short write to the session file",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The accept loop: one thread per admitted connection.
+
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use crate::conn;
+use crate::process::{sys, Boot};
+
+/// Stack for connection threads: the driver keeps its buffers on the heap.
+const CONNECTION_STACK: usize = 128 * 1024;
+
+/// Serves until a graceful stop has drained, then exits.
+pub fn run(mut boot: Boot) -> ! {
+    let ctx = boot.ctx.clone();
+    let fd = boot.listener.as_raw_fd();
+    if let Err(e) = ctx.spawn_signal_thread(move || sys::shutdown_read(fd)) {
+        boot.fail(&format!("cannot start the signal thread: {e}"));
+    }
+    boot.ready();
+    let listener = boot.listener;
+    loop {
+        match listener.accept() {
+            Ok((client, peer)) => {
+                let Some(connection) = ctx.admit(Instant::now(), peer) else {
+                    continue; // refused: dropping `client` closes it at once (CONN-1)
+                };
+                let spawned = std::thread::Builder::new()
+                    .stack_size(CONNECTION_STACK)
+                    .spawn(move || conn::serve(connection, client));
+                if let Err(e) = spawned {
+                    ctx.log()
+                        .error(&format!("cannot start a connection thread: {e}"));
+                }
+            }
+            Err(_) if ctx.is_stopping() => break,
+            Err(e) => {
+                if let Some(pause) = ctx.accept_failed(Instant::now(), &e) {
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+    }
+    // Close the listener now so a new instance can bind while connections drain.
+    drop(listener);
+    ctx.wait_drained();
+    ctx.exit(0)
+}

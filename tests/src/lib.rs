@@ -1,0 +1,568 @@
+//! The conformance suite's harness: the binaries under test, a running plug with
+//! its output captured line by line, loopback backends, and client helpers.
+//!
+//! Every wait is bounded by [`DEADLINE`]; readiness is a log line or a socket state,
+//! never a blind sleep.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest any single wait in the suite may take.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The binaries every test runs against. Adding a runtime is one line here.
+pub const BINARIES: &[&str] = &["plug-std", "plug"];
+
+/// One binary under test.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    /// Its file name, which is also the program name in its messages.
+    pub name: &'static str,
+    /// Where cargo built it.
+    pub path: PathBuf,
+}
+
+/// The directory cargo put the binaries in: the test executable lives in its
+/// `deps/` subdirectory.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test binary has a directory");
+    deps.parent().unwrap_or(deps).to_path_buf()
+}
+
+/// The newest modification time of any file below `dir`.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            entry.metadata().ok()?.modified().ok()
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The binaries under test, failing loudly if one was not built (never skipped) or
+/// is older than the sources it is built from: `cargo test -p plug-tests` alone does
+/// not rebuild them, `cargo test --workspace` does.
+pub fn binaries() -> Vec<Binary> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let sources = [
+        "core/src",
+        "runtime-std/src",
+        "runtime-smol/src",
+        "runtime-async-std/src",
+        "src",
+    ]
+    .iter()
+    .filter_map(|d| newest_source(&root.join(d)))
+    .max();
+    BINARIES
+        .iter()
+        .map(|name| {
+            let path = bin_dir().join(name);
+            let built = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} is missing: run `cargo test --workspace`, which builds every binary",
+                        path.display()
+                    )
+                });
+            assert!(
+                sources.is_none_or(|s| s <= built),
+                "{} is older than its sources: run `cargo test --workspace`, which rebuilds it",
+                path.display()
+            );
+            Binary { name, path }
+        })
+        .collect()
+}
+
+/// Runs `test` once per binary, saying which binary failed.
+pub fn each_binary(test: impl Fn(&Binary)) {
+    for bin in binaries() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&bin)));
+        if let Err(panic) = result {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("[{}] {msg}", bin.name);
+        }
+    }
+}
+
+/// Lines read from a child's output, in arrival order, with waiting.
+#[derive(Debug, Default)]
+pub struct Lines {
+    lines: Mutex<(Vec<String>, bool)>,
+    changed: Condvar,
+}
+
+impl Lines {
+    fn capture(source: impl Read + Send + 'static) -> Arc<Lines> {
+        let lines = Arc::new(Lines::default());
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(source).lines() {
+                let Ok(line) = line else { break };
+                sink.lines.lock().unwrap().0.push(line);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().1 = true;
+            sink.changed.notify_all();
+        });
+        lines
+    }
+
+    /// Everything read so far.
+    pub fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().0.clone()
+    }
+
+    /// Waits until some line satisfies `pred`; returns it, or `None` at the
+    /// deadline or when the stream closed without one.
+    pub fn wait_for(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut guard = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = guard.0.iter().find(|l| pred(l)) {
+                return Some(l.clone());
+            }
+            let now = Instant::now();
+            if guard.1 || now >= deadline {
+                return None;
+            }
+            guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` lines satisfy `pred`; returns them all.
+    pub fn wait_for_count(&self, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut guard = self.lines.lock().unwrap();
+        loop {
+            let found: Vec<String> = guard.0.iter().filter(|l| pred(l)).cloned().collect();
+            let now = Instant::now();
+            if found.len() >= n || guard.1 || now >= deadline {
+                return found;
+            }
+            guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the stream closes (the child exited); false at the deadline.
+    pub fn wait_closed(&self) -> bool {
+        let deadline = Instant::now() + DEADLINE;
+        let mut guard = self.lines.lock().unwrap();
+        while !guard.1 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self.changed.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+        true
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An address nothing listens on: connecting is refused at once.
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// A running plug in the foreground with stdout and stderr captured.
+pub struct Plug {
+    child: Child,
+    /// The name of the binary.
+    pub name: &'static str,
+    /// Standard error, line by line.
+    pub stderr: Arc<Lines>,
+    /// Standard output, line by line.
+    pub stdout: Arc<Lines>,
+    /// The listening port.
+    pub port: u16,
+}
+
+impl Plug {
+    /// Starts `bin` with `args`, where the word `{port}` is replaced by a free port,
+    /// and `-d` is added so readiness can be seen: returns once it logged that it is
+    /// listening. Retries with another port if the chosen one was taken meanwhile.
+    pub fn start(bin: &Binary, args: &[&str]) -> Plug {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut words: Vec<String> = vec!["-d".into()];
+            words.extend(args.iter().map(|a| a.replace("{port}", &port.to_string())));
+            let mut plug = Plug::spawn(bin, &words, port);
+            if plug
+                .stderr
+                .wait_for(|l| l.contains("listening on"))
+                .is_some()
+            {
+                return plug;
+            }
+            let lines = plug.stderr.all();
+            let _ = plug.child.kill();
+            let _ = plug.child.wait();
+            if !lines.iter().any(|l| l.contains("cannot listen")) {
+                panic!("{} did not start: {lines:?}", bin.name);
+            }
+        }
+        panic!("{}: no free port after 5 tries", bin.name);
+    }
+
+    /// Starts `bin` with exactly `args` (no `-d`, no readiness wait).
+    pub fn spawn(bin: &Binary, args: &[String], port: u16) -> Plug {
+        let mut child = Command::new(&bin.path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.path.display()));
+        let stderr = Lines::capture(child.stderr.take().unwrap());
+        let stdout = Lines::capture(child.stdout.take().unwrap());
+        Plug {
+            child,
+            name: bin.name,
+            stderr,
+            stdout,
+            port,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`).
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Waits for the process to exit; panics at the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Plug {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal to a process.
+pub fn send_signal(pid: u32, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// True while a process with this PID exists.
+pub fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// Waits until `cond` holds, polling every few milliseconds; false at the deadline.
+pub fn eventually(cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
+/// How a backend treats each accepted connection.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Echo everything; shut down writing after the client's EOF.
+    Echo,
+    /// Send `tag` and a newline, then echo.
+    Tagged(String),
+    /// Send these bytes, then shut down writing, then read and discard until EOF.
+    Send(Vec<u8>),
+}
+
+/// A loopback server, stopped when dropped.
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    accepted: Arc<Mutex<Vec<SocketAddr>>>,
+    open: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Starts a backend on 127.0.0.1 with an ephemeral port.
+    pub fn start(behaviour: Behaviour) -> Backend {
+        Backend::start_on("127.0.0.1:0", behaviour)
+    }
+
+    /// Starts a backend on `addr`.
+    pub fn start_on(addr: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(vec![]));
+        let open = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (acc, op, st) = (Arc::clone(&accepted), Arc::clone(&open), Arc::clone(&stop));
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                acc.lock().unwrap().push(conn.peer_addr().unwrap());
+                let behaviour = behaviour.clone();
+                let op = Arc::clone(&op);
+                op.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let _ = serve_backend(conn, &behaviour);
+                    op.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend {
+            addr,
+            accepted,
+            open,
+            stop,
+        }
+    }
+
+    /// The peer addresses of every connection accepted so far.
+    pub fn accepted(&self) -> Vec<SocketAddr> {
+        self.accepted.lock().unwrap().clone()
+    }
+
+    /// How many connections are being served now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// This backend as a destination argument.
+    pub fn dest(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn serve_backend(mut conn: TcpStream, behaviour: &Behaviour) -> io::Result<()> {
+    conn.set_read_timeout(Some(DEADLINE * 3))?;
+    match behaviour {
+        Behaviour::Echo => echo(&mut conn),
+        Behaviour::Tagged(tag) => {
+            conn.write_all(format!("{tag}\n").as_bytes())?;
+            echo(&mut conn)
+        }
+        Behaviour::Send(bytes) => {
+            conn.write_all(bytes)?;
+            conn.shutdown(Shutdown::Write)?;
+            io::copy(&mut conn, &mut io::sink()).map(|_| ())
+        }
+    }
+}
+
+fn echo(conn: &mut TcpStream) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return conn.shutdown(Shutdown::Write);
+        }
+        conn.write_all(&buf[..n])?;
+    }
+}
+
+/// Connects to `addr` with bounded timeouts on every operation.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, DEADLINE)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Connects from a chosen local address (e.g. 127.0.0.2) to `addr`.
+pub fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    let local: SocketAddr = format!("{local}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Reads one line (without the newline) from `s`.
+pub fn read_line(s: &mut TcpStream) -> String {
+    let mut out = vec![];
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => out.push(byte[0]),
+            Err(e) => panic!("read_line: {e} after {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Connects through plug to a tagged backend and returns the tag it sent.
+pub fn which(addr: SocketAddr) -> String {
+    let mut s = connect(addr);
+    let tag = read_line(&mut s);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut rest = vec![];
+    let _ = s.read_to_end(&mut rest);
+    tag
+}
+
+/// True when the connection is closed by the other side without any data (EOF or
+/// reset) within the deadline.
+pub fn closed_without_data(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+        ),
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures can be reproduced.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sends `data` on `s` while reading everything back, then returns what was read
+/// once the other side closed. Writing half-closes when done.
+pub fn exchange(s: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = s.try_clone().unwrap();
+    let w = thread::spawn(move || {
+        writer.write_all(&data).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = vec![];
+    let mut reader = s;
+    reader.read_to_end(&mut got).unwrap();
+    w.join().unwrap();
+    got
+}
+
+/// Parses a session line into its fields after the time stamp.
+pub fn session_fields(line: &str) -> BTreeMap<&'static str, String> {
+    let rest = line.split_once("] ").map(|(_, r)| r).unwrap_or("");
+    let names = ["word", "from", "peer", "to", "in", "out", "duration"];
+    names
+        .iter()
+        .copied()
+        .zip(rest.split(' ').map(str::to_string))
+        .collect()
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates one under the system temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "plug-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// A path inside it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

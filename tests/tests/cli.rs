@@ -1,0 +1,121 @@
+//! SPEC §1: the command line, exit statuses and messages, against every binary.
+
+use plug_tests::{each_binary, Binary};
+use std::process::{Command, Output};
+
+fn run(bin: &Binary, args: &[&str]) -> Output {
+    Command::new(&bin.path).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn version_prints_and_exits_0_cli_2() {
+    each_binary(|bin| {
+        let o = run(bin, &["-V"]);
+        assert_eq!(o.status.code(), Some(0));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.starts_with(&format!("{}: plug ", bin.name)), "{out}");
+        // -V acts where it appears, even before bad words (CLI-1).
+        let o = run(bin, &["-nV", "-t", "abc", "--bogus"]);
+        assert_eq!(o.status.code(), Some(0));
+    });
+}
+
+#[test]
+fn help_prints_usage_on_stdout_cli_9() {
+    each_binary(|bin| {
+        let o = run(bin, &["--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(&format!("usage: {} -V", bin.name)), "{out}");
+        assert!(out.contains("--connect-timeout"), "{out}");
+    });
+}
+
+#[test]
+fn syntax_errors_exit_5_with_one_line_naming_the_word_cli_6_cli_7() {
+    each_binary(|bin| {
+        for (args, word) in [
+            (&["-t", "abc", "8080", "127.0.0.1"][..], "abc"),
+            (&["8080", "127.0.0.1:99999"], "99999"),
+            (&["-a", "300.1.2.3/40", "8080", "127.0.0.1"], "300.1.2.3/40"),
+            (&["8080"], "destination"),
+            (&[], "source"),
+            (&["-x", "8080", "127.0.0.1"], "-x"),
+            (&["8080", "localhost"], "localhost"),
+            (&["--idle-timeout", "soon", "8080", "127.0.0.1"], "soon"),
+        ] {
+            let o = run(bin, args);
+            assert_eq!(o.status.code(), Some(5), "{args:?}");
+            let err = stderr(&o);
+            let first = err.lines().next().unwrap_or("");
+            assert!(
+                first.starts_with(&format!("{}: ", bin.name)),
+                "{args:?}: {err}"
+            );
+            assert!(first.contains(word), "{args:?}: {err}");
+            assert!(
+                err.contains(&format!("usage: {} -V", bin.name)),
+                "usage follows: {err}"
+            );
+            assert!(o.stdout.is_empty(), "nothing is started");
+        }
+    });
+}
+
+#[test]
+fn occupied_port_is_fatal_exit_4_in_the_foreground_proc_2() {
+    each_binary(|bin| {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let o = run(
+            bin,
+            &["-n", "-i", "127.0.0.1", &port.to_string(), "127.0.0.1:9"],
+        );
+        assert_eq!(o.status.code(), Some(4));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!("{}: cannot listen on 127.0.0.1:{port}", bin.name)),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line, no usage: {err}");
+    });
+}
+
+#[test]
+fn unreadable_proxy_credentials_are_fatal_opt_5() {
+    each_binary(|bin| {
+        let o = run(
+            bin,
+            &[
+                "-n",
+                "-h",
+                "127.0.0.1:3128",
+                "--proxy-auth-file",
+                "/nonexistent/auth",
+                "0",
+                "10.0.0.1:22",
+            ],
+        );
+        // Port 0 is a syntax error that would come first; use a real port instead.
+        assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+        let port = plug_tests::free_port().to_string();
+        let o = run(
+            bin,
+            &[
+                "-n",
+                "-h",
+                "127.0.0.1:3128",
+                "--proxy-auth-file",
+                "/nonexistent/auth",
+                &port,
+                "10.0.0.1:22",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+        assert!(stderr(&o).contains("/nonexistent/auth"));
+    });
+}

@@ -1,0 +1,235 @@
+//! SPEC §2: detaching, readiness, pid file, graceful stop, syslog texts.
+
+use plug_tests::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::process::{Command, Stdio};
+
+fn read_pid(path: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn detaches_only_once_ready_and_forwards_proc_1_proc_3() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let dir = TempDir::new("detach");
+        let pidfile = dir.path("plug.pid");
+        let port = free_port();
+        let out = Command::new(&bin.path)
+            .args([
+                "-P",
+                pidfile.to_str().unwrap(),
+                "-i",
+                "127.0.0.1",
+                &port.to_string(),
+                &backend.dest(),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The parent exited only after the child was ready: the pid file exists and
+        // the port answers, with no waiting.
+        let pid = read_pid(&pidfile);
+        assert!(process_alive(pid));
+        assert_ne!(pid, std::process::id());
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        let (sid, pgid) = (fields[3], fields[2]);
+        assert_eq!(
+            sid,
+            pid.to_string(),
+            "the daemon leads its own session (setsid)"
+        );
+        assert_eq!(pgid, pid.to_string());
+        let s = connect(format!("127.0.0.1:{port}").parse().unwrap());
+        assert_eq!(exchange(s, b"hello".to_vec()), b"hello");
+        // SIGTERM: pid file removed, process gone.
+        send_signal(pid, libc::SIGTERM);
+        assert!(
+            eventually(|| !process_alive(pid)),
+            "daemon did not exit on SIGTERM"
+        );
+        assert!(!pidfile.exists(), "pid file left behind");
+    });
+}
+
+#[test]
+fn detached_bind_failure_is_printed_and_exits_4_proc_2() {
+    each_binary(|bin| {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let out = Command::new(&bin.path)
+            .args(["-i", "127.0.0.1", &port.to_string(), "127.0.0.1:9"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot listen"), "{err}");
+    });
+}
+
+#[test]
+fn detached_pid_file_failure_reaches_the_terminal_proc_1() {
+    each_binary(|bin| {
+        let port = free_port();
+        let out = Command::new(&bin.path)
+            .args([
+                "-P",
+                "/nonexistent-dir/plug.pid",
+                "-i",
+                "127.0.0.1",
+                &port.to_string(),
+                "127.0.0.1:9",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "the parent reports the child's failure"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!("{}: cannot write pid file", bin.name)),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn pid_file_holds_the_pid_and_goes_on_sigint_proc_3() {
+    each_binary(|bin| {
+        let dir = TempDir::new("pid");
+        let pidfile = dir.path("p.pid");
+        let mut plug = Plug::start(
+            bin,
+            &["-P", pidfile.to_str().unwrap(), "{port}", "127.0.0.1:9"],
+        );
+        assert_eq!(
+            std::fs::read_to_string(&pidfile).unwrap(),
+            format!("{}\n", plug.pid())
+        );
+        plug.signal(libc::SIGINT);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+        assert!(!pidfile.exists(), "SIGINT removes the pid file (fix)");
+    });
+}
+
+#[test]
+fn graceful_stop_lets_a_transfer_finish_proc_4() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let dir = TempDir::new("stop");
+        let pidfile = dir.path("p.pid");
+        let mut plug = Plug::start(
+            bin,
+            &[
+                "-P",
+                pidfile.to_str().unwrap(),
+                "-i",
+                "127.0.0.1",
+                "{port}",
+                &backend.dest(),
+            ],
+        );
+        let mut s = connect(plug.addr());
+        s.write_all(b"first").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        plug.signal(libc::SIGTERM);
+        assert!(plug.stderr.wait_for(|l| l.contains("stopping")).is_some());
+        // The listener is closed at once: a new instance could bind the port now.
+        assert!(
+            eventually(|| TcpListener::bind(("127.0.0.1", plug.port)).is_ok()),
+            "listener still open"
+        );
+        assert!(!pidfile.exists());
+        assert!(plug.running(), "open connection keeps plug alive");
+        // The transfer in flight completes.
+        s.write_all(b"second").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = vec![];
+        s.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"second");
+        drop(s);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+    });
+}
+
+#[test]
+fn second_signal_exits_at_once_proc_4() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let mut plug = Plug::start(bin, &["{port}", &backend.dest()]);
+        let mut s = connect(plug.addr());
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        plug.signal(libc::SIGTERM);
+        assert!(plug.stderr.wait_for(|l| l.contains("stopping")).is_some());
+        assert!(plug.running());
+        plug.signal(libc::SIGTERM);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+        assert!(closed_without_data(&mut s));
+    });
+}
+
+#[test]
+fn connection_log_texts_proc_5() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        // -l sends these to syslog; -d shows them on stderr too, where we read them.
+        let plug = Plug::start(bin, &["-l", "-a", "127.0.0.2", "{port}", &backend.dest()]);
+        let tag = format!("({})", plug.port);
+        assert!(plug
+            .stderr
+            .wait_for(|l| l.ends_with(&format!("{tag}: Plugdaemon started.")))
+            .is_some());
+        let s = connect_from("127.0.0.2", plug.addr());
+        assert_eq!(exchange(s, b"hi".to_vec()), b"hi");
+        let want = format!("{tag}: Connect from 127.0.0.2 to {}", backend.dest());
+        assert!(
+            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
+            "{:?}",
+            plug.stderr.all()
+        );
+        assert!(plug
+            .stderr
+            .wait_for(|l| l.ends_with(&format!("{tag}: Complete.")))
+            .is_some());
+        let mut refused = connect_from("127.0.0.3", plug.addr());
+        assert!(closed_without_data(&mut refused));
+        let want = format!("{tag}: Connect from 127.0.0.3 Refused.");
+        assert!(
+            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
+            "{:?}",
+            plug.stderr.all()
+        );
+    });
+}
+
+#[test]
+fn failed_connection_completes_with_status_2_proc_5() {
+    each_binary(|bin| {
+        let dead = dead_addr();
+        let plug = Plug::start(bin, &["-l", "-i", "127.0.0.1", "{port}", &dead.to_string()]);
+        let mut s = connect(plug.addr());
+        assert!(closed_without_data(&mut s));
+        let want = format!("(127.0.0.1 {}): Complete, status=2.", plug.port);
+        assert!(
+            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
+            "{:?}",
+            plug.stderr.all()
+        );
+    });
+}
