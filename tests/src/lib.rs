@@ -181,21 +181,29 @@ impl Lines {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+/// A free TCP port for plug to listen on (checked by binding 0.0.0.0 and :: and
+/// releasing them). Ports come from below the kernel's ephemeral range, each once per
+/// process, so no backend's or client's ephemeral port can later land on a plug's
+/// port, and no two tests pick the same one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let base = 20_000 + (std::process::id() as usize % 40) * 300;
+    for _ in 0..300 {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % 300) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() && TcpListener::bind(("::", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{}", base + 300)
 }
 
-/// An address nothing listens on: connecting is refused at once.
+/// An address nothing listens on, so connecting is refused at once: a fresh address
+/// in 127.254.0.0/16, which only the test that got it may bind, on a port below the
+/// range `free_port` hands out (so no plug on 0.0.0.0 can cover it).
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    SocketAddr::from(([127, 254, (n / 250) as u8, (n % 250 + 1) as u8], 19_999))
 }
 
 /// A running plug in the foreground with stdout and stderr captured.
@@ -333,8 +341,12 @@ pub enum Behaviour {
     Echo,
     /// Send `tag` and a newline, then echo.
     Tagged(String),
-    /// Send these bytes, then shut down writing, then read and discard until EOF.
+    /// Send these bytes, then shut down writing, then read until EOF (kept).
     Send(Vec<u8>),
+    /// Read until EOF (kept), then send these bytes and close.
+    ReplyAfterEof(Vec<u8>),
+    /// Read one byte, then reset the connection.
+    Reset,
 }
 
 /// A loopback server, stopped when dropped.
@@ -342,8 +354,10 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     accepted: Arc<Mutex<Vec<SocketAddr>>>,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
     open: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    acceptor: Option<thread::JoinHandle<()>>,
 }
 
 impl Backend {
@@ -357,21 +371,32 @@ impl Backend {
         let listener = TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(Mutex::new(vec![]));
+        let received = Arc::new(Mutex::new(vec![]));
         let open = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (acc, op, st) = (Arc::clone(&accepted), Arc::clone(&open), Arc::clone(&stop));
-        thread::spawn(move || {
+        let (acc, rec, op, st) = (
+            Arc::clone(&accepted),
+            Arc::clone(&received),
+            Arc::clone(&open),
+            Arc::clone(&stop),
+        );
+        let acceptor = thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                acc.lock().unwrap().push(conn.peer_addr().unwrap());
+                // A client that reset before we got here has no peer any more.
+                let Ok(peer) = conn.peer_addr() else { continue };
+                acc.lock().unwrap().push(peer);
                 let behaviour = behaviour.clone();
                 let op = Arc::clone(&op);
+                let rec = Arc::clone(&rec);
                 op.fetch_add(1, Ordering::SeqCst);
                 thread::spawn(move || {
-                    let _ = serve_backend(conn, &behaviour);
+                    let mut kept = vec![];
+                    let _ = serve_backend(conn, &behaviour, &mut kept);
+                    rec.lock().unwrap().push(kept);
                     op.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -379,9 +404,16 @@ impl Backend {
         Backend {
             addr,
             accepted,
+            received,
             open,
             stop,
+            acceptor: Some(acceptor),
         }
+    }
+
+    /// What each finished connection sent (for `Send` and `ReplyAfterEof`).
+    pub fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
     }
 
     /// The peer addresses of every connection accepted so far.
@@ -404,10 +436,15 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // The listener closes when its thread ends: once this returns, the port is
+        // really dead.
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
     }
 }
 
-fn serve_backend(mut conn: TcpStream, behaviour: &Behaviour) -> io::Result<()> {
+fn serve_backend(mut conn: TcpStream, behaviour: &Behaviour, kept: &mut Vec<u8>) -> io::Result<()> {
     conn.set_read_timeout(Some(DEADLINE * 3))?;
     match behaviour {
         Behaviour::Echo => echo(&mut conn),
@@ -418,7 +455,16 @@ fn serve_backend(mut conn: TcpStream, behaviour: &Behaviour) -> io::Result<()> {
         Behaviour::Send(bytes) => {
             conn.write_all(bytes)?;
             conn.shutdown(Shutdown::Write)?;
-            io::copy(&mut conn, &mut io::sink()).map(|_| ())
+            conn.read_to_end(kept).map(|_| ())
+        }
+        Behaviour::ReplyAfterEof(bytes) => {
+            conn.read_to_end(kept)?;
+            conn.write_all(bytes)
+        }
+        Behaviour::Reset => {
+            let mut one = [0u8; 1];
+            conn.read_exact(&mut one)?;
+            socket2::SockRef::from(&conn).set_linger(Some(Duration::ZERO))
         }
     }
 }
@@ -460,8 +506,8 @@ pub fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Reads one line (without the newline) from `s`.
-pub fn read_line(s: &mut TcpStream) -> String {
+/// Reads one line (without the newline) from `s`; an error says what was read.
+pub fn try_read_line(s: &mut TcpStream) -> Result<String, String> {
     let mut out = vec![];
     let mut byte = [0u8; 1];
     loop {
@@ -469,10 +515,20 @@ pub fn read_line(s: &mut TcpStream) -> String {
             Ok(0) => break,
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) => out.push(byte[0]),
-            Err(e) => panic!("read_line: {e} after {:?}", String::from_utf8_lossy(&out)),
+            Err(e) => {
+                return Err(format!(
+                    "read_line: {e} after {:?}",
+                    String::from_utf8_lossy(&out)
+                ))
+            }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Reads one line (without the newline) from `s`.
+pub fn read_line(s: &mut TcpStream) -> String {
+    try_read_line(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Connects through plug to a tagged backend and returns the tag it sent.
@@ -527,6 +583,19 @@ pub fn exchange(s: TcpStream, data: Vec<u8>) -> Vec<u8> {
     got
 }
 
+/// Sends `data` on `s` while reading the same number of bytes back, without
+/// half-closing (for peers such as tinyproxy that end the tunnel on the first EOF).
+pub fn round_trip(s: &TcpStream, data: &[u8]) -> Vec<u8> {
+    let mut writer = s.try_clone().unwrap();
+    let out = data.to_vec();
+    let w = thread::spawn(move || writer.write_all(&out).unwrap());
+    let mut got = vec![0u8; data.len()];
+    let mut reader = s;
+    reader.read_exact(&mut got).unwrap();
+    w.join().unwrap();
+    got
+}
+
 /// Parses a session line into its fields after the time stamp.
 pub fn session_fields(line: &str) -> BTreeMap<&'static str, String> {
     let rest = line.split_once("] ").map(|(_, r)| r).unwrap_or("");
@@ -565,4 +634,19 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The kernel's timer state (`tr` in /proc/net/tcp) of the IPv4 TCP socket with
+/// this local and remote port: 0 none, 1 retransmit, 2 keepalive, ...
+pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 5 && port(f[1]) == Some(local_port) && port(f[2]) == Some(remote_port) {
+            f[5].split(':').next()?.parse().ok()
+        } else {
+            None
+        }
+    })
 }

@@ -1,0 +1,315 @@
+//! SPEC §3 CONN-9: forwarding through an upstream HTTP CONNECT proxy, against a
+//! real tinyproxy and a scripted fake proxy for the edge cases.
+
+use plug_tests::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// What the fake proxy does after reading a CONNECT request for a target.
+#[derive(Clone)]
+enum Reply {
+    /// Write these bytes, then act as the tunnel: echo.
+    Tunnel(&'static [u8]),
+    /// Write these bytes, then close.
+    Close(&'static [u8]),
+    /// Write these bytes, then hold the connection open and say nothing more.
+    Stall(&'static [u8]),
+}
+
+struct FakeProxy {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeProxy {
+    fn start(script: fn(&str) -> Reply) -> FakeProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(vec![]));
+        let log = Arc::clone(&requests);
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let log = Arc::clone(&log);
+                thread::spawn(move || serve_proxy(conn, script, &log));
+            }
+        });
+        FakeProxy { addr, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve_proxy(mut conn: TcpStream, script: fn(&str) -> Reply, log: &Mutex<Vec<String>>) {
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = vec![];
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let target = head.split(' ').nth(1).unwrap_or("").to_string();
+    log.lock().unwrap().push(head);
+    match script(&target) {
+        Reply::Tunnel(bytes) => {
+            conn.write_all(bytes).unwrap();
+            let mut buf = [0u8; 4096];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = conn.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    Ok(n) => conn.write_all(&buf[..n]).unwrap(),
+                }
+            }
+        }
+        Reply::Close(bytes) => {
+            let _ = conn.write_all(bytes);
+        }
+        Reply::Stall(bytes) => {
+            let _ = conn.write_all(bytes);
+            let _ = conn.read_to_end(&mut vec![]);
+        }
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+
+#[test]
+fn tunnel_bytes_in_the_same_segment_as_the_200_are_delivered_conn_9() {
+    each_binary(|bin| {
+        let proxy = FakeProxy::start(|_| {
+            Reply::Tunnel(
+                b"HTTP/1.1 200 Connection established\r\nVia: fake\r\n\r\nSSH-2.0-early\r\n",
+            )
+        });
+        let dir = TempDir::new("proxy");
+        let file = dir.path("s");
+        let plug = Plug::start(
+            bin,
+            &[
+                "-S",
+                file.to_str().unwrap(),
+                "-h",
+                &proxy.addr.to_string(),
+                "{port}",
+                "backend.example:22",
+            ],
+        );
+        let mut s = connect(plug.addr());
+        assert_eq!(read_line(&mut s), "SSH-2.0-early\r");
+        assert_eq!(exchange(s, b"ping".to_vec()), b"ping");
+        assert_eq!(
+            proxy.requests(),
+            ["CONNECT backend.example:22 HTTP/1.1\r\nHost: backend.example:22\r\n\r\n"],
+            "names go to the proxy verbatim, with a Host header (fix)"
+        );
+        assert!(eventually(
+            || std::fs::read_to_string(&file).is_ok_and(|t| !t.is_empty())
+        ));
+        let line = std::fs::read_to_string(&file).unwrap();
+        let fields: Vec<&str> = line.trim_end().split(' ').collect();
+        // TO is the destination as given; OUT counts tunnel bytes only.
+        assert_eq!(fields[5..8], ["backend.example:22", "4", "19"], "{line}");
+    });
+}
+
+#[test]
+fn http_1_0_and_other_2xx_open_the_tunnel_conn_9() {
+    each_binary(|bin| {
+        let proxy = FakeProxy::start(|t| {
+            if t.starts_with("a.") {
+                Reply::Tunnel(b"HTTP/1.0 200 OK\r\n\r\n")
+            } else {
+                Reply::Tunnel(b"HTTP/1.1 204 No Content\r\n\r\n")
+            }
+        });
+        let plug = Plug::start(
+            bin,
+            &[
+                "-h",
+                &proxy.addr.to_string(),
+                "{port}",
+                "a.example:1",
+                "b.example:2",
+            ],
+        );
+        assert_eq!(exchange(connect(plug.addr()), b"one".to_vec()), b"one");
+        assert_eq!(exchange(connect(plug.addr()), b"two".to_vec()), b"two");
+    });
+}
+
+#[test]
+fn a_407_fails_that_destination_and_the_next_serves_conn_3_conn_4() {
+    each_binary(|bin| {
+        let proxy = FakeProxy::start(|t| {
+            if t.starts_with("a.") {
+                Reply::Close(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n")
+            } else {
+                Reply::Tunnel(OK)
+            }
+        });
+        let plug = Plug::start(
+            bin,
+            &[
+                "-o",
+                "-h",
+                &proxy.addr.to_string(),
+                "{port}",
+                "a.example:1",
+                "b.example:2",
+            ],
+        );
+        assert_eq!(exchange(connect(plug.addr()), b"x".to_vec()), b"x");
+        let line = plug
+            .stderr
+            .wait_for(|l| l.contains("a.example:1 failed"))
+            .unwrap();
+        assert!(
+            line.contains("407") && line.contains("authentication"),
+            "{line}"
+        );
+        // Marked unhealthy (fix): the next client goes straight to b.
+        assert_eq!(exchange(connect(plug.addr()), b"y".to_vec()), b"y");
+        let targets: Vec<String> = proxy
+            .requests()
+            .iter()
+            .map(|r| r.split(' ').nth(1).unwrap().to_string())
+            .collect();
+        assert_eq!(targets, ["a.example:1", "b.example:2", "b.example:2"]);
+    });
+}
+
+#[test]
+fn garbage_truncated_and_endless_replies_fail_conn_9_opt_1() {
+    each_binary(|bin| {
+        for (target, words) in [
+            ("garbage.example:1", "malformed proxy reply"),
+            (
+                "eof.example:1",
+                "closed the connection before its reply ended",
+            ),
+            ("endless.example:1", "timed out"),
+        ] {
+            let proxy = FakeProxy::start(|t| match t.split('.').next().unwrap() {
+                "garbage" => Reply::Close(b"SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+                "eof" => Reply::Close(b"HTTP/1.1 200 OK\r\nX-Half: "),
+                _ => Reply::Stall(b"HTTP/1.1 200 OK\r\nX-Trickle: 1\r\n"),
+            });
+            let plug = Plug::start(
+                bin,
+                &[
+                    "--connect-timeout",
+                    "1",
+                    "-h",
+                    &proxy.addr.to_string(),
+                    "{port}",
+                    target,
+                ],
+            );
+            let start = Instant::now();
+            let mut s = connect(plug.addr());
+            assert!(closed_without_data(&mut s), "{target}: client not closed");
+            let line = plug.stderr.wait_for(|l| l.contains("failed for")).unwrap();
+            assert!(line.contains(words), "{target}: {line}");
+            if target.starts_with("endless") {
+                let took = start.elapsed();
+                assert!(
+                    took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+                    "{took:?}"
+                );
+            }
+        }
+    });
+}
+
+struct Tinyproxy {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tinyproxy() -> Tinyproxy {
+    let dir = TempDir::new("tinyproxy");
+    let port = free_port();
+    let conf = dir.path("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!("Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 50\nLogLevel Info\n"),
+    )
+    .unwrap();
+    let child = Command::new("tinyproxy")
+        .args(["-d", "-c", conf.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tinyproxy is not installed: .ci/run installs it with apt-get");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        eventually(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()),
+        "tinyproxy did not start listening"
+    );
+    Tinyproxy {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn through_a_real_tinyproxy_conn_9() {
+    let proxy = tinyproxy();
+    each_binary(|bin| {
+        let banner = Backend::start(Behaviour::Tagged("hello from the destination".into()));
+        let plug = Plug::start(
+            bin,
+            &[
+                "-h",
+                &format!("127.0.0.1:{}", proxy.port),
+                "{port}",
+                &banner.dest(),
+            ],
+        );
+        let mut s = connect(plug.addr());
+        assert_eq!(read_line(&mut s), "hello from the destination");
+        // tinyproxy ends a tunnel on the first EOF, so no half-close here.
+        let data = payload(1 << 20, 7);
+        assert!(round_trip(&s, &data) == data);
+        // A destination tinyproxy cannot reach fails, and the client is closed.
+        let dead = Plug::start(
+            bin,
+            &[
+                "-h",
+                &format!("127.0.0.1:{}", proxy.port),
+                "{port}",
+                &dead_addr().to_string(),
+            ],
+        );
+        let mut s = connect(dead.addr());
+        assert!(closed_without_data(&mut s));
+        assert!(
+            dead.stderr
+                .wait_for(|l| l.contains("proxy refused CONNECT"))
+                .is_some(),
+            "{:?}",
+            dead.stderr.all()
+        );
+    });
+}

@@ -1,0 +1,196 @@
+//! SPEC §3 CONN-2..5: rotation, -o, health and -r, the all-unhealthy reset,
+//! fail-over for the same client, sticky clients.
+
+use plug_tests::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn tagged(tag: &str) -> Backend {
+    Backend::start(Behaviour::Tagged(tag.into()))
+}
+
+fn tagged_on(addr: SocketAddr, tag: &str) -> Backend {
+    Backend::start_on(&addr.to_string(), Behaviour::Tagged(tag.into()))
+}
+
+#[test]
+fn round_robin_in_command_line_order_conn_2() {
+    each_binary(|bin| {
+        let (a, b, c) = (tagged("A"), tagged("B"), tagged("C"));
+        let plug = Plug::start(bin, &["{port}", &a.dest(), &b.dest(), &c.dest()]);
+        let got: Vec<String> = (0..6).map(|_| which(plug.addr())).collect();
+        assert_eq!(got, ["A", "B", "C", "A", "B", "C"]);
+    });
+}
+
+#[test]
+fn o_always_takes_the_first_healthy_conn_2() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let plug = Plug::start(bin, &["-o", "{port}", &a.dest(), &b.dest()]);
+        assert_eq!(
+            (0..3).map(|_| which(plug.addr())).collect::<Vec<_>>(),
+            ["A", "A", "A"]
+        );
+        drop(a);
+        // The client that finds A dead is served by B (CONN-4), and so are the next.
+        let got: Vec<String> = (0..3).map(|_| which(plug.addr())).collect();
+        assert_eq!(got, ["B", "B", "B"], "plug said: {:?}", plug.stderr.all());
+    });
+}
+
+#[test]
+fn a_dead_destination_costs_the_client_nothing_conn_4() {
+    each_binary(|bin| {
+        let dead = dead_addr();
+        let b = tagged("B");
+        let plug = Plug::start(bin, &["-o", "{port}", &dead.to_string(), &b.dest()]);
+        assert_eq!(which(plug.addr()), "B");
+        let failed = format!("destination {dead} failed for 127.0.0.1");
+        assert!(
+            plug.stderr.wait_for(|l| l.contains(&failed)).is_some(),
+            "{:?}",
+            plug.stderr.all()
+        );
+        // Marked unhealthy: later clients go straight to B without retrying it.
+        assert_eq!(which(plug.addr()), "B");
+        assert_eq!(
+            plug.stderr
+                .all()
+                .iter()
+                .filter(|l| l.contains(&failed))
+                .count(),
+            1
+        );
+    });
+}
+
+#[test]
+fn a_client_is_closed_only_when_every_destination_failed_conn_4() {
+    each_binary(|bin| {
+        let (d1, d2) = (dead_addr(), dead_addr());
+        let plug = Plug::start(bin, &["{port}", &d1.to_string(), &d2.to_string()]);
+        let mut s = connect(plug.addr());
+        assert!(closed_without_data(&mut s));
+        for d in [d1, d2] {
+            let failed = format!("destination {d} failed");
+            assert!(
+                plug.stderr.wait_for(|l| l.contains(&failed)).is_some(),
+                "{:?}",
+                plug.stderr.all()
+            );
+        }
+    });
+}
+
+#[test]
+fn all_unhealthy_resets_to_the_first_then_the_second_conn_2() {
+    each_binary(|bin| {
+        let (x, y) = (dead_addr(), dead_addr());
+        let plug = Plug::start(bin, &["{port}", &x.to_string(), &y.to_string()]);
+        let mut s = connect(plug.addr());
+        assert!(
+            closed_without_data(&mut s),
+            "both dead: the client is closed"
+        );
+        assert!(plug
+            .stderr
+            .wait_for(|l| l.contains(&format!("destination {y} failed")))
+            .is_some());
+        // Both come back; both are still marked unhealthy until a client needs one.
+        let (_bx, _by) = (tagged_on(x, "X"), tagged_on(y, "Y"));
+        assert_eq!(which(plug.addr()), "X", "the reset uses the first");
+        assert_eq!(
+            which(plug.addr()),
+            "Y",
+            "rotation continues with the second (fix)"
+        );
+        assert_eq!(which(plug.addr()), "X");
+    });
+}
+
+#[test]
+fn dead_destination_returns_after_r_seconds_conn_3() {
+    each_binary(|bin| {
+        for retry in [true, false] {
+            let x = dead_addr();
+            let b = tagged("B");
+            let mut args = vec!["-o"];
+            if retry {
+                args.extend(["-r", "1"]);
+            }
+            let (xs, bs) = (x.to_string(), b.dest());
+            args.extend(["{port}", &xs, &bs]);
+            let plug = Plug::start(bin, &args);
+            assert_eq!(which(plug.addr()), "B");
+            let marked = Instant::now();
+            let _bx = tagged_on(x, "X");
+            // Watch which destination clients get for a while after X came back.
+            let mut first_x = None;
+            while marked.elapsed() < Duration::from_millis(2500) {
+                if which(plug.addr()) == "X" {
+                    first_x = Some(marked.elapsed());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if retry {
+                let at = first_x.expect("X never came back with -r 1");
+                assert!(
+                    at >= Duration::from_millis(900),
+                    "X came back after {at:?}, before -r passed"
+                );
+            } else {
+                assert_eq!(
+                    first_x, None,
+                    "without -r a dead destination stays out while another is healthy"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn sticky_clients_keep_their_destination_until_t_expires_conn_5() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let plug = Plug::start(bin, &["-f", "-t", "1", "{port}", &a.dest(), &b.dest()]);
+        let from = |ip: &str| {
+            let mut s = connect_from(ip, plug.addr());
+            let tag = read_line(&mut s);
+            drop(s);
+            tag
+        };
+        assert_eq!(from("127.0.0.2"), "A");
+        assert_eq!(
+            from("127.0.0.2"),
+            "A",
+            "sticky, though rotation points at B"
+        );
+        assert_eq!(from("127.0.0.3"), "B");
+        assert_eq!(from("127.0.0.2"), "A");
+        // Time passing is the behaviour under test here: no connection from
+        // 127.0.0.2 for longer than -t, so it is balanced anew (rotation is at A
+        // after 127.0.0.3 took B, so make it point at B first).
+        assert_eq!(from("127.0.0.4"), "A");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(from("127.0.0.2"), "B", "expired after -t 1");
+    });
+}
+
+#[test]
+fn sticky_client_moves_when_its_destination_dies_conn_5() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let plug = Plug::start(bin, &["-f", "{port}", &a.dest(), &b.dest()]);
+        let from = |ip: &str| {
+            let mut s = connect_from(ip, plug.addr());
+            try_read_line(&mut s)
+                .unwrap_or_else(|e| panic!("{e}; plug said {:?}", plug.stderr.all()))
+        };
+        assert_eq!(from("127.0.0.2"), "A");
+        drop(a);
+        let got = [from("127.0.0.2"), from("127.0.0.2")];
+        assert_eq!(got, ["B", "B"], "plug said: {:?}", plug.stderr.all());
+    });
+}
