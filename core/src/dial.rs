@@ -88,6 +88,9 @@ pub enum DialFailure {
     Proxy(ProxyFailure),
     /// A named destination without `-h`; the command line never allows it.
     NoAddress,
+    /// plug itself could not make a socket (out of descriptors or memory): not the
+    /// destination's fault, so its health is left alone.
+    Local(String),
 }
 
 impl fmt::Display for DialFailure {
@@ -97,6 +100,7 @@ impl fmt::Display for DialFailure {
             DialFailure::Timeout(t) => write!(f, "timed out after {}s", t.as_secs_f64()),
             DialFailure::Proxy(p) => write!(f, "{p}"),
             DialFailure::NoAddress => f.write_str("a host name needs an upstream proxy (-h)"),
+            DialFailure::Local(e) => write!(f, "cannot open an outgoing socket: {e}"),
         }
     }
 }
@@ -280,6 +284,33 @@ impl Dialer {
         error: &dyn fmt::Display,
     ) -> DialStep {
         self.fail(now, balancer, DialFailure::Io(error.to_string()))
+    }
+
+    /// Reports that plug could not even make the outgoing socket (socket(2) or the
+    /// `-p` bind failed, e.g. out of descriptors): the client is closed, and the
+    /// destination keeps its health because it was never tried.
+    pub fn handle_local_failure(
+        &mut self,
+        _now: Instant,
+        balancer: &Balancer,
+        error: &dyn fmt::Display,
+    ) -> DialStep {
+        let Some(dest) = self.current() else {
+            return self.stale();
+        };
+        if matches!(self.phase, Phase::Established { .. }) {
+            return self.stale();
+        }
+        if let Some(d) = balancer.destination(dest) {
+            let failure = DialFailure::Local(error.to_string());
+            self.events.push_back(DialEvent {
+                dest: d.clone(),
+                client: self.plan.client(),
+                failure,
+            });
+        }
+        self.phase = Phase::GaveUp;
+        DialStep::GiveUp
     }
 
     /// Feeds bytes read from the proxy after [`DialStep::SendRequest`] or
@@ -507,6 +538,25 @@ mod tests {
         d.handle_connected(now, &mut b);
         assert_eq!(d.poll_timeout(), Some(now + DEFAULT_CONNECT_TIMEOUT));
         assert_eq!(d.handle_reply_eof(now, &mut b), DialStep::GiveUp);
+    }
+
+    #[test]
+    fn running_out_of_sockets_is_not_the_destinations_fault_spec_5() {
+        let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2"], false);
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), DialOptions::default());
+        d.start(now, &mut b);
+        assert_eq!(
+            d.handle_local_failure(now, &b, &"Too many open files"),
+            DialStep::GiveUp
+        );
+        assert_eq!(b.health(DestId(0)), Some(Health::Healthy));
+        let ev = d.poll_event().unwrap().to_string();
+        assert!(
+            ev.ends_with("cannot open an outgoing socket: Too many open files"),
+            "{ev}"
+        );
+        assert_eq!(b.poll_event(), None, "nothing marked");
     }
 
     #[test]

@@ -3,14 +3,15 @@
 //! CONNECT and idle timeouts simple: they are poll timeouts.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use plug_core::dial::DialStep;
 use plug_core::relay::{Direction, Relay, Side};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::SockRef;
 
+use crate::process::sockets::{self, ConnectError};
 use crate::process::sys::{self, PollFd, POLLERRS, POLLIN, POLLOUT};
 use crate::process::Connection;
 
@@ -47,21 +48,6 @@ pub fn serve(mut conn: Connection, client: TcpStream) {
     conn.finish(Instant::now(), outcome);
 }
 
-/// Starts a non-blocking connect to `addr`, bound first to `bind` (CONN-8).
-fn begin_connect(addr: SocketAddr, bind: Option<SocketAddr>) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
-    if let Some(local) = bind {
-        socket.bind(&local.into())?;
-    }
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(socket.into())
-}
-
 /// Waits until `fd` is ready for `events` or the dialer's deadline passes; on
 /// timeout returns the core's next step instead.
 fn wait_dial(conn: &mut Connection, stream: &TcpStream, events: i16) -> Result<(), DialStep> {
@@ -96,8 +82,13 @@ fn dial(conn: &mut Connection, keepalive: bool) -> Option<(TcpStream, Vec<u8>)> 
         step = match step {
             DialStep::Connect { addr, bind, .. } => {
                 stream = None;
-                match begin_connect(addr, bind) {
-                    Err(e) => conn.step(|d, b| d.handle_connect_failed(Instant::now(), b, &e)),
+                match sockets::begin_connect(addr, bind) {
+                    Err(ConnectError::Local(e)) => {
+                        conn.step(|d, b| d.handle_local_failure(Instant::now(), b, &e))
+                    }
+                    Err(ConnectError::Remote(e)) => {
+                        conn.step(|d, b| d.handle_connect_failed(Instant::now(), b, &e))
+                    }
                     Ok(s) => match wait_dial(conn, &s, POLLOUT) {
                         Err(next) => next,
                         Ok(()) => match s.take_error() {

@@ -224,11 +224,33 @@ impl Plug {
     /// and `-d` is added so readiness can be seen: returns once it logged that it is
     /// listening. Retries with another port if the chosen one was taken meanwhile.
     pub fn start(bin: &Binary, args: &[&str]) -> Plug {
+        Plug::start_limited(bin, None, args)
+    }
+
+    /// Like [`Plug::start`], with the open-file limit (soft and hard) set to
+    /// `nofile` first, as `ulimit -n` would.
+    pub fn start_limited(bin: &Binary, nofile: Option<u32>, args: &[&str]) -> Plug {
         for _ in 0..5 {
             let port = free_port();
             let mut words: Vec<String> = vec!["-d".into()];
             words.extend(args.iter().map(|a| a.replace("{port}", &port.to_string())));
-            let mut plug = Plug::spawn(bin, &words, port);
+            let mut plug = match nofile {
+                None => Plug::spawn(bin, &words, port),
+                Some(n) => {
+                    let path = bin.path.to_string_lossy().into_owned();
+                    let mut wrapped = vec![
+                        "-c".to_string(),
+                        format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                        path,
+                    ];
+                    wrapped.extend(words);
+                    let shell = Binary {
+                        name: bin.name,
+                        path: "/bin/sh".into(),
+                    };
+                    Plug::spawn(&shell, &wrapped, port)
+                }
+            };
             if plug
                 .stderr
                 .wait_for(|l| l.contains("listening on"))

@@ -227,3 +227,44 @@ fn ipv6_listener_and_destination_cli_8() {
         assert_eq!(exchange(connect(plug.addr()), b"four".to_vec()), b"four");
     });
 }
+
+#[test]
+fn running_out_of_descriptors_is_logged_and_survived_spec_5() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let mut plug = Plug::start_limited(
+            bin,
+            Some(32),
+            &["-i", "127.0.0.1", "{port}", &backend.dest()],
+        );
+        let fds = |pid: u32| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        let baseline = fds(plug.pid());
+        // Each relayed connection takes two descriptors: 40 clients are too many.
+        let clients: Vec<TcpStream> = (0..40).map(|_| connect(plug.addr())).collect();
+        let line = plug
+            .stderr
+            .wait_for(|l| l.contains("out of file descriptors"));
+        assert!(line.is_some(), "{:?}", plug.stderr.all());
+        assert!(plug.running(), "plug exited when accept failed (2.5.5 did)");
+        drop(clients);
+        // Descriptors come back as those connections end; the listener stayed open.
+        assert!(
+            eventually(|| fds(plug.pid()) <= baseline),
+            "{} descriptors open",
+            fds(plug.pid())
+        );
+        assert!(eventually(|| backend.open() == 0));
+        assert_eq!(exchange(connect(plug.addr()), b"back".to_vec()), b"back");
+        let floods = plug
+            .stderr
+            .all()
+            .iter()
+            .filter(|l| l.contains("out of file descriptors"))
+            .count();
+        assert!(floods <= 3, "{floods} lines: the log is rate-limited");
+    });
+}

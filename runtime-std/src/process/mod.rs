@@ -9,9 +9,9 @@
 //! runtime and calls [`Boot::ready`].
 
 pub mod daemon;
-pub mod listener;
 pub mod logger;
 pub mod session_file;
+pub mod sockets;
 pub mod sys;
 
 use std::ffi::OsString;
@@ -128,7 +128,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
     let _ = sys::raise_nofile_limit();
 
     let addr = config.source.bind_addr();
-    let listener = listener::bind(addr).unwrap_or_else(|e| {
+    let listener = sockets::bind(addr).unwrap_or_else(|e| {
         die(
             &program,
             &format!("cannot listen on {addr}: {e}"),

@@ -1,0 +1,51 @@
+//! Socket set-up shared by every runtime: the listening socket (PROC-2) and the
+//! start of an outgoing connection (CONN-8).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds and listens on `addr`: SO_REUSEADDR, a large backlog, dual-stack on `::`.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if let SocketAddr::V6(v6) = addr {
+        // `-i ::` serves IPv4 clients too (CLI-8); a specific IPv6 address cannot.
+        socket.set_only_v6(!v6.ip().is_unspecified())?;
+    }
+    socket.bind(&addr.into())?;
+    // The kernel caps this at net.core.somaxconn.
+    socket.listen(libc::SOMAXCONN)?;
+    Ok(socket.into())
+}
+
+/// Why an outgoing connection could not be started.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// plug could not make or bind the socket (out of descriptors, bad `-p`):
+    /// not the destination's fault.
+    Local(io::Error),
+    /// The connect itself failed at once (e.g. refused, unreachable).
+    Remote(io::Error),
+}
+
+/// Starts a non-blocking connect to `addr`, bound first to `bind` (CONN-8); the
+/// caller waits for writability and then checks `take_error`.
+pub fn begin_connect(
+    addr: SocketAddr,
+    bind: Option<SocketAddr>,
+) -> Result<TcpStream, ConnectError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(ConnectError::Local)?;
+    socket.set_nonblocking(true).map_err(ConnectError::Local)?;
+    if let Some(local) = bind {
+        socket.bind(&local.into()).map_err(ConnectError::Local)?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(ConnectError::Remote(e)),
+    }
+    Ok(socket.into())
+}
