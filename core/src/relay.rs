@@ -24,6 +24,14 @@ pub enum Side {
 }
 
 impl Side {
+    /// 0 for the client, 1 for the destination: for arrays indexed by side.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Destination => 1,
+        }
+    }
+
     /// The other end.
     pub fn other(self) -> Side {
         match self {
@@ -335,19 +343,36 @@ impl Half {
         if self.state != HalfState::Closed {
             self.state = HalfState::Aborted;
         }
-        self.release_idle_buffer();
+        let _ = self.release_idle_buffer();
     }
 
-    /// Frees the buffer when nothing is pending (or the direction is aborted), so an
-    /// idle connection holds no buffer memory. Returns true if memory was freed.
-    pub fn release_idle_buffer(&mut self) -> bool {
+    /// Takes the buffer away when nothing is pending (or the direction is aborted), so
+    /// an idle connection holds no buffer memory; returns it so the adapter can pool
+    /// it, or `None` when there is none to give or bytes are still pending.
+    pub fn release_idle_buffer(&mut self) -> Option<BytesMut> {
         if self.storage.is_empty() || (self.buffered() > 0 && self.state != HalfState::Aborted) {
-            return false;
+            return None;
         }
-        self.storage = BytesMut::new();
         self.head = 0;
         self.tail = 0;
-        true
+        Some(std::mem::take(&mut self.storage))
+    }
+
+    /// Lends a buffer (e.g. from a pool) for this direction's next reads; used only
+    /// when it has none, resized to the configured capacity. Its old contents are
+    /// never sent: only bytes read into it are written out.
+    pub fn provide_buffer(&mut self, mut buffer: BytesMut) {
+        if self.storage.is_empty() {
+            buffer.resize(self.capacity, 0);
+            self.storage = buffer;
+            self.head = 0;
+            self.tail = 0;
+        }
+    }
+
+    /// True when this direction holds a buffer.
+    pub fn has_buffer(&self) -> bool {
+        !self.storage.is_empty()
     }
 
     /// Puts bytes that arrived before relaying began (CONNECT leftover) in front of
@@ -687,18 +712,33 @@ mod tests {
     }
 
     #[test]
-    fn idle_buffers_are_released() {
+    fn idle_buffers_are_released_and_can_be_lent_back() {
         let mut h = Half::new(1024);
         assert!(
-            !h.release_idle_buffer(),
+            h.release_idle_buffer().is_none(),
             "nothing allocated before the first read"
         );
         h.read_space()[0] = 7;
         h.handle_read(1);
-        assert!(!h.release_idle_buffer(), "pending bytes keep the buffer");
+        assert!(
+            h.release_idle_buffer().is_none(),
+            "pending bytes keep the buffer"
+        );
         h.handle_written(1);
-        assert!(h.release_idle_buffer());
-        assert_eq!(h.read_space().len(), 1024);
+        let pooled = h.release_idle_buffer().unwrap();
+        assert!(!h.has_buffer());
+        assert_eq!(pooled.len(), 1024);
+        // A lent buffer's old contents are never written out.
+        let mut other = Half::new(16);
+        let mut dirty = BytesMut::new();
+        dirty.extend_from_slice(b"secret from another connection");
+        other.provide_buffer(dirty);
+        assert!(other.has_buffer());
+        assert_eq!(other.write_data(), b"");
+        other.read_space()[..2].copy_from_slice(b"ok");
+        other.handle_read(2);
+        assert_eq!(other.write_data(), b"ok");
+        assert_eq!(other.read_space().len(), 14, "resized to the capacity");
     }
 
     #[test]
@@ -809,7 +849,10 @@ mod tests {
             }
             Step::Splice(d, cap) => r.half_mut(d).set_splice(cap),
             Step::Release(d) => {
-                r.half_mut(d).release_idle_buffer();
+                // Pool the buffer and lend it straight back, as an adapter would.
+                if let Some(buf) = r.half_mut(d).release_idle_buffer() {
+                    r.half_mut(d).provide_buffer(buf);
+                }
             }
             Step::Error(side) => r.handle_error(now, side),
         }

@@ -159,13 +159,6 @@ fn retry_later(e: &io::Error) -> bool {
     )
 }
 
-fn index(side: Side) -> usize {
-    match side {
-        Side::Client => 0,
-        Side::Destination => 1,
-    }
-}
-
 /// Relays until both directions are done, as the core directs (CONN-6).
 fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
     // Whether each socket may be readable / writable; cleared on EAGAIN, set by poll.
@@ -174,7 +167,7 @@ fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
     while !relay.is_finished() {
         let mut progressed = false;
         for dir in Direction::BOTH {
-            let (src, sink) = (index(dir.source()), index(dir.sink()));
+            let (src, sink) = (dir.source().index(), dir.sink().index());
             if writable[sink] && relay.half(dir).wants_write().is_some() {
                 let data = relay.half(dir).write_data();
                 let mut out: &TcpStream = socks[sink];
@@ -237,10 +230,10 @@ fn wait_relay(
     ];
     for dir in Direction::BOTH {
         if relay.half(dir).wants_read().is_some() {
-            fds[index(dir.source())].events |= POLLIN;
+            fds[dir.source().index()].events |= POLLIN;
         }
         if relay.half(dir).wants_write().is_some() {
-            fds[index(dir.sink())].events |= POLLOUT;
+            fds[dir.sink().index()].events |= POLLOUT;
         }
     }
     if fds.iter().all(|f| f.events == 0) {
@@ -267,7 +260,7 @@ fn wait_relay(
                 }
                 if !released {
                     for dir in Direction::BOTH {
-                        relay.half_mut(dir).release_idle_buffer();
+                        drop(relay.half_mut(dir).release_idle_buffer());
                     }
                     released = true;
                 }

@@ -1,23 +1,16 @@
 //! The accept loop: one thread per admitted connection.
 
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use crate::conn;
-use crate::process::{sys, Boot};
+use crate::process::Boot;
 
 /// Stack for connection threads: the driver keeps its buffers on the heap.
 const CONNECTION_STACK: usize = 128 * 1024;
 
 /// Serves until a graceful stop has drained, then exits.
-pub fn run(mut boot: Boot) -> ! {
-    let ctx = boot.ctx.clone();
-    let fd = boot.listener.as_raw_fd();
-    if let Err(e) = ctx.spawn_signal_thread(move || sys::shutdown_read(fd)) {
-        boot.fail(&format!("cannot start the signal thread: {e}"));
-    }
-    boot.ready();
-    let listener = boot.listener;
+pub fn run(boot: Boot) -> ! {
+    let (ctx, listener) = boot.serve(Ok);
     loop {
         match listener.accept() {
             Ok((client, peer)) => {
@@ -42,6 +35,5 @@ pub fn run(mut boot: Boot) -> ! {
     }
     // Close the listener now so a new instance can bind while connections drain.
     drop(listener);
-    ctx.wait_drained();
-    ctx.exit(0)
+    ctx.drain_and_exit()
 }

@@ -17,14 +17,21 @@ use std::time::{Duration, Instant};
 /// The longest any single wait in the suite may take.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The binaries every test runs against. Adding a runtime is one line here.
-pub const BINARIES: &[&str] = &["plug-std", "plug"];
+/// The workspace's binaries every test runs against. Adding a runtime is one line
+/// here.
+pub const BINARIES: &[&str] = &["plug-std", "plug", "plug-smol", "plug-async-std"];
+
+/// `plug` is also built with each async runtime feature and tested as well; these
+/// builds go to their own target directories (`target/variants/FEATURE`).
+pub const PLUG_FEATURES: &[&str] = &["smol", "async-std"];
 
 /// One binary under test.
 #[derive(Debug, Clone)]
 pub struct Binary {
     /// Its file name, which is also the program name in its messages.
     pub name: &'static str,
+    /// How failures name it (`plug --features smol` for a feature build).
+    pub label: String,
     /// Where cargo built it.
     pub path: PathBuf,
 }
@@ -35,6 +42,13 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test binary has a directory");
     deps.parent().unwrap_or(deps).to_path_buf()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The newest modification time of any file below `dir`.
@@ -52,14 +66,52 @@ fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
     newest
 }
 
+/// Builds `plug` with one runtime feature (once per test process; cargo makes a
+/// repeat build a no-op) and returns its path.
+fn feature_build(feature: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, path)) = built.iter().find(|(f, _)| f == feature) {
+        return path.clone();
+    }
+    let target = bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("variants")
+        .join(feature);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "plug",
+            "--bin",
+            "plug",
+            "--no-default-features",
+            "--features",
+            feature,
+        ])
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building plug --features {feature} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = target.join("debug").join("plug");
+    built.push((feature.to_string(), path.clone()));
+    path
+}
+
 /// The binaries under test, failing loudly if one was not built (never skipped) or
 /// is older than the sources it is built from: `cargo test -p plug-tests` alone does
-/// not rebuild them, `cargo test --workspace` does.
+/// not rebuild the workspace's binaries, `cargo test --workspace` does.
 pub fn binaries() -> Vec<Binary> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
+    let root = workspace_root();
     let sources = [
         "core/src",
         "runtime-std/src",
@@ -70,7 +122,7 @@ pub fn binaries() -> Vec<Binary> {
     .iter()
     .filter_map(|d| newest_source(&root.join(d)))
     .max();
-    BINARIES
+    let mut all: Vec<Binary> = BINARIES
         .iter()
         .map(|name| {
             let path = bin_dir().join(name);
@@ -87,9 +139,21 @@ pub fn binaries() -> Vec<Binary> {
                 "{} is older than its sources: run `cargo test --workspace`, which rebuilds it",
                 path.display()
             );
-            Binary { name, path }
+            Binary {
+                name,
+                label: name.to_string(),
+                path,
+            }
         })
-        .collect()
+        .collect();
+    for feature in PLUG_FEATURES {
+        all.push(Binary {
+            name: "plug",
+            label: format!("plug --features {feature}"),
+            path: feature_build(feature),
+        });
+    }
+    all
 }
 
 /// Runs `test` once per binary, saying which binary failed.
@@ -102,7 +166,7 @@ pub fn each_binary(test: impl Fn(&Binary)) {
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            panic!("[{}] {msg}", bin.name);
+            panic!("[{}] {msg}", bin.label);
         }
     }
 }
@@ -246,6 +310,7 @@ impl Plug {
                     wrapped.extend(words);
                     let shell = Binary {
                         name: bin.name,
+                        label: bin.label.clone(),
                         path: "/bin/sh".into(),
                     };
                     Plug::spawn(&shell, &wrapped, port)
@@ -458,10 +523,22 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        // The listener closes when its thread ends: once this returns, the port is
-        // really dead.
+        // The listener closes when its thread ends.
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
+        }
+        // A process another test is spawning right now holds a copy of every
+        // descriptor between its fork and exec (CLOEXEC acts only at exec), which
+        // keeps the port accepting for a moment: return only once it refuses.
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            match TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)) {
+                Err(_) => break,
+                Ok(probe) => {
+                    drop(probe);
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
         }
     }
 }
@@ -553,10 +630,11 @@ pub fn read_line(s: &mut TcpStream) -> String {
     try_read_line(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Connects through plug to a tagged backend and returns the tag it sent.
+/// Connects through plug to a tagged backend and returns the tag it sent, or the
+/// read error in angle brackets (so the caller's assertion can show plug's log).
 pub fn which(addr: SocketAddr) -> String {
     let mut s = connect(addr);
-    let tag = read_line(&mut s);
+    let tag = try_read_line(&mut s).unwrap_or_else(|e| format!("<{e}>"));
     let _ = s.shutdown(Shutdown::Write);
     let mut rest = vec![];
     let _ = s.read_to_end(&mut rest);

@@ -235,13 +235,16 @@ fn running_out_of_descriptors_is_logged_and_survived_spec_5() {
         let mut plug = Plug::start_limited(
             bin,
             Some(32),
-            &["-i", "127.0.0.1", "{port}", &backend.dest()],
+            &["-l", "-i", "127.0.0.1", "{port}", &backend.dest()],
         );
         let fds = |pid: u32| {
             std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .map(|d| d.count())
                 .unwrap_or(0)
         };
+        // Warm up first: a runtime opens its reactor's descriptors lazily.
+        assert_eq!(exchange(connect(plug.addr()), b"warm".to_vec()), b"warm");
+        assert!(eventually(|| backend.open() == 0));
         let baseline = fds(plug.pid());
         // Each relayed connection takes two descriptors: 40 clients are too many.
         let clients: Vec<TcpStream> = (0..40).map(|_| connect(plug.addr())).collect();
@@ -251,7 +254,10 @@ fn running_out_of_descriptors_is_logged_and_survived_spec_5() {
         assert!(line.is_some(), "{:?}", plug.stderr.all());
         assert!(plug.running(), "plug exited when accept failed (2.5.5 did)");
         drop(clients);
-        // Descriptors come back as those connections end; the listener stayed open.
+        // plug works through every queued client (each logs Complete, served or not)
+        // and its descriptors come back; the listener stayed open.
+        let done = plug.stderr.wait_for_count(41, |l| l.contains(": Complete"));
+        assert_eq!(done.len(), 41, "{:?}", plug.stderr.all());
         assert!(
             eventually(|| fds(plug.pid()) <= baseline),
             "{} descriptors open",

@@ -19,7 +19,12 @@ fn round_robin_in_command_line_order_conn_2() {
         let (a, b, c) = (tagged("A"), tagged("B"), tagged("C"));
         let plug = Plug::start(bin, &["{port}", &a.dest(), &b.dest(), &c.dest()]);
         let got: Vec<String> = (0..6).map(|_| which(plug.addr())).collect();
-        assert_eq!(got, ["A", "B", "C", "A", "B", "C"]);
+        assert_eq!(
+            got,
+            ["A", "B", "C", "A", "B", "C"],
+            "plug said: {:?}",
+            plug.stderr.all()
+        );
     });
 }
 
@@ -28,10 +33,8 @@ fn o_always_takes_the_first_healthy_conn_2() {
     each_binary(|bin| {
         let (a, b) = (tagged("A"), tagged("B"));
         let plug = Plug::start(bin, &["-o", "{port}", &a.dest(), &b.dest()]);
-        assert_eq!(
-            (0..3).map(|_| which(plug.addr())).collect::<Vec<_>>(),
-            ["A", "A", "A"]
-        );
+        let got: Vec<String> = (0..3).map(|_| which(plug.addr())).collect();
+        assert_eq!(got, ["A", "A", "A"], "plug said: {:?}", plug.stderr.all());
         drop(a);
         // The client that finds A dead is served by B (CONN-4), and so are the next.
         let got: Vec<String> = (0..3).map(|_| which(plug.addr())).collect();

@@ -17,6 +17,7 @@ pub mod sys;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -68,18 +69,38 @@ pub struct Boot {
 }
 
 impl Boot {
-    /// Reports that serving has started: a waiting parent exits 0 (PROC-1).
-    pub fn ready(&mut self) {
-        self.readiness.ready();
-    }
-
-    /// Reports a start-up failure after detaching and exits 4.
-    pub fn fail(mut self, message: &str) -> ! {
-        if !self.readiness.failed(message) {
-            self.ctx.log.error(message);
+    /// Hands over to the adapter: starts the signal thread (whose first SIGTERM or
+    /// SIGINT shuts the listener so the accept loop ends), runs `setup` on the
+    /// listener (register it with a reactor, start worker threads), then reports
+    /// ready to a waiting parent (PROC-1). A failure here exits 4, reported to the
+    /// parent when there is one.
+    pub fn serve<T>(self, setup: impl FnOnce(TcpListener) -> io::Result<T>) -> (Arc<Context>, T) {
+        let Boot {
+            ctx,
+            listener,
+            mut readiness,
+        } = self;
+        let fd = listener.as_raw_fd();
+        let prepared = ctx
+            .spawn_signal_thread(move || sys::shutdown_read(fd))
+            .map_err(|e| format!("cannot start the signal thread: {e}"))
+            .and_then(|()| setup(listener).map_err(|e| format!("cannot start serving: {e}")));
+        match prepared {
+            Ok(t) => {
+                readiness.ready();
+                (ctx, t)
+            }
+            Err(message) => fail(&ctx, &mut readiness, &message),
         }
-        self.ctx.exit(EXIT_FATAL)
     }
+}
+
+/// Reports a start-up failure (to the waiting parent, else the log) and exits 4.
+fn fail(ctx: &Context, readiness: &mut Readiness, message: &str) -> ! {
+    if !readiness.failed(message) {
+        ctx.log.error(message);
+    }
+    ctx.exit(EXIT_FATAL)
 }
 
 /// Starts the process from argv: returns only in the process that will serve.
@@ -178,7 +199,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
         backoff: Mutex::new(AcceptBackoff::new()),
         config,
     });
-    let boot = Boot {
+    let mut boot = Boot {
         ctx,
         listener,
         readiness,
@@ -187,13 +208,20 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
     if let Some(path) = boot.ctx.config.pid_file.clone() {
         match PidFile::write(&path, pid) {
             Ok(file) => *lock(&boot.ctx.pid_file) = Some(file),
-            Err(e) => boot.fail(&format!("cannot write pid file {}: {e}", path.display())),
+            Err(e) => {
+                let message = format!("cannot write pid file {}: {e}", path.display());
+                fail(&boot.ctx, &mut boot.readiness, &message)
+            }
         }
     }
     // Before any thread exists, so that every thread inherits the mask and only the
     // signal thread receives them.
     if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT]) {
-        boot.fail(&format!("cannot set up signals: {e}"));
+        fail(
+            &boot.ctx,
+            &mut boot.readiness,
+            &format!("cannot set up signals: {e}"),
+        );
     }
     let ctx = &boot.ctx;
     ctx.log.connection(&log::started(&ctx.config.source));
@@ -447,6 +475,13 @@ impl Context {
                 }
             }
         }
+    }
+
+    /// Waits for open connections to finish (or `--drain-timeout`), then exits 0:
+    /// the end of a graceful stop, once the accept loop has ended (PROC-4).
+    pub fn drain_and_exit(&self) -> ! {
+        self.wait_drained();
+        self.exit(EXIT_OK)
     }
 
     /// Exits the process with `status`, removing the pid file first.

@@ -1,0 +1,15 @@
+//! plug-async-std's own check of its binary; the conformance suite (plug-tests)
+//! covers its behaviour in full. Building this test makes `cargo test` build it.
+
+use std::process::Command;
+
+#[test]
+fn plug_async_std_prints_its_version_cli_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plug-async-std"))
+        .arg("-V")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("plug-async-std: plug "), "{text}");
+}

@@ -1,0 +1,278 @@
+//! The accept loop and one connection, as futures over async-io: written once for
+//! both async runtimes (smol and async-std drive the same reactor). Each
+//! connection is one task that does what the core's `Dialer` and `Relay` say; no
+//! thread per connection, and no buffer held while a direction has nothing in
+//! flight (buffers go back to a per-thread pool).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use async_io::{Async, Timer};
+use bytes::BytesMut;
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use plug_core::dial::DialStep;
+use plug_core::relay::{Direction, Relay};
+use plug_std::process::sockets::{self, ConnectError};
+use plug_std::process::{Connection, Context};
+use socket2::SockRef;
+
+/// A connection task.
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// How a runtime starts a task.
+pub trait Spawn {
+    /// Runs `task` to completion in the background.
+    fn spawn(&self, task: Task);
+}
+
+/// Bytes read from a proxy per read while waiting for its reply head.
+const REPLY_CHUNK: usize = 4096;
+
+/// Rounds of relay work one poll may do before yielding, so a busy connection
+/// cannot starve the others on its thread.
+const BUDGET: usize = 16;
+
+/// Pooled buffers kept per thread.
+const POOL_SIZE: usize = 32;
+
+thread_local! {
+    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pool_take() -> Option<BytesMut> {
+    POOL.with(|p| p.borrow_mut().pop())
+}
+
+fn pool_put(buffer: BytesMut) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_SIZE {
+            pool.push(buffer);
+        }
+    });
+}
+
+/// Accepts clients until a graceful stop shuts the listener, spawning one task per
+/// admitted client; then returns (the listener is closed when dropped).
+pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawner: &dyn Spawn) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                if let Some(conn) = ctx.admit(Instant::now(), peer) {
+                    spawner.spawn(Box::pin(serve(conn, client)));
+                }
+                // A refused client is dropped here: closed at once (CONN-1).
+            }
+            Err(_) if ctx.is_stopping() => break,
+            Err(e) => {
+                if let Some(pause) = ctx.accept_failed(Instant::now(), &e) {
+                    Timer::after(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one admitted client to the end.
+pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
+    let keepalive = conn.keepalive();
+    if keepalive {
+        let _ = SockRef::from(client.get_ref()).set_keepalive(true);
+    }
+    let Some((dest, leftover)) = dial(&mut conn, keepalive).await else {
+        conn.finish(Instant::now(), None);
+        return;
+    };
+    let mut relay = conn.relay(Instant::now(), &leftover);
+    let socks = [&client, &dest];
+    let mut timer = Timer::never();
+    future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut timer)).await;
+    let outcome = relay.outcome();
+    if outcome.is_some_and(|o| o.end.is_abortive()) {
+        // A stream cut short must not look complete to the surviving peer.
+        let _ = SockRef::from(client.get_ref()).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(dest.get_ref()).set_linger(Some(Duration::ZERO));
+    }
+    drop(client);
+    drop(dest);
+    conn.finish(Instant::now(), outcome);
+}
+
+/// Runs `work` until the dialer's deadline; on timeout returns the core's next step.
+async fn bounded<T>(conn: &mut Connection, work: impl Future<Output = T>) -> Result<T, DialStep> {
+    let mut work = pin!(work);
+    loop {
+        let deadline = conn.deadline();
+        let expired = async {
+            match deadline {
+                Some(at) => {
+                    Timer::at(at).await;
+                }
+                None => future::pending::<()>().await,
+            }
+            None
+        };
+        if let Some(done) = future::or(async { Some(work.as_mut().await) }, expired).await {
+            return Ok(done);
+        }
+        if let Some(next) = conn.timeout(Instant::now()) {
+            return Err(next);
+        }
+    }
+}
+
+/// Runs the dialer to the end: the connected destination socket and the leftover
+/// tunnel bytes, or `None` when every destination failed.
+async fn dial(conn: &mut Connection, keepalive: bool) -> Option<(Async<TcpStream>, Vec<u8>)> {
+    let mut step = conn.start(Instant::now());
+    let mut stream: Option<Async<TcpStream>> = None;
+    loop {
+        step = match step {
+            DialStep::Connect { addr, bind, .. } => {
+                stream = None;
+                let started = sockets::begin_connect(addr, bind)
+                    .and_then(|s| Async::new(s).map_err(ConnectError::Local));
+                match started {
+                    Err(ConnectError::Local(e)) => {
+                        conn.step(|d, b| d.handle_local_failure(Instant::now(), b, &e))
+                    }
+                    Err(ConnectError::Remote(e)) => {
+                        conn.step(|d, b| d.handle_connect_failed(Instant::now(), b, &e))
+                    }
+                    Ok(s) => match bounded(conn, s.writable()).await {
+                        Err(next) => next,
+                        Ok(ready) => match ready.and_then(|()| s.get_ref().take_error()) {
+                            Ok(None) => {
+                                if keepalive {
+                                    let _ = SockRef::from(s.get_ref()).set_keepalive(true);
+                                }
+                                stream = Some(s);
+                                conn.step(|d, b| d.handle_connected(Instant::now(), b))
+                            }
+                            Ok(Some(e)) | Err(e) => {
+                                conn.step(|d, b| d.handle_connect_failed(Instant::now(), b, &e))
+                            }
+                        },
+                    },
+                }
+            }
+            DialStep::SendRequest { request } => {
+                let mut s = stream.as_ref()?;
+                match bounded(conn, s.write_all(&request)).await {
+                    Err(next) => next,
+                    Ok(Ok(())) => DialStep::ReadReply,
+                    Ok(Err(e)) => conn.step(|d, b| d.handle_connect_failed(Instant::now(), b, &e)),
+                }
+            }
+            DialStep::ReadReply => {
+                let mut s = stream.as_ref()?;
+                let mut buf = [0u8; REPLY_CHUNK];
+                match bounded(conn, s.read(&mut buf)).await {
+                    Err(next) => next,
+                    Ok(Ok(0)) => conn.step(|d, b| d.handle_reply_eof(Instant::now(), b)),
+                    Ok(Ok(n)) => {
+                        conn.step(|d, b| d.handle_reply_data(Instant::now(), b, &buf[..n]))
+                    }
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => DialStep::ReadReply,
+                    Ok(Err(e)) => conn.step(|d, b| d.handle_connect_failed(Instant::now(), b, &e)),
+                }
+            }
+            DialStep::Established { leftover, .. } => {
+                return stream.map(|s| (s, leftover.to_vec()))
+            }
+            DialStep::GiveUp => return None,
+        };
+    }
+}
+
+/// One poll of the relay: does every read, write and shutdown the core wants that
+/// the sockets allow, until nothing more can happen now (CONN-6, OPT-2).
+fn poll_relay(
+    cx: &mut TaskContext<'_>,
+    relay: &mut Relay,
+    socks: [&Async<TcpStream>; 2],
+    timer: &mut Timer,
+) -> Poll<()> {
+    for _ in 0..BUDGET {
+        let mut progressed = false;
+        for dir in Direction::BOTH {
+            let (mut input, mut output) = (socks[dir.source().index()], socks[dir.sink().index()]);
+            if relay.half(dir).wants_write().is_some() {
+                match Pin::new(&mut output).poll_write(cx, relay.half(dir).write_data()) {
+                    Poll::Ready(Ok(n)) => {
+                        relay.handle_written(Instant::now(), dir, n);
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                        progressed = true
+                    }
+                    Poll::Ready(Err(_)) => {
+                        relay.handle_error(Instant::now(), dir.sink());
+                        progressed = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if relay.half(dir).wants_shutdown() {
+                match output.get_ref().shutdown(Shutdown::Write) {
+                    Ok(()) => relay.handle_shutdown(Instant::now(), dir),
+                    Err(_) => relay.handle_error(Instant::now(), dir.sink()),
+                }
+                progressed = true;
+            }
+            if relay.half(dir).wants_read().is_some() {
+                if !relay.half(dir).has_buffer() {
+                    if let Some(buffer) = pool_take() {
+                        relay.half_mut(dir).provide_buffer(buffer);
+                    }
+                }
+                match Pin::new(&mut input).poll_read(cx, relay.half_mut(dir).read_space()) {
+                    Poll::Ready(Ok(n)) => {
+                        relay.handle_read(Instant::now(), dir, n);
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                        progressed = true
+                    }
+                    Poll::Ready(Err(_)) => {
+                        relay.handle_error(Instant::now(), dir.source());
+                        progressed = true;
+                    }
+                    Poll::Pending => {
+                        // Nothing in flight in this direction: hand the buffer back.
+                        if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
+                            pool_put(buffer);
+                        }
+                    }
+                }
+            }
+        }
+        if relay.is_finished() {
+            for dir in Direction::BOTH {
+                if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
+                    pool_put(buffer);
+                }
+            }
+            return Poll::Ready(());
+        }
+        if !progressed {
+            let Some(deadline) = relay.poll_timeout() else {
+                return Poll::Pending;
+            };
+            timer.set_at(deadline);
+            if Pin::new(&mut *timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            relay.handle_timeout(Instant::now());
+        }
+    }
+    // Used the budget with work left: let other tasks run, then come back.
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}

@@ -1,0 +1,5 @@
+//! The `plug-smol` binary.
+
+fn main() {
+    plug_smol::main()
+}
