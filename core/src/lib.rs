@@ -21,6 +21,7 @@
 
 pub mod accept;
 pub mod addr;
+pub mod admission;
 pub mod cli;
 pub mod connect;
 pub mod dial;

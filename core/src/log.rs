@@ -65,6 +65,16 @@ pub fn refused(source: &Source, peer: IpAddr) -> String {
     )
 }
 
+/// `TAG: Connect from ADDR refused: REASON` for a client over a connection limit
+/// (OPT-3); clients refused by the accept rules keep 2.5.5's [`refused`] text.
+pub fn over_limit(source: &Source, peer: IpAddr, reason: &crate::admission::Refusal) -> String {
+    format!(
+        "{}: Connect from {} refused: {reason}",
+        source.log_tag(),
+        canonical_ip(peer)
+    )
+}
+
 /// `TAG: Complete.` or `TAG: Complete, status=N.`
 pub fn complete(source: &Source, status: CloseStatus) -> String {
     match status.code() {
@@ -113,6 +123,16 @@ mod tests {
         assert_eq!(
             complete(&s, CloseStatus::ConnectFailed),
             "(192.168.0.14 119): Complete, status=2."
+        );
+    }
+
+    #[test]
+    fn over_limit_text_opt_3() {
+        let s = Source::parse("80").unwrap();
+        let r = crate::admission::Refusal::Capacity { limit: 2 };
+        assert_eq!(
+            over_limit(&s, "10.0.0.1".parse().unwrap(), &r),
+            "(80): Connect from 10.0.0.1 refused: 2 connections open (--max-conns)"
         );
     }
 

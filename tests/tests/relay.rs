@@ -235,7 +235,16 @@ fn running_out_of_descriptors_is_logged_and_survived_spec_5() {
         let mut plug = Plug::start_limited(
             bin,
             Some(32),
-            &["-l", "-i", "127.0.0.1", "{port}", &backend.dest()],
+            // Above what 32 descriptors allow, so accept really runs out.
+            &[
+                "-l",
+                "--max-conns",
+                "1000",
+                "-i",
+                "127.0.0.1",
+                "{port}",
+                &backend.dest(),
+            ],
         );
         let fds = |pid: u32| {
             std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -23,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use plug_core::accept::{AcceptBackoff, AcceptFailure};
+use plug_core::admission::{Admission, Refusal};
 use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
 use plug_core::connect::ProxyCredentials;
 use plug_core::dial::{DialOptions, DialStep, Dialer};
@@ -52,7 +53,7 @@ pub struct Context {
     sessions: Option<SessionWriter>,
     pid_file: Mutex<Option<PidFile>>,
     pid: u32,
-    open: Mutex<usize>,
+    admission: Mutex<Admission>,
     drained: Condvar,
     stopping: AtomicBool,
     backoff: Mutex<AcceptBackoff>,
@@ -146,7 +147,8 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
     };
 
     // Connections need descriptors; the hard limit is what the operator allowed.
-    let _ = sys::raise_nofile_limit();
+    // The default --max-conns follows from the limit (OPT-3).
+    let nofile = sys::raise_nofile_limit().unwrap_or(1024);
 
     let addr = config.source.bind_addr();
     let listener = sockets::bind(addr).unwrap_or_else(|e| {
@@ -193,7 +195,12 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
         sessions,
         pid_file: Mutex::new(None),
         pid,
-        open: Mutex::new(0),
+        admission: Mutex::new(Admission::new(
+            config.rules.clone(),
+            config.max_conns,
+            config.max_conns_per_ip,
+            nofile,
+        )),
         drained: Condvar::new(),
         stopping: AtomicBool::new(false),
         backoff: Mutex::new(AcceptBackoff::new()),
@@ -251,9 +258,9 @@ pub struct Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let mut open = lock(&self.ctx.open);
-        *open = open.saturating_sub(1);
-        if *open == 0 {
+        let mut admission = lock(&self.ctx.admission);
+        admission.release(self.peer.ip());
+        if admission.open() == 0 {
             self.ctx.drained.notify_all();
         }
     }
@@ -391,15 +398,23 @@ impl Context {
         &self.program
     }
 
-    /// Decides about a client just accepted (CONN-1): `None` means refused (logged;
-    /// close it at once without contacting any destination).
+    /// Decides about a client just accepted (CONN-1, OPT-3): `None` means refused
+    /// (logged; close it at once without contacting any destination).
     pub fn admit(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Connection> {
-        if !self.config.rules.allows(peer.ip()) {
-            self.log
-                .connection(&log::refused(&self.config.source, peer.ip()));
-            return None;
+        let verdict = lock(&self.admission).admit(peer.ip());
+        match verdict {
+            Ok(()) => {}
+            Err(Refusal::Rules) => {
+                self.log
+                    .connection(&log::refused(&self.config.source, peer.ip()));
+                return None;
+            }
+            Err(over) => {
+                self.log
+                    .notice(&log::over_limit(&self.config.source, peer.ip(), &over));
+                return None;
+            }
         }
-        *lock(&self.open) += 1;
         let dialer = Dialer::new(&lock(&self.balancer), peer.ip(), self.dial.clone());
         Some(Connection {
             ctx: Arc::clone(self),
@@ -456,20 +471,27 @@ impl Context {
             .config
             .drain_timeout
             .and_then(|t| Instant::now().checked_add(t));
-        let mut open = lock(&self.open);
-        while *open > 0 {
+        let mut admission = lock(&self.admission);
+        while admission.open() > 0 {
             match deadline {
-                None => open = self.drained.wait(open).unwrap_or_else(|p| p.into_inner()),
+                None => {
+                    admission = self
+                        .drained
+                        .wait(admission)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        self.log
-                            .debug(1, &format!("drain timeout: exiting with {} open", *open));
+                        self.log.debug(
+                            1,
+                            &format!("drain timeout: exiting with {} open", admission.open()),
+                        );
                         break;
                     }
-                    open = self
+                    admission = self
                         .drained
-                        .wait_timeout(open, d - now)
+                        .wait_timeout(admission, d - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }

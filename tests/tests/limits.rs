@@ -1,0 +1,165 @@
+//! SPEC §6 OPT-1..3: connect timeout, idle timeout, connection limits.
+
+use plug_tests::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Holds a connection open through plug: proves it was served, keeps it open.
+fn held(addr: SocketAddr, from: &str) -> TcpStream {
+    let mut s = connect_from(from, addr);
+    s.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).unwrap();
+    s
+}
+
+#[test]
+fn max_conns_refuses_the_excess_and_recovers_opt_3() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let plug = Plug::start(bin, &["--max-conns", "2", "{port}", &backend.dest()]);
+        let first = held(plug.addr(), "127.0.0.1");
+        let second = held(plug.addr(), "127.0.0.1");
+        let mut third = connect(plug.addr());
+        assert!(closed_without_data(&mut third), "a third client was served");
+        let want = format!(
+            "({}): Connect from 127.0.0.1 refused: 2 connections open (--max-conns)",
+            plug.port
+        );
+        assert!(
+            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
+            "{:?}",
+            plug.stderr.all()
+        );
+        assert_eq!(
+            backend.accepted().len(),
+            2,
+            "the refused client reached no destination"
+        );
+        // The others are unaffected, and capacity returns when one closes.
+        assert_eq!(exchange(second, b"still fine".to_vec()), b"still fine");
+        assert!(eventually(|| {
+            let mut s = connect(plug.addr());
+            s.write_all(b"y").is_ok() && s.read(&mut [0u8; 1]).is_ok_and(|n| n == 1)
+        }));
+        drop(first);
+    });
+}
+
+#[test]
+fn max_conns_per_ip_limits_each_client_opt_3() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let plug = Plug::start(bin, &["--max-conns-per-ip", "1", "{port}", &backend.dest()]);
+        let _mine = held(plug.addr(), "127.0.0.2");
+        let mut again = connect_from("127.0.0.2", plug.addr());
+        assert!(closed_without_data(&mut again));
+        assert!(plug
+            .stderr
+            .wait_for(|l| l.contains("(--max-conns-per-ip)"))
+            .is_some());
+        let _other = held(plug.addr(), "127.0.0.3");
+    });
+}
+
+/// A loopback address whose SYNs go unanswered: a listener with backlog 0 that
+/// never accepts, filled by one connection. Checked to really blackhole here.
+fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let filler = TcpStream::connect(addr).unwrap();
+    let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    assert!(
+        probe
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+        "this kernel does not blackhole a full listener: {probe:?}"
+    );
+    (l, filler, addr)
+}
+
+#[test]
+fn connect_timeout_moves_on_from_a_blackhole_opt_1_conn_4() {
+    each_binary(|bin| {
+        let (_l, _filler, hole) = blackhole();
+        let b = Backend::start(Behaviour::Tagged("B".into()));
+        let plug = Plug::start(
+            bin,
+            &[
+                "-o",
+                "--connect-timeout",
+                "1",
+                "{port}",
+                &hole.to_string(),
+                &b.dest(),
+            ],
+        );
+        let start = Instant::now();
+        assert_eq!(which(plug.addr()), "B", "plug said {:?}", plug.stderr.all());
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        let failed = format!("destination {hole} failed for 127.0.0.1: timed out after 1s");
+        assert!(
+            plug.stderr.wait_for(|l| l.contains(&failed)).is_some(),
+            "{:?}",
+            plug.stderr.all()
+        );
+        // Marked unhealthy: the next client does not wait.
+        let start = Instant::now();
+        assert_eq!(which(plug.addr()), "B");
+        assert!(start.elapsed() < Duration::from_millis(900));
+    });
+}
+
+#[test]
+fn idle_connections_close_and_trickling_ones_live_opt_2() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let plug = Plug::start(
+            bin,
+            &["-l", "--idle-timeout", "1", "{port}", &backend.dest()],
+        );
+        let mut idle = held(plug.addr(), "127.0.0.1");
+        let mut trickle = held(plug.addr(), "127.0.0.1");
+        let start = Instant::now();
+        // Keep one busy with a byte every 300 ms while the other stays quiet.
+        let mut idle_closed_at = None;
+        idle.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        while start.elapsed() < Duration::from_millis(2500) {
+            trickle.write_all(b"t").unwrap();
+            let mut b = [0u8; 1];
+            trickle.read_exact(&mut b).unwrap();
+            if idle_closed_at.is_none() {
+                match idle.read(&mut b) {
+                    Ok(0) => idle_closed_at = Some(start.elapsed()),
+                    Err(e)
+                        if e.kind() != std::io::ErrorKind::WouldBlock
+                            && e.kind() != std::io::ErrorKind::TimedOut =>
+                    {
+                        idle_closed_at = Some(start.elapsed())
+                    }
+                    _ => {}
+                }
+            } else {
+                thread::sleep(Duration::from_millis(300));
+            }
+        }
+        let at = idle_closed_at.expect("the idle connection was not closed");
+        assert!(
+            at >= Duration::from_millis(700) && at < Duration::from_millis(2500),
+            "closed after {at:?}"
+        );
+        assert_eq!(exchange(trickle, b"alive".to_vec()), b"alive");
+        let status = format!("({}): Complete, status=3.", plug.port);
+        assert!(plug.stderr.wait_for(|l| l.ends_with(&status)).is_some());
+    });
+}
