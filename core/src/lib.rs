@@ -19,6 +19,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// The `bytes` crate, re-exported so adapters name the same `Bytes` type.
+pub use bytes;
+
 pub mod accept;
 pub mod addr;
 pub mod admission;
@@ -26,6 +29,7 @@ pub mod cli;
 pub mod connect;
 pub mod dial;
 pub mod log;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod rules;
 pub mod select;

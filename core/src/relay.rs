@@ -375,9 +375,9 @@ impl Half {
         !self.storage.is_empty()
     }
 
-    /// Puts bytes that arrived before relaying began (CONNECT leftover) in front of
-    /// everything else; they count as received.
-    fn preload(&mut self, data: &[u8]) {
+    /// Puts bytes in front of everything else: CONNECT leftover (counted as
+    /// received) or a PROXY protocol header (not counted).
+    fn preload(&mut self, data: &[u8], counted: bool) {
         if data.is_empty() {
             return;
         }
@@ -386,7 +386,9 @@ impl Half {
         self.storage = storage;
         self.head = 0;
         self.tail = data.len();
-        self.received += data.len() as u64;
+        if counted {
+            self.received += data.len() as u64;
+        }
     }
 }
 
@@ -456,10 +458,23 @@ impl Relay {
     /// Starts relaying at `now`. `leftover` (tunnel bytes that came with the CONNECT
     /// reply) is delivered to the client before anything else.
     pub fn new(now: Instant, options: RelayOptions, leftover: &[u8]) -> Self {
+        Relay::with_preamble(now, options, leftover, &[])
+    }
+
+    /// Like [`Relay::new`], and `preamble` (a PROXY protocol header, OPT-4) goes to
+    /// the destination before any client byte; it is not counted as received.
+    pub fn with_preamble(
+        now: Instant,
+        options: RelayOptions,
+        leftover: &[u8],
+        preamble: &[u8],
+    ) -> Self {
         let mut downstream = Half::new(options.buffer_size);
-        downstream.preload(leftover);
+        downstream.preload(leftover, true);
+        let mut upstream = Half::new(options.buffer_size);
+        upstream.preload(preamble, false);
         Relay {
-            upstream: Half::new(options.buffer_size),
+            upstream,
             downstream,
             idle_timeout: options.idle_timeout,
             last_activity: now,
@@ -680,6 +695,20 @@ mod tests {
         r.handle_spliced_in(now, down, 100);
         assert_eq!(r.next(down), HalfNext::Write(WriteFrom::Pipe));
         assert_eq!(r.half(down).received(), 112);
+    }
+
+    #[test]
+    fn preamble_goes_first_and_is_not_counted_opt_4() {
+        let now = t0();
+        let mut r = Relay::with_preamble(now, RelayOptions::default(), b"", b"PROXY x\r\n");
+        let up = Direction::Upstream;
+        // Client bytes read meanwhile queue behind the header.
+        r.half_mut(up).read_space()[..2].copy_from_slice(b"hi");
+        r.handle_read(now, up, 2);
+        assert_eq!(r.half(up).write_data(), b"PROXY x\r\nhi");
+        r.handle_written(now, up, 11);
+        assert_eq!(r.half(up).received(), 2, "IN excludes the header");
+        assert_eq!(r.half(up).delivered(), 11);
     }
 
     #[test]

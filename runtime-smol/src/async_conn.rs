@@ -89,7 +89,10 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
         conn.finish(Instant::now(), None);
         return;
     };
-    let mut relay = conn.relay(Instant::now(), &leftover);
+    let Ok(local) = client.get_ref().local_addr() else {
+        return conn.finish(Instant::now(), None);
+    };
+    let mut relay = conn.relay(Instant::now(), &leftover, local);
     let socks = [&client, &dest];
     let mut timer = Timer::never();
     future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut timer)).await;

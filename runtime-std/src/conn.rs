@@ -35,7 +35,11 @@ pub fn serve(mut conn: Connection, client: TcpStream) {
         conn.finish(Instant::now(), None);
         return;
     };
-    let mut relay = conn.relay(Instant::now(), &leftover);
+    let local = match client.local_addr() {
+        Ok(local) => local,
+        Err(_) => return conn.finish(Instant::now(), None),
+    };
+    let mut relay = conn.relay(Instant::now(), &leftover, local);
     drive(&mut relay, [&client, &dest]);
     let outcome = relay.outcome();
     if outcome.is_some_and(|o| o.end.is_abortive()) {

@@ -24,10 +24,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use plug_core::accept::{AcceptBackoff, AcceptFailure};
 use plug_core::admission::{Admission, Refusal};
+use plug_core::bytes::Bytes;
 use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
 use plug_core::connect::ProxyCredentials;
 use plug_core::dial::{DialOptions, DialStep, Dialer};
 use plug_core::log::{self, CloseStatus};
+use plug_core::proxy_protocol;
 use plug_core::relay::{Relay, RelayOutcome};
 use plug_core::select::{Balancer, DestId, SelectEvent};
 use plug_core::session::SessionRecord;
@@ -337,9 +339,15 @@ impl Connection {
         self.dialer.poll_timeout()
     }
 
-    /// Starts the relay once established, with the leftover delivered first.
-    pub fn relay(&self, now: Instant, leftover: &[u8]) -> Relay {
-        Relay::new(now, self.ctx.config.relay_options(), leftover)
+    /// Starts the relay once established: the leftover goes to the client first,
+    /// and with `--proxy-protocol` a header naming the client and `local` (the
+    /// address it connected to) goes to the destination first (OPT-4).
+    pub fn relay(&self, now: Instant, leftover: &[u8], local: SocketAddr) -> Relay {
+        let preamble = match self.ctx.config.proxy_protocol {
+            Some(version) => proxy_protocol::header(version, self.peer, local),
+            None => Bytes::new(),
+        };
+        Relay::with_preamble(now, self.ctx.config.relay_options(), leftover, &preamble)
     }
 
     /// Records the end of the connection: the session line for one that reached a
