@@ -139,12 +139,13 @@ pub enum ProxyFailure {
 impl fmt::Display for ProxyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // 407 is the standard answer; some proxies (tinyproxy 1.11) say 401.
             ProxyFailure::Refused {
-                status: 407,
+                status: status @ (401 | 407),
                 reason,
             } => write!(
                 f,
-                "proxy authentication failed: 407 {reason} (check --proxy-auth-file)"
+                "proxy authentication failed: {status} {reason} (check --proxy-auth-file)"
             ),
             ProxyFailure::Refused { status, reason } => {
                 write!(f, "proxy refused CONNECT: {status} {reason}")
@@ -370,6 +371,11 @@ mod tests {
             text.contains("407") && text.contains("authentication"),
             "{text}"
         );
+        let r = parse_whole(b"HTTP/1.0 401 Unauthorized\r\n\r\n", false);
+        let ReplyStatus::Failed(f) = r else {
+            panic!("401 accepted")
+        };
+        assert!(f.to_string().contains("authentication failed: 401"), "{f}");
     }
 
     #[test]

@@ -246,12 +246,16 @@ impl Drop for Tinyproxy {
 }
 
 fn tinyproxy() -> Tinyproxy {
+    tinyproxy_with("")
+}
+
+fn tinyproxy_with(extra: &str) -> Tinyproxy {
     let dir = TempDir::new("tinyproxy");
     let port = free_port();
     let conf = dir.path("tinyproxy.conf");
     std::fs::write(
         &conf,
-        format!("Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 50\nLogLevel Info\n"),
+        format!("Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 50\nLogLevel Info\n{extra}"),
     )
     .unwrap();
     let child = Command::new("tinyproxy")
@@ -311,5 +315,51 @@ fn through_a_real_tinyproxy_conn_9() {
             "{:?}",
             dead.stderr.all()
         );
+    });
+}
+
+#[test]
+fn proxy_credentials_from_a_file_opt_5() {
+    let proxy = tinyproxy_with("BasicAuth plugtest s3cret\n");
+    let dir = TempDir::new("auth");
+    let good = dir.path("good");
+    let bad = dir.path("bad");
+    std::fs::write(&good, "plugtest:s3cret\n").unwrap();
+    std::fs::write(&bad, "plugtest:wrong\n").unwrap();
+    each_binary(|bin| {
+        let banner = Backend::start(Behaviour::Tagged("authenticated".into()));
+        let hop = format!("127.0.0.1:{}", proxy.port);
+        let plug = Plug::start(
+            bin,
+            &[
+                "-h",
+                &hop,
+                "--proxy-auth-file",
+                good.to_str().unwrap(),
+                "{port}",
+                &banner.dest(),
+            ],
+        );
+        let mut s = connect(plug.addr());
+        assert_eq!(read_line(&mut s), "authenticated");
+        let wrong = Plug::start(
+            bin,
+            &[
+                "-h",
+                &hop,
+                "--proxy-auth-file",
+                bad.to_str().unwrap(),
+                "{port}",
+                &banner.dest(),
+            ],
+        );
+        let mut s = connect(wrong.addr());
+        assert!(closed_without_data(&mut s));
+        // tinyproxy answers a bad login with 401 (the fake proxy test covers 407).
+        let line = wrong.stderr.wait_for(|l| l.contains("failed for")).unwrap();
+        assert!(line.contains("authentication failed: 401"), "{line}");
+        // The secret never appears in argv.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", plug.pid())).unwrap();
+        assert!(!String::from_utf8_lossy(&cmdline).contains("s3cret"));
     });
 }
