@@ -34,3 +34,4 @@ pub mod relay;
 pub mod rules;
 pub mod select;
 pub mod session;
+pub mod stats;

@@ -233,3 +233,57 @@ fn failed_connection_completes_with_status_2_proc_5() {
         );
     });
 }
+
+#[test]
+fn usr1_dumps_state_and_serving_goes_on_opt_6() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let dead = dead_addr();
+        let plug = Plug::start(
+            bin,
+            &[
+                "-a",
+                "127.0.0.1",
+                "{port}",
+                &dead.to_string(),
+                &backend.dest(),
+            ],
+        );
+        // One client fails over past the dead destination, one is refused, one is
+        // still open when the dump is taken.
+        assert_eq!(exchange(connect(plug.addr()), b"12345".to_vec()), b"12345");
+        let mut refused = connect_from("127.0.0.2", plug.addr());
+        assert!(closed_without_data(&mut refused));
+        let mut open = connect(plug.addr());
+        open.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        open.read_exact(&mut b).unwrap();
+        plug.signal(libc::SIGUSR1);
+        let summary = plug
+            .stderr
+            .wait_for(|l| l.contains("summary open"))
+            .expect("no dump");
+        assert!(
+            summary.ends_with("summary open 1 accepted 2 refused 1 failed 0"),
+            "{summary}"
+        );
+        let all = plug.stderr.all();
+        let dump = format!("destination {dead} unhealthy since ");
+        let dead_line = all
+            .iter()
+            .find(|l| l.contains(&dump))
+            .unwrap_or_else(|| panic!("{all:?}"));
+        assert!(
+            dead_line.contains(" unhealthy since ")
+                && dead_line.ends_with("open 0 total 0 in 0 out 0"),
+            "{dead_line}"
+        );
+        let live = format!(
+            "destination {} healthy open 1 total 2 in 5 out 5",
+            backend.dest()
+        );
+        assert!(all.iter().any(|l| l.ends_with(&live)), "{all:?}");
+        // Serving goes on.
+        assert_eq!(exchange(open, b"after".to_vec()), b"after");
+    });
+}

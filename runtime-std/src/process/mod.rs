@@ -33,6 +33,7 @@ use plug_core::proxy_protocol;
 use plug_core::relay::{Relay, RelayOutcome};
 use plug_core::select::{Balancer, DestId, SelectEvent};
 use plug_core::session::SessionRecord;
+use plug_core::stats::Stats;
 
 use daemon::{ParentOutcome, PidFile, Readiness};
 use logger::Logger;
@@ -56,6 +57,7 @@ pub struct Context {
     pid_file: Mutex<Option<PidFile>>,
     pid: u32,
     admission: Mutex<Admission>,
+    stats: Mutex<Stats>,
     drained: Condvar,
     stopping: AtomicBool,
     backoff: Mutex<AcceptBackoff>,
@@ -203,6 +205,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
             config.max_conns_per_ip,
             nofile,
         )),
+        stats: Mutex::new(Stats::new(config.destinations.len())),
         drained: Condvar::new(),
         stopping: AtomicBool::new(false),
         backoff: Mutex::new(AcceptBackoff::new()),
@@ -225,7 +228,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
     }
     // Before any thread exists, so that every thread inherits the mask and only the
     // signal thread receives them.
-    if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT]) {
+    if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT, sys::signal::USR1]) {
         fail(
             &boot.ctx,
             &mut boot.readiness,
@@ -324,6 +327,7 @@ impl Connection {
     fn note(&mut self, step: &DialStep) {
         if let DialStep::Established { dest, .. } = step {
             self.reached = Some(*dest);
+            lock(&self.ctx.stats).handle_established(*dest);
             if let Some(d) = lock(&self.ctx.balancer).destination(*dest) {
                 self.ctx.log.connection(&log::connect_from(
                     &self.ctx.config.source,
@@ -354,6 +358,7 @@ impl Connection {
     /// destination (SPEC §4), and `Complete` for `-l` (PROC-5).
     pub fn finish(self, now: Instant, outcome: Option<RelayOutcome>) {
         let ctx = &self.ctx;
+        lock(&ctx.stats).handle_closed(self.reached, outcome.as_ref());
         let status = match (&self.reached, &outcome) {
             (Some(_), Some(o)) => CloseStatus::from(o.end),
             (Some(_), None) => CloseStatus::Exception,
@@ -411,13 +416,15 @@ impl Context {
     pub fn admit(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Connection> {
         let verdict = lock(&self.admission).admit(peer.ip());
         match verdict {
-            Ok(()) => {}
+            Ok(()) => lock(&self.stats).handle_accepted(),
             Err(Refusal::Rules) => {
+                lock(&self.stats).handle_refused();
                 self.log
                     .connection(&log::refused(&self.config.source, peer.ip()));
                 return None;
             }
             Err(over) => {
+                lock(&self.stats).handle_refused();
                 self.log
                     .notice(&log::over_limit(&self.config.source, peer.ip(), &over));
                 return None;
@@ -521,8 +528,21 @@ impl Context {
         std::process::exit(status)
     }
 
-    /// Starts the thread that receives SIGTERM and SIGINT: the first begins the
-    /// graceful stop and calls `close_listener`; the second exits at once (PROC-4).
+    /// Writes the state dump of SIGUSR1 (OPT-6): a line per destination and a
+    /// summary, to stderr in the foreground or syslog when detached.
+    pub fn report_state(&self) {
+        let lines = {
+            let balancer = lock(&self.balancer);
+            lock(&self.stats).report(Instant::now(), &balancer)
+        };
+        for line in lines {
+            self.log.notice(&line);
+        }
+    }
+
+    /// Starts the thread that receives SIGTERM, SIGINT and SIGUSR1: the first
+    /// SIGTERM/SIGINT begins the graceful stop and calls `close_listener`, the
+    /// second exits at once (PROC-4); SIGUSR1 writes the state dump (OPT-6).
     pub fn spawn_signal_thread(
         self: &Arc<Self>,
         close_listener: impl Fn() + Send + 'static,
@@ -531,8 +551,9 @@ impl Context {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
-                let signals = [sys::signal::TERM, sys::signal::INT];
+                let signals = [sys::signal::TERM, sys::signal::INT, sys::signal::USR1];
                 match sys::wait_signal(&signals) {
+                    Ok(sys::signal::USR1) => ctx.report_state(),
                     Ok(_) if ctx.begin_stop() => close_listener(),
                     Ok(_) => ctx.exit(EXIT_OK),
                     Err(e) => {
