@@ -270,6 +270,39 @@ pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 254, (n / 250) as u8, (n % 250 + 1) as u8], 19_999))
 }
 
+/// How to launch plug beyond its arguments.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// A program to run instead, with its leading arguments; plug's path and
+    /// arguments follow them (the wrapper is expected to exec plug).
+    pub via: Option<(String, Vec<String>)>,
+}
+
+/// Runs `bin` to completion with `args`, `{port}` replaced by a free port, and
+/// returns the port and the output; tries another port if that one was taken
+/// between choosing and binding (ports are a shared resource between test
+/// processes).
+pub fn run_on_free_port(bin: &Binary, args: &[&str]) -> (u16, std::process::Output) {
+    for _ in 0..5 {
+        let port = free_port();
+        let words: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let out = Command::new(&bin.path)
+            .args(&words)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&out.stderr).contains("cannot listen on") {
+            return (port, out);
+        }
+    }
+    panic!("{}: no free port after 5 tries", bin.label)
+}
+
 /// A running plug in the foreground with stdout and stderr captured.
 pub struct Plug {
     child: Child,
@@ -294,26 +327,31 @@ impl Plug {
     /// Like [`Plug::start`], with the open-file limit (soft and hard) set to
     /// `nofile` first, as `ulimit -n` would.
     pub fn start_limited(bin: &Binary, nofile: Option<u32>, args: &[&str]) -> Plug {
+        let via = nofile.map(|n| {
+            let script = format!("ulimit -n {n} && exec \"$0\" \"$@\"");
+            ("/bin/sh".to_string(), vec!["-c".to_string(), script])
+        });
+        Plug::start_with(bin, &Launch { env: vec![], via }, args)
+    }
+
+    /// Like [`Plug::start`], launched as `launch` says.
+    pub fn start_with(bin: &Binary, launch: &Launch, args: &[&str]) -> Plug {
         for _ in 0..5 {
             let port = free_port();
             let mut words: Vec<String> = vec!["-d".into()];
             words.extend(args.iter().map(|a| a.replace("{port}", &port.to_string())));
-            let mut plug = match nofile {
-                None => Plug::spawn(bin, &words, port),
-                Some(n) => {
-                    let path = bin.path.to_string_lossy().into_owned();
-                    let mut wrapped = vec![
-                        "-c".to_string(),
-                        format!("ulimit -n {n} && exec \"$0\" \"$@\""),
-                        path,
-                    ];
+            let mut plug = match &launch.via {
+                None => Plug::spawn_env(bin, &words, &launch.env, port),
+                Some((program, leading)) => {
+                    let mut wrapped = leading.clone();
+                    wrapped.push(bin.path.to_string_lossy().into_owned());
                     wrapped.extend(words);
-                    let shell = Binary {
+                    let wrapper = Binary {
                         name: bin.name,
                         label: bin.label.clone(),
-                        path: "/bin/sh".into(),
+                        path: program.into(),
                     };
-                    Plug::spawn(&shell, &wrapped, port)
+                    Plug::spawn_env(&wrapper, &wrapped, &launch.env, port)
                 }
             };
             if plug
@@ -335,8 +373,14 @@ impl Plug {
 
     /// Starts `bin` with exactly `args` (no `-d`, no readiness wait).
     pub fn spawn(bin: &Binary, args: &[String], port: u16) -> Plug {
+        Plug::spawn_env(bin, args, &[], port)
+    }
+
+    /// Starts `bin` with exactly `args` and extra environment variables.
+    pub fn spawn_env(bin: &Binary, args: &[String], env: &[(String, String)], port: u16) -> Plug {
         let mut child = Command::new(&bin.path)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -16,19 +16,18 @@ fn detaches_only_once_ready_and_forwards_proc_1_proc_3() {
         let backend = Backend::start(Behaviour::Echo);
         let dir = TempDir::new("detach");
         let pidfile = dir.path("plug.pid");
-        let port = free_port();
-        let out = Command::new(&bin.path)
-            .args([
+        let dest = backend.dest();
+        let (port, out) = run_on_free_port(
+            bin,
+            &[
                 "-P",
                 pidfile.to_str().unwrap(),
                 "-i",
                 "127.0.0.1",
-                &port.to_string(),
-                &backend.dest(),
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+                "{port}",
+                &dest,
+            ],
+        );
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -80,19 +79,17 @@ fn detached_bind_failure_is_printed_and_exits_4_proc_2() {
 #[test]
 fn detached_pid_file_failure_reaches_the_terminal_proc_1() {
     each_binary(|bin| {
-        let port = free_port();
-        let out = Command::new(&bin.path)
-            .args([
+        let (_, out) = run_on_free_port(
+            bin,
+            &[
                 "-P",
                 "/nonexistent-dir/plug.pid",
                 "-i",
                 "127.0.0.1",
-                &port.to_string(),
+                "{port}",
                 "127.0.0.1:9",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            ],
+        );
         assert_eq!(
             out.status.code(),
             Some(4),

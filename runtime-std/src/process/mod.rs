@@ -13,6 +13,7 @@ pub mod logger;
 pub mod session_file;
 pub mod sockets;
 pub mod sys;
+pub mod systemd;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -61,6 +62,7 @@ pub struct Context {
     drained: Condvar,
     stopping: AtomicBool,
     backoff: Mutex<AcceptBackoff>,
+    notifier: systemd::Notifier,
 }
 
 /// A started process, ready for an adapter to serve `listener`.
@@ -93,6 +95,10 @@ impl Boot {
         match prepared {
             Ok(t) => {
                 readiness.ready();
+                let ready = format!("READY=1\nMAINPID={}", ctx.pid);
+                if let Err(e) = ctx.notifier.notify(&ready) {
+                    ctx.log.error(&format!("cannot notify systemd: {e}"));
+                }
                 (ctx, t)
             }
             Err(message) => fail(&ctx, &mut readiness, &message),
@@ -154,14 +160,29 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
     // The default --max-conns follows from the limit (OPT-3).
     let nofile = sys::raise_nofile_limit().unwrap_or(1024);
 
-    let addr = config.source.bind_addr();
-    let listener = sockets::bind(addr).unwrap_or_else(|e| {
+    // With systemd socket activation the passed socket is served and nothing is
+    // bound; the source argument still names the listener in logs (OPT-7).
+    let notifier = systemd::Notifier::from_env();
+    let passed = systemd::passed_listener().unwrap_or_else(|e| {
         die(
             &program,
-            &format!("cannot listen on {addr}: {e}"),
+            &format!("cannot use the socket systemd passed: {e}"),
             EXIT_FATAL,
         )
     });
+    let listener = match passed {
+        Some(listener) => listener,
+        None => {
+            let addr = config.source.bind_addr();
+            sockets::bind(addr).unwrap_or_else(|e| {
+                die(
+                    &program,
+                    &format!("cannot listen on {addr}: {e}"),
+                    EXIT_FATAL,
+                )
+            })
+        }
+    };
     let sessions = config.session.as_ref().map(|target| {
         SessionWriter::open(target.clone()).unwrap_or_else(|e| {
             die(
@@ -209,6 +230,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
         drained: Condvar::new(),
         stopping: AtomicBool::new(false),
         backoff: Mutex::new(AcceptBackoff::new()),
+        notifier,
         config,
     });
     let mut boot = Boot {
@@ -469,6 +491,7 @@ impl Context {
             return false;
         }
         self.remove_pid_file();
+        let _ = self.notifier.notify("STOPPING=1");
         self.log
             .debug(1, "stopping: listener closed, waiting for open connections");
         true

@@ -218,3 +218,35 @@ pub mod signal {
     /// State dump (OPT-6).
     pub const USR1: i32 = libc::SIGUSR1;
 }
+
+/// Takes ownership of descriptor `fd` as a listening TCP socket (socket
+/// activation), after checking that it is one, and marks it close-on-exec.
+pub fn adopt_listener(fd: RawFd) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let mut accepting: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `accepting` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut accepting as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if accepting == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not a listening socket"),
+        ));
+    }
+    // SAFETY: fcntl on an open descriptor has no memory effects.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: systemd handed this descriptor to this process (LISTEN_PID matched)
+    // and nothing else in the process owns it; it is a listening socket.
+    Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
+}

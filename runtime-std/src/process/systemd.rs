@@ -1,0 +1,64 @@
+//! systemd integration (OPT-7): readiness notification on `NOTIFY_SOCKET` and
+//! socket activation through `LISTEN_FDS`/`LISTEN_PID`.
+
+use std::ffi::OsString;
+use std::io;
+use std::net::TcpListener;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+
+use super::sys;
+
+/// The first descriptor systemd passes (SD_LISTEN_FDS_START).
+const FIRST_PASSED_FD: i32 = 3;
+
+/// Where to send state notifications, from `NOTIFY_SOCKET`.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    socket: Option<OsString>,
+}
+
+impl Notifier {
+    /// Reads `NOTIFY_SOCKET`; without it, notifications go nowhere.
+    pub fn from_env() -> Self {
+        Notifier {
+            socket: std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// Sends `state` (e.g. `READY=1`); failures are returned for the log.
+    pub fn notify(&self, state: &str) -> io::Result<()> {
+        let Some(path) = &self.socket else {
+            return Ok(());
+        };
+        let bytes = path.as_bytes();
+        // A leading '@' names a socket in the abstract namespace.
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => UnixAddr::from_abstract_name(name)?,
+            None => UnixAddr::from_pathname(std::path::Path::new(path))?,
+        };
+        UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    }
+}
+
+/// The listening socket systemd passed to this process, if `LISTEN_PID` names it
+/// and `LISTEN_FDS` passes at least one descriptor.
+pub fn passed_listener() -> io::Result<Option<TcpListener>> {
+    let pid = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok());
+    if pid != Some(std::process::id()) || fds.unwrap_or(0) < 1 {
+        return Ok(None);
+    }
+    let listener = sys::adopt_listener(FIRST_PASSED_FD)?;
+    // Not for anything this process might start.
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    Ok(Some(listener))
+}
