@@ -112,3 +112,76 @@ fn ipv6_clients_get_tcp6_headers_opt_4() {
         assert_eq!(String::from_utf8_lossy(&backend.received()[0]), want);
     });
 }
+
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real PROXY protocol peer: nginx accepting the header and answering with
+/// the client address it read from it.
+fn nginx() -> Nginx {
+    let dir = TempDir::new("nginx");
+    let port = free_port();
+    let d = dir.0.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} proxy_protocol;\n\
+             location / {{ return 200 \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }}\n  }}\n}}\n"
+    );
+    let path = dir.path("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = std::process::Command::new("nginx")
+        .args(["-e", "stderr", "-p"])
+        .arg(&dir.0)
+        .arg("-c")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx is not installed: .ci/run installs nginx-light with apt-get");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        eventually(|| std::net::TcpStream::connect_timeout(
+            &addr,
+            std::time::Duration::from_millis(200)
+        )
+        .is_ok()),
+        "nginx did not start listening"
+    );
+    Nginx {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_real_peer_reads_the_header_opt_4() {
+    let nginx = nginx();
+    each_binary(|bin| {
+        for version in ["v1", "v2"] {
+            let dest = format!("127.0.0.1:{}", nginx.port);
+            let plug = Plug::start(bin, &["--proxy-protocol", version, "{port}", &dest]);
+            let s = connect_from("127.0.0.2", plug.addr());
+            let client = s.local_addr().unwrap();
+            let reply = exchange(s, b"GET / HTTP/1.0\r\nHost: test\r\n\r\n".to_vec());
+            let reply = String::from_utf8_lossy(&reply);
+            assert!(reply.starts_with("HTTP/1.1 200"), "{version}: {reply}");
+            let want = format!("\r\n\r\n127.0.0.2 {}\n", client.port());
+            assert!(reply.ends_with(&want), "{version}: nginx saw {reply:?}");
+        }
+    });
+}
