@@ -80,11 +80,17 @@ fn feature_build(feature: &str) -> PathBuf {
         .join("variants")
         .join(feature);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
+    // The same profile as the binaries beside this test (debug or release).
+    let release = bin_dir().file_name().is_some_and(|p| p == "release");
+    let mut command = Command::new(cargo);
+    command
         .current_dir(workspace_root())
+        .args(["build", "--quiet"]);
+    if release {
+        command.arg("--release");
+    }
+    let out = command
         .args([
-            "build",
-            "--quiet",
             "-p",
             "plug",
             "--bin",
@@ -102,7 +108,9 @@ fn feature_build(feature: &str) -> PathBuf {
         "building plug --features {feature} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = target.join("debug").join("plug");
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join("plug");
     built.push((feature.to_string(), path.clone()));
     path
 }
@@ -478,6 +486,8 @@ pub enum Behaviour {
     ReplyAfterEof(Vec<u8>),
     /// Read one byte, then reset the connection.
     Reset,
+    /// Send 64 KiB chunks as fast as the client takes them, until it goes away.
+    Flood,
 }
 
 /// A loopback server, stopped when dropped.
@@ -603,6 +613,12 @@ fn serve_backend(mut conn: TcpStream, behaviour: &Behaviour, kept: &mut Vec<u8>)
         Behaviour::ReplyAfterEof(bytes) => {
             conn.read_to_end(kept)?;
             conn.write_all(bytes)
+        }
+        Behaviour::Flood => {
+            let chunk = vec![b'f'; 64 * 1024];
+            loop {
+                conn.write_all(&chunk)?;
+            }
         }
         Behaviour::Reset => {
             let mut one = [0u8; 1];
@@ -793,4 +809,39 @@ pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<u8> {
             None
         }
     })
+}
+
+/// How many descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A process's resident memory in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time a process has used (user + system, all threads), in clock ticks
+/// (normally 100 per second).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    // After the command name: state is field 0, utime 11, stime 12.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
 }

@@ -163,3 +163,74 @@ fn idle_connections_close_and_trickling_ones_live_opt_2() {
         assert!(plug.stderr.wait_for(|l| l.ends_with(&status)).is_some());
     });
 }
+
+#[test]
+fn no_busy_loop_while_out_of_descriptors_spec_5() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let plug = Plug::start_limited(
+            bin,
+            Some(32),
+            &[
+                "--max-conns",
+                "1000",
+                "-i",
+                "127.0.0.1",
+                "{port}",
+                &backend.dest(),
+            ],
+        );
+        // Hold more clients than 32 descriptors allow, and keep holding them.
+        let clients: Vec<TcpStream> = (0..40).map(|_| connect(plug.addr())).collect();
+        assert!(plug
+            .stderr
+            .wait_for(|l| l.contains("out of file descriptors"))
+            .is_some());
+        // Observe the exhausted daemon for two seconds: a spinning accept loop would
+        // burn about 200 ticks; pausing between tries costs almost nothing.
+        let before = cpu_ticks(plug.pid());
+        thread::sleep(Duration::from_secs(2));
+        let used = cpu_ticks(plug.pid()) - before;
+        eprintln!(
+            "[{}] CPU while out of descriptors: {used} ticks in 2 s",
+            bin.label
+        );
+        assert!(
+            used < 40,
+            "{used} ticks of CPU in 2 s while exhausted: a busy loop"
+        );
+        drop(clients);
+    });
+}
+
+#[test]
+fn a_slow_reader_keeps_memory_bounded_spec_5() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Flood);
+        let plug = Plug::start(bin, &["{port}", &backend.dest()]);
+        let mut s = connect(plug.addr());
+        let mut buf = vec![0u8; 16 * 1024];
+        s.read_exact(&mut buf).unwrap();
+        let start_rss = rss_kib(plug.pid());
+        // Read 16 KiB every 5 ms for two seconds while the destination pushes as
+        // fast as it can: plug must hold back, not buffer.
+        let start = Instant::now();
+        let mut read = 0usize;
+        while start.elapsed() < Duration::from_secs(2) {
+            s.read_exact(&mut buf).unwrap();
+            read += buf.len();
+            thread::sleep(Duration::from_millis(5));
+        }
+        let grown = rss_kib(plug.pid()).saturating_sub(start_rss);
+        eprintln!(
+            "[{}] slow reader: read {} KiB, plug RSS grew {grown} KiB (at {} KiB)",
+            bin.label,
+            read / 1024,
+            rss_kib(plug.pid())
+        );
+        assert!(
+            grown < 4096,
+            "plug's RSS grew {grown} KiB behind a slow reader"
+        );
+    });
+}
