@@ -1005,6 +1005,18 @@ mod tests {
             prop_assert_eq!(mixed, plain);
         }
 
+        /// CLI-7: arbitrary bytes as arguments (not UTF-8, NULs, anything) never
+        /// panic; anything refused is status 5 with a message.
+        #[test]
+        fn arbitrary_argument_bytes_never_panic(words in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 0..8)) {
+            use std::os::unix::ffi::OsStringExt;
+            let args: Vec<OsString> = words.into_iter().map(OsString::from_vec).collect();
+            if let Err(e) = parse(args) {
+                prop_assert_eq!(e.status(), EXIT_SYNTAX);
+                prop_assert!(!e.message().is_empty());
+            }
+        }
+
         /// CLI-7: random words never panic; anything refused is status 5 with a
         /// message.
         #[test]
