@@ -96,10 +96,7 @@ impl AcceptBackoff {
 mod tests {
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     #[test]
     fn descriptor_exhaustion_pauses_and_logs_without_flooding_spec_5() {

@@ -381,10 +381,7 @@ mod tests {
     use super::*;
     use crate::select::{Health, SelectPolicy};
 
-    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     fn balancer(words: &[&str], names: bool) -> Balancer {
         let dests = words

@@ -35,3 +35,6 @@ pub mod rules;
 pub mod select;
 pub mod session;
 pub mod stats;
+
+#[cfg(test)]
+mod test_clock;

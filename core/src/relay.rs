@@ -600,10 +600,7 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::VecDeque;
 
-    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     #[test]
     fn eof_drains_then_half_closes_once_conn_6() {

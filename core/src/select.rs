@@ -348,10 +348,7 @@ mod tests {
     use crate::addr::Host;
     use proptest::prelude::*;
 
-    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     fn dests(n: usize) -> Vec<Destination> {
         (0..n)

@@ -108,10 +108,7 @@ mod tests {
     use crate::select::SelectPolicy;
     use std::time::Duration;
 
-    #[allow(clippy::disallowed_methods)] // tests need one real Instant to count from
-    fn t0() -> Instant {
-        Instant::now()
-    }
+    use crate::test_clock::t0;
 
     #[test]
     fn report_lines_opt_6() {
