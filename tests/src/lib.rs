@@ -388,6 +388,10 @@ impl Plug {
     pub fn spawn_env(bin: &Binary, args: &[String], env: &[(String, String)], port: u16) -> Plug {
         let mut child = Command::new(&bin.path)
             .args(args)
+            // systemd variables only when a test sets them (OPT-7).
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
