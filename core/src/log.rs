@@ -32,6 +32,18 @@ impl CloseStatus {
     }
 }
 
+impl CloseStatus {
+    /// How an admitted connection ended: whether it reached a destination, and how
+    /// its relay ended if one ran (none means it failed before relaying).
+    pub fn of(reached: bool, end: Option<RelayEnd>) -> Self {
+        match (reached, end) {
+            (false, _) => CloseStatus::ConnectFailed,
+            (true, Some(end)) => CloseStatus::from(end),
+            (true, None) => CloseStatus::Exception,
+        }
+    }
+}
+
 impl From<RelayEnd> for CloseStatus {
     fn from(end: RelayEnd) -> Self {
         match end {
@@ -134,6 +146,16 @@ mod tests {
             over_limit(&s, "10.0.0.1".parse().unwrap(), &r),
             "(80): Connect from 10.0.0.1 refused: 2 connections open (--max-conns)"
         );
+    }
+
+    #[test]
+    fn connection_ends_map_to_statuses_proc_5() {
+        assert_eq!(CloseStatus::of(false, None), CloseStatus::ConnectFailed);
+        assert_eq!(
+            CloseStatus::of(true, Some(RelayEnd::Finished)),
+            CloseStatus::Normal
+        );
+        assert_eq!(CloseStatus::of(true, None).code(), 3);
     }
 
     #[test]

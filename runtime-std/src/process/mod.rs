@@ -381,11 +381,7 @@ impl Connection {
     pub fn finish(self, now: Instant, outcome: Option<RelayOutcome>) {
         let ctx = &self.ctx;
         lock(&ctx.stats).handle_closed(self.reached, outcome.as_ref());
-        let status = match (&self.reached, &outcome) {
-            (Some(_), Some(o)) => CloseStatus::from(o.end),
-            (Some(_), None) => CloseStatus::Exception,
-            (None, _) => CloseStatus::ConnectFailed,
-        };
+        let status = CloseStatus::of(self.reached.is_some(), outcome.map(|o| o.end));
         if let (Some(dest), Some(o), Some(sessions)) = (self.reached, outcome, &ctx.sessions) {
             let destination = lock(&ctx.balancer).destination(dest).cloned();
             if let Some(destination) = destination {
