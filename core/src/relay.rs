@@ -54,6 +54,14 @@ impl Direction {
     /// Both directions.
     pub const BOTH: [Direction; 2] = [Direction::Upstream, Direction::Downstream];
 
+    /// 0 for upstream, 1 for downstream: for arrays indexed by direction.
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Upstream => 0,
+            Direction::Downstream => 1,
+        }
+    }
+
     /// The side this direction reads from.
     pub fn source(self) -> Side {
         match self {
@@ -124,6 +132,7 @@ pub struct Half {
     pipe_capacity: usize,
     received: u64,
     delivered: u64,
+    spliced: u64,
     state: HalfState,
 }
 
@@ -140,6 +149,7 @@ impl Half {
             pipe_capacity: 0,
             received: 0,
             delivered: 0,
+            spliced: 0,
             state: HalfState::Open,
         }
     }
@@ -160,6 +170,11 @@ impl Half {
     /// Bytes written to the sink so far.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// Bytes that went through the pipe (zero-copy) rather than the buffer.
+    pub fn spliced(&self) -> u64 {
+        self.spliced
     }
 
     /// Bytes held in the buffer.
@@ -291,6 +306,7 @@ impl Half {
         }
         self.piped += n;
         self.received += n as u64;
+        self.spliced += n as u64;
     }
 
     /// Records that the source ended (EOF): what is pending is still delivered,
@@ -439,6 +455,8 @@ pub struct RelayOutcome {
     pub from_client: u64,
     /// Bytes received from the destination (OUT), CONNECT leftover included.
     pub from_destination: u64,
+    /// Of those bytes, how many moved through a pipe without entering user space.
+    pub spliced: u64,
     /// How it ended.
     pub end: RelayEnd,
 }
@@ -589,6 +607,7 @@ impl Relay {
         self.is_finished().then(|| RelayOutcome {
             from_client: self.upstream.received(),
             from_destination: self.downstream.received(),
+            spliced: self.upstream.spliced() + self.downstream.spliced(),
             end: self.failure.unwrap_or(RelayEnd::Finished),
         })
     }
@@ -645,6 +664,7 @@ mod tests {
             Some(RelayOutcome {
                 from_client: 5,
                 from_destination: 0,
+                spliced: 0,
                 end: RelayEnd::Finished
             })
         );

@@ -108,6 +108,7 @@ mod tests {
         RelayOutcome {
             from_client: i,
             from_destination: o,
+            spliced: 0,
             end: RelayEnd::Finished,
         }
     }

@@ -128,6 +128,7 @@ mod tests {
         let out = RelayOutcome {
             from_client: 5,
             from_destination: 7,
+            spliced: 0,
             end: RelayEnd::Finished,
         };
         s.handle_closed(Some(DestId(0)), Some(&out));

@@ -17,8 +17,9 @@ use async_io::{Async, Timer};
 use bytes::BytesMut;
 use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use plug_core::dial::DialStep;
-use plug_core::relay::{Direction, Relay};
+use plug_core::relay::{Direction, ReadInto, Relay, WriteFrom};
 use plug_std::process::sockets::{self, ConnectError};
+use plug_std::process::splice::{Pipe, PIPE_CAPACITY};
 use plug_std::process::{Connection, Context};
 use socket2::SockRef;
 
@@ -41,8 +42,52 @@ const BUDGET: usize = 16;
 /// Pooled buffers kept per thread.
 const POOL_SIZE: usize = 32;
 
+/// Pooled pipes kept per thread: few, because each holds two descriptors that a
+/// plug short of descriptors would rather spend on connections.
+pub const PIPE_POOL_SIZE: usize = 4;
+
 thread_local! {
     static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty pipe from this thread's pool, or a new one.
+fn pipe_take() -> io::Result<Pipe> {
+    match PIPES.with(|p| p.borrow_mut().pop()) {
+        Some(pipe) => Ok(pipe),
+        None => Pipe::new(),
+    }
+}
+
+/// Returns an empty pipe to this thread's pool (or closes it when the pool is full).
+fn pipe_put(pipe: Pipe) {
+    PIPES.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < PIPE_POOL_SIZE {
+            pool.push(pipe);
+        }
+    });
+}
+
+/// What a connection task keeps beside the core's relay for the zero-copy path.
+struct Lanes {
+    /// Per direction: its pipe while bytes are in flight.
+    pipes: [Option<Pipe>; 2],
+    /// Per direction: the last splice into the pipe found it full; drain first.
+    pipe_full: [bool; 2],
+}
+
+impl Lanes {
+    /// Gives back the pipes of directions with nothing in flight.
+    fn release_idle(&mut self, relay: &Relay) {
+        for dir in Direction::BOTH {
+            if relay.half(dir).piped() == 0 {
+                if let Some(pipe) = self.pipes[dir.index()].take() {
+                    pipe_put(pipe);
+                }
+            }
+        }
+    }
 }
 
 fn pool_take() -> Option<BytesMut> {
@@ -93,9 +138,17 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
         return conn.finish(Instant::now(), None);
     };
     let mut relay = conn.relay(Instant::now(), &leftover, local);
+    for dir in Direction::BOTH {
+        relay.half_mut(dir).set_splice(Some(PIPE_CAPACITY));
+    }
     let socks = [&client, &dest];
     let mut timer = Timer::never();
-    future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut timer)).await;
+    let mut lanes = Lanes {
+        pipes: [None, None],
+        pipe_full: [false; 2],
+    };
+    future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut lanes, &mut timer)).await;
+    lanes.release_idle(&relay);
     let outcome = relay.outcome();
     if outcome.is_some_and(|o| o.end.is_abortive()) {
         // A stream cut short must not look complete to the surviving peer.
@@ -200,61 +253,24 @@ fn poll_relay(
     cx: &mut TaskContext<'_>,
     relay: &mut Relay,
     socks: [&Async<TcpStream>; 2],
+    lanes: &mut Lanes,
     timer: &mut Timer,
 ) -> Poll<()> {
     for _ in 0..BUDGET {
         let mut progressed = false;
         for dir in Direction::BOTH {
-            let (mut input, mut output) = (socks[dir.source().index()], socks[dir.sink().index()]);
-            if relay.half(dir).wants_write().is_some() {
-                match Pin::new(&mut output).poll_write(cx, relay.half(dir).write_data()) {
-                    Poll::Ready(Ok(n)) => {
-                        relay.handle_written(Instant::now(), dir, n);
-                        progressed = true;
-                    }
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                        progressed = true
-                    }
-                    Poll::Ready(Err(_)) => {
-                        relay.handle_error(Instant::now(), dir.sink());
-                        progressed = true;
-                    }
-                    Poll::Pending => {}
-                }
-            }
+            progressed |= poll_write(cx, relay, socks[dir.sink().index()], lanes, dir);
             if relay.half(dir).wants_shutdown() {
-                match output.get_ref().shutdown(Shutdown::Write) {
+                match socks[dir.sink().index()]
+                    .get_ref()
+                    .shutdown(Shutdown::Write)
+                {
                     Ok(()) => relay.handle_shutdown(Instant::now(), dir),
                     Err(_) => relay.handle_error(Instant::now(), dir.sink()),
                 }
                 progressed = true;
             }
-            if relay.half(dir).wants_read().is_some() {
-                if !relay.half(dir).has_buffer() {
-                    if let Some(buffer) = pool_take() {
-                        relay.half_mut(dir).provide_buffer(buffer);
-                    }
-                }
-                match Pin::new(&mut input).poll_read(cx, relay.half_mut(dir).read_space()) {
-                    Poll::Ready(Ok(n)) => {
-                        relay.handle_read(Instant::now(), dir, n);
-                        progressed = true;
-                    }
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                        progressed = true
-                    }
-                    Poll::Ready(Err(_)) => {
-                        relay.handle_error(Instant::now(), dir.source());
-                        progressed = true;
-                    }
-                    Poll::Pending => {
-                        // Nothing in flight in this direction: hand the buffer back.
-                        if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
-                            pool_put(buffer);
-                        }
-                    }
-                }
-            }
+            progressed |= poll_read(cx, relay, socks[dir.source().index()], lanes, dir);
         }
         if relay.is_finished() {
             for dir in Direction::BOTH {
@@ -278,4 +294,143 @@ fn poll_relay(
     // Used the budget with work left: let other tasks run, then come back.
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+/// One write toward `dir`'s sink if the core wants one; true when something
+/// happened, false when the socket is not writable (the task will be woken).
+fn poll_write(
+    cx: &mut TaskContext<'_>,
+    relay: &mut Relay,
+    sink: &Async<TcpStream>,
+    lanes: &mut Lanes,
+    dir: Direction,
+) -> bool {
+    let result: io::Result<()> = match relay.half(dir).wants_write() {
+        None => return false,
+        Some(WriteFrom::Buffer) => {
+            let mut out = sink;
+            match Pin::new(&mut out).poll_write(cx, relay.half(dir).write_data()) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(n)) => {
+                    relay.handle_written(Instant::now(), dir, n);
+                    return true;
+                }
+                Poll::Ready(Err(e)) => Err(e),
+            }
+        }
+        Some(WriteFrom::Pipe) => loop {
+            let Some(pipe) = &lanes.pipes[dir.index()] else {
+                break Err(io::Error::other("bytes in a pipe that does not exist"));
+            };
+            match pipe.drain_to(sink.get_ref(), relay.half(dir).piped()) {
+                Ok(n) if n > 0 => {
+                    relay.handle_spliced_out(Instant::now(), dir, n);
+                    lanes.pipe_full[dir.index()] = false;
+                    return true;
+                }
+                Ok(_) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match sink.poll_writable(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => break Err(e),
+                    Poll::Pending => return false,
+                },
+                Err(e) => break Err(e),
+            }
+        },
+    };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        _ => {
+            relay.handle_error(Instant::now(), dir.sink());
+            true
+        }
+    }
+}
+
+/// One read from `dir`'s source if the core wants one; true when something
+/// happened, false when there is nothing to read now (the task will be woken) or
+/// the pipe must drain first.
+fn poll_read(
+    cx: &mut TaskContext<'_>,
+    relay: &mut Relay,
+    source: &Async<TcpStream>,
+    lanes: &mut Lanes,
+    dir: Direction,
+) -> bool {
+    if lanes.pipe_full[dir.index()] {
+        return false;
+    }
+    let result: io::Result<()> = match relay.half(dir).wants_read() {
+        None => return false,
+        Some(ReadInto::Buffer) => {
+            if !relay.half(dir).has_buffer() {
+                if let Some(buffer) = pool_take() {
+                    relay.half_mut(dir).provide_buffer(buffer);
+                }
+            }
+            let mut input = source;
+            match Pin::new(&mut input).poll_read(cx, relay.half_mut(dir).read_space()) {
+                Poll::Pending => {
+                    // Nothing in flight in this direction: hand the buffer back.
+                    if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
+                        pool_put(buffer);
+                    }
+                    return false;
+                }
+                Poll::Ready(Ok(n)) => {
+                    relay.handle_read(Instant::now(), dir, n);
+                    return true;
+                }
+                Poll::Ready(Err(e)) => Err(e),
+            }
+        }
+        Some(ReadInto::Pipe) => {
+            if lanes.pipes[dir.index()].is_none() {
+                match pipe_take() {
+                    Ok(pipe) => lanes.pipes[dir.index()] = Some(pipe),
+                    Err(_) => {
+                        // No descriptors for a pipe: copy instead (order is kept).
+                        relay.half_mut(dir).set_splice(None);
+                        return true;
+                    }
+                }
+            }
+            loop {
+                let Some(pipe) = &lanes.pipes[dir.index()] else {
+                    return false;
+                };
+                match pipe.fill_from(source.get_ref(), relay.half(dir).pipe_space()) {
+                    Ok(n) => {
+                        relay.handle_spliced_in(Instant::now(), dir, n);
+                        return true;
+                    }
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock && relay.half(dir).piped() > 0 =>
+                    {
+                        lanes.pipe_full[dir.index()] = true;
+                        return false;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        match source.poll_readable(cx) {
+                            Poll::Ready(Ok(())) => continue,
+                            Poll::Ready(Err(e)) => break Err(e),
+                            Poll::Pending => {
+                                // Nothing in flight: hand the pipe back.
+                                lanes.release_idle(relay);
+                                return false;
+                            }
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+    };
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        _ => {
+            relay.handle_error(Instant::now(), dir.source());
+            true
+        }
+    }
 }

@@ -8,10 +8,11 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use plug_core::dial::DialStep;
-use plug_core::relay::{Direction, Relay, Side};
+use plug_core::relay::{Direction, ReadInto, Relay, Side, WriteFrom};
 use socket2::SockRef;
 
 use crate::process::sockets::{self, ConnectError};
+use crate::process::splice::{Pipe, PIPE_CAPACITY};
 use crate::process::sys::{self, PollFd, POLLERRS, POLLIN, POLLOUT};
 use crate::process::Connection;
 
@@ -163,77 +164,167 @@ fn retry_later(e: &io::Error) -> bool {
     )
 }
 
-/// Relays until both directions are done, as the core directs (CONN-6).
+/// What the std driver keeps beside the core's relay: readiness it has learned,
+/// and each direction's pipe for the zero-copy path.
+struct Wire<'a> {
+    socks: [&'a TcpStream; 2],
+    /// Whether each socket may be readable / writable; cleared on EAGAIN, set by poll.
+    readable: [bool; 2],
+    writable: [bool; 2],
+    /// Per direction: its pipe while bytes are in flight.
+    pipes: [Option<Pipe>; 2],
+    /// Per direction: the last splice into the pipe found it full (a pipe holds 16
+    /// buffers, however small each is), so drain it before reading more; polling
+    /// the readable socket meanwhile would spin.
+    pipe_full: [bool; 2],
+}
+
+/// Relays until both directions are done, as the core directs (CONN-6): copying
+/// through a buffer, or on Linux splicing through a pipe per direction.
 fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
-    // Whether each socket may be readable / writable; cleared on EAGAIN, set by poll.
-    let mut readable = [true; 2];
-    let mut writable = [true; 2];
+    for dir in Direction::BOTH {
+        relay.half_mut(dir).set_splice(Some(PIPE_CAPACITY));
+    }
+    let mut wire = Wire {
+        socks,
+        readable: [true; 2],
+        writable: [true; 2],
+        pipes: [None, None],
+        pipe_full: [false; 2],
+    };
     while !relay.is_finished() {
         let mut progressed = false;
         for dir in Direction::BOTH {
-            let (src, sink) = (dir.source().index(), dir.sink().index());
-            if writable[sink] && relay.half(dir).wants_write().is_some() {
-                let data = relay.half(dir).write_data();
-                let mut out: &TcpStream = socks[sink];
-                match out.write(data) {
-                    Ok(n) => {
-                        relay.handle_written(Instant::now(), dir, n);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => writable[sink] = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
-                    Err(_) => relay.handle_error(Instant::now(), dir.sink()),
-                }
-            }
+            progressed |= write(relay, &mut wire, dir);
             if relay.half(dir).wants_shutdown() {
-                match socks[sink].shutdown(Shutdown::Write) {
+                match wire.socks[dir.sink().index()].shutdown(Shutdown::Write) {
                     Ok(()) => relay.handle_shutdown(Instant::now(), dir),
                     Err(_) => relay.handle_error(Instant::now(), dir.sink()),
                 }
                 progressed = true;
             }
-            if readable[src] && relay.half(dir).wants_read().is_some() {
-                let space = relay.half_mut(dir).read_space();
-                let mut input: &TcpStream = socks[src];
-                match input.read(space) {
-                    Ok(n) => {
-                        relay.handle_read(Instant::now(), dir, n);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => readable[src] = false,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => progressed = true,
-                    Err(_) => relay.handle_error(Instant::now(), dir.source()),
-                }
-            }
+            progressed |= read(relay, &mut wire, dir);
         }
         if progressed || relay.is_finished() {
             continue;
         }
-        wait_relay(relay, socks, &mut readable, &mut writable);
+        wait_relay(relay, &mut wire);
     }
 }
 
-/// Polls for what the blocked directions want; handles the idle timeout.
-fn wait_relay(
-    relay: &mut Relay,
-    socks: [&TcpStream; 2],
-    readable: &mut [bool; 2],
-    writable: &mut [bool; 2],
-) {
+/// One write toward `dir`'s sink, if the core wants one and the socket may take it;
+/// true when something happened.
+fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
+    let sink = dir.sink().index();
+    if !wire.writable[sink] {
+        return false;
+    }
+    let result = match relay.half(dir).wants_write() {
+        None => return false,
+        Some(WriteFrom::Buffer) => {
+            let mut out: &TcpStream = wire.socks[sink];
+            out.write(relay.half(dir).write_data())
+        }
+        Some(WriteFrom::Pipe) => match &wire.pipes[dir.index()] {
+            Some(pipe) => pipe.drain_to(wire.socks[sink], relay.half(dir).piped()),
+            None => Err(io::Error::other("bytes in a pipe that does not exist")),
+        },
+    };
+    match result {
+        Ok(n) if n > 0 => {
+            match relay.half(dir).wants_write() {
+                Some(WriteFrom::Pipe) => {
+                    relay.handle_spliced_out(Instant::now(), dir, n);
+                    wire.pipe_full[dir.index()] = false;
+                }
+                _ => relay.handle_written(Instant::now(), dir, n),
+            }
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            wire.writable[sink] = false;
+            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        // A socket that takes nothing is as broken as one that fails.
+        Ok(_) | Err(_) => {
+            relay.handle_error(Instant::now(), dir.sink());
+            true
+        }
+    }
+}
+
+/// One read from `dir`'s source, if the core wants one and the socket may have
+/// data; true when something happened.
+fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
+    let src = dir.source().index();
+    if !wire.readable[src] || wire.pipe_full[dir.index()] {
+        return false;
+    }
+    let result = match relay.half(dir).wants_read() {
+        None => return false,
+        Some(ReadInto::Buffer) => {
+            let mut input: &TcpStream = wire.socks[src];
+            input.read(relay.half_mut(dir).read_space())
+        }
+        Some(ReadInto::Pipe) => {
+            if wire.pipes[dir.index()].is_none() {
+                match Pipe::new() {
+                    Ok(pipe) => wire.pipes[dir.index()] = Some(pipe),
+                    Err(_) => {
+                        // No descriptors for a pipe: copy instead (order is kept).
+                        relay.half_mut(dir).set_splice(None);
+                        return true;
+                    }
+                }
+            }
+            match &wire.pipes[dir.index()] {
+                Some(pipe) => pipe.fill_from(wire.socks[src], relay.half(dir).pipe_space()),
+                None => return false,
+            }
+        }
+    };
+    match result {
+        Ok(n) => {
+            match relay.half(dir).wants_read() {
+                Some(ReadInto::Pipe) => relay.handle_spliced_in(Instant::now(), dir, n),
+                _ => relay.handle_read(Instant::now(), dir, n),
+            }
+            true
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if relay.half(dir).piped() > 0 {
+                wire.pipe_full[dir.index()] = true;
+            } else {
+                wire.readable[src] = false;
+            }
+            false
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+        Err(_) => {
+            relay.handle_error(Instant::now(), dir.source());
+            true
+        }
+    }
+}
+
+/// Polls for what the blocked directions want; handles the idle timeout, and
+/// after a quiet second hands back idle buffers and pipes.
+fn wait_relay(relay: &mut Relay, wire: &mut Wire<'_>) {
     let mut fds = [
         PollFd {
-            fd: socks[0].as_raw_fd(),
+            fd: wire.socks[0].as_raw_fd(),
             events: 0,
             revents: 0,
         },
         PollFd {
-            fd: socks[1].as_raw_fd(),
+            fd: wire.socks[1].as_raw_fd(),
             events: 0,
             revents: 0,
         },
     ];
     for dir in Direction::BOTH {
-        if relay.half(dir).wants_read().is_some() {
+        if relay.half(dir).wants_read().is_some() && !wire.pipe_full[dir.index()] {
             fds[dir.source().index()].events |= POLLIN;
         }
         if relay.half(dir).wants_write().is_some() {
@@ -251,7 +342,6 @@ fn wait_relay(
     loop {
         let now = Instant::now();
         let until_deadline = deadline.map(|d| d.saturating_duration_since(now));
-        // Wake once after a quiet second to hand back idle buffers.
         let timeout = match (released, until_deadline) {
             (false, Some(t)) => Some(t.min(BUFFER_RELEASE_AFTER)),
             (false, None) => Some(BUFFER_RELEASE_AFTER),
@@ -265,6 +355,9 @@ fn wait_relay(
                 if !released {
                     for dir in Direction::BOTH {
                         drop(relay.half_mut(dir).release_idle_buffer());
+                        if relay.half(dir).piped() == 0 {
+                            wire.pipes[dir.index()] = None;
+                        }
                     }
                     released = true;
                 }
@@ -279,10 +372,10 @@ fn wait_relay(
     }
     for (i, f) in fds.iter().enumerate() {
         if f.revents & (POLLIN | POLLERRS) != 0 {
-            readable[i] = true;
+            wire.readable[i] = true;
         }
         if f.revents & (POLLOUT | POLLERRS) != 0 {
-            writable[i] = true;
+            wire.writable[i] = true;
         }
     }
 }

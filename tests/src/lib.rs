@@ -21,6 +21,21 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 /// here.
 pub const BINARIES: &[&str] = &["plug-std", "plug", "plug-smol", "plug-async-std"];
 
+/// The source trees each workspace binary is built from, for the staleness check.
+fn sources_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "plug-std" => &["core/src", "runtime-std/src"],
+        "plug" => &["core/src", "runtime-std/src", "src"],
+        "plug-smol" => &["core/src", "runtime-std/src", "runtime-smol/src"],
+        _ => &[
+            "core/src",
+            "runtime-std/src",
+            "runtime-smol/src",
+            "runtime-async-std/src",
+        ],
+    }
+}
+
 /// `plug` is also built with each async runtime feature and tested as well; these
 /// builds go to their own target directories (`target/variants/FEATURE`).
 pub const PLUG_FEATURES: &[&str] = &["smol", "async-std"];
@@ -120,16 +135,6 @@ fn feature_build(feature: &str) -> PathBuf {
 /// not rebuild the workspace's binaries, `cargo test --workspace` does.
 pub fn binaries() -> Vec<Binary> {
     let root = workspace_root();
-    let sources = [
-        "core/src",
-        "runtime-std/src",
-        "runtime-smol/src",
-        "runtime-async-std/src",
-        "src",
-    ]
-    .iter()
-    .filter_map(|d| newest_source(&root.join(d)))
-    .max();
     let mut all: Vec<Binary> = BINARIES
         .iter()
         .map(|name| {
@@ -142,6 +147,10 @@ pub fn binaries() -> Vec<Binary> {
                         path.display()
                     )
                 });
+            let sources = sources_of(name)
+                .iter()
+                .filter_map(|d| newest_source(&root.join(d)))
+                .max();
             assert!(
                 sources.is_none_or(|s| s <= built),
                 "{} is older than its sources: run `cargo test --workspace`, which rebuilds it",
@@ -820,6 +829,15 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// Descriptors a plug may keep open beyond its baseline after a burst: the async
+/// runtimes pool up to 4 empty pipes (2 descriptors each) per thread.
+pub fn pooled_fd_allowance(pid: u32) -> usize {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(1);
+    4 * 2 * threads
 }
 
 /// A process's resident memory in KiB (VmRSS).

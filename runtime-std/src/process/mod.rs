@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod logger;
 pub mod session_file;
 pub mod sockets;
+pub mod splice;
 pub mod sys;
 pub mod systemd;
 
@@ -403,8 +404,8 @@ impl Connection {
             ctx.log.debug(
                 1,
                 &format!(
-                    "{} closed: {:?}, in {} out {}",
-                    self.peer, o.end, o.from_client, o.from_destination
+                    "{} closed: {:?}, in {} out {}, spliced {}",
+                    self.peer, o.end, o.from_client, o.from_destination, o.spliced
                 ),
             );
         }
