@@ -127,6 +127,8 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawn
 /// Serves one admitted client to the end.
 pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let keepalive = conn.keepalive();
+    // A forwarder must not add Nagle delays to what it relays.
+    let _ = client.get_ref().set_nodelay(true);
     if keepalive {
         let _ = SockRef::from(client.get_ref()).set_keepalive(true);
     }
@@ -205,6 +207,7 @@ async fn dial(conn: &mut Connection, keepalive: bool) -> Option<(Async<TcpStream
                         Err(next) => next,
                         Ok(ready) => match ready.and_then(|()| s.get_ref().take_error()) {
                             Ok(None) => {
+                                let _ = s.get_ref().set_nodelay(true);
                                 if keepalive {
                                     let _ = SockRef::from(s.get_ref()).set_keepalive(true);
                                 }
@@ -228,7 +231,9 @@ async fn dial(conn: &mut Connection, keepalive: bool) -> Option<(Async<TcpStream
             }
             DialStep::ReadReply => {
                 let mut s = stream.as_ref()?;
-                let mut buf = [0u8; REPLY_CHUNK];
+                // On the heap, and only during the CONNECT exchange: an array here
+                // would sit in every connection's future for its whole life.
+                let mut buf = vec![0u8; REPLY_CHUNK];
                 match bounded(conn, s.read(&mut buf)).await {
                     Err(next) => next,
                     Ok(Ok(0)) => conn.step(|d, b| d.handle_reply_eof(Instant::now(), b)),

@@ -29,6 +29,8 @@ pub fn serve(mut conn: Connection, client: TcpStream) {
         conn.finish(Instant::now(), None);
         return;
     }
+    // A forwarder must not add Nagle delays to what it relays.
+    let _ = client.set_nodelay(true);
     if keepalive {
         let _ = SockRef::from(&client).set_keepalive(true);
     }
@@ -98,6 +100,7 @@ fn dial(conn: &mut Connection, keepalive: bool) -> Option<(TcpStream, Vec<u8>)> 
                         Err(next) => next,
                         Ok(()) => match s.take_error() {
                             Ok(None) => {
+                                let _ = s.set_nodelay(true);
                                 if keepalive {
                                     let _ = SockRef::from(&s).set_keepalive(true);
                                 }
@@ -297,6 +300,9 @@ fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
                 wire.pipe_full[dir.index()] = true;
             } else {
                 wire.readable[src] = false;
+                // Nothing in flight: a pipe is held only while bytes are, so that
+                // thousands of quiet connections do not hold two descriptors each.
+                wire.pipes[dir.index()] = None;
             }
             false
         }
