@@ -14,6 +14,10 @@ use bytes::BytesMut;
 /// The copy-path buffer size of one direction when none is configured.
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 
+/// A spliced read smaller than this means the flow is interactive again, and the
+/// direction goes back to copying (see [`Half::wants_read`]).
+pub const SMALL_READ: usize = 4 * 1024;
+
 /// One end of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -133,6 +137,9 @@ pub struct Half {
     received: u64,
     delivered: u64,
     spliced: u64,
+    /// The flow looks like bulk data (a copy read nearly filled the buffer), so
+    /// splicing pays off; interactive flows are copied, which needs no pipe.
+    bulk: bool,
     state: HalfState,
 }
 
@@ -150,6 +157,7 @@ impl Half {
             received: 0,
             delivered: 0,
             spliced: 0,
+            bulk: false,
             state: HalfState::Open,
         }
     }
@@ -205,11 +213,16 @@ impl Half {
 
     /// Where a read should go now, or `None` when this direction must not read
     /// (source ended, buffer or pipe full, or the other store still holds bytes).
+    ///
+    /// With splice available, a direction splices only while its flow is bulk:
+    /// a copy read that fills at least half the buffer switches it to the pipe, and
+    /// a spliced read under [`SMALL_READ`] switches it back. Small interactive
+    /// messages are cheaper copied than moved through a pipe, and need none.
     pub fn wants_read(&self) -> Option<ReadInto> {
         if self.state != HalfState::Open {
             return None;
         }
-        if self.pipe_capacity > 0 {
+        if self.pipe_capacity > 0 && self.bulk {
             (self.buffered() == 0 && self.piped < self.pipe_capacity).then_some(ReadInto::Pipe)
         } else {
             (self.piped == 0 && self.buffered() < self.capacity).then_some(ReadInto::Buffer)
@@ -293,6 +306,9 @@ impl Half {
         let n = n.min(self.storage.len() - self.tail);
         self.tail += n;
         self.received += n as u64;
+        if n >= self.capacity / 2 {
+            self.bulk = true;
+        }
     }
 
     /// Records that `n` bytes were spliced from the source into the pipe; `0`
@@ -307,6 +323,9 @@ impl Half {
         self.piped += n;
         self.received += n as u64;
         self.spliced += n as u64;
+        if n < SMALL_READ {
+            self.bulk = false;
+        }
     }
 
     /// Records that the source ended (EOF): what is pending is still delivered,
@@ -704,14 +723,49 @@ mod tests {
         let down = Direction::Downstream;
         // Splice is on, but the leftover is written from the buffer before any read.
         r.half_mut(down).set_splice(Some(1024));
-        assert_eq!(r.half(down).wants_read(), None);
         assert_eq!(r.next(down), HalfNext::Write(WriteFrom::Buffer));
         assert_eq!(r.half(down).write_data(), b"tunnel-bytes");
         r.handle_written(now, down, 12);
+        // A full buffer-sized read marks the flow as bulk: the pipe takes over.
+        assert_eq!(r.next(down), HalfNext::Read(ReadInto::Buffer));
+        r.half_mut(down).read_space().copy_from_slice(b"more");
+        r.handle_read(now, down, 4);
+        r.handle_written(now, down, 4);
         assert_eq!(r.next(down), HalfNext::Read(ReadInto::Pipe));
         r.handle_spliced_in(now, down, 100);
         assert_eq!(r.next(down), HalfNext::Write(WriteFrom::Pipe));
-        assert_eq!(r.half(down).received(), 112);
+        assert_eq!(r.half(down).received(), 116);
+    }
+
+    #[test]
+    fn only_bulk_flows_are_spliced() {
+        let mut h = Half::new(DEFAULT_BUFFER_SIZE);
+        h.set_splice(Some(64 * 1024));
+        // Interactive: small reads stay on the copy path, no pipe needed.
+        assert_eq!(h.wants_read(), Some(ReadInto::Buffer));
+        h.read_space();
+        h.handle_read(100);
+        h.handle_written(100);
+        assert_eq!(h.wants_read(), Some(ReadInto::Buffer));
+        // A read that fills half the buffer or more: bulk, so splice.
+        h.read_space();
+        h.handle_read(DEFAULT_BUFFER_SIZE / 2);
+        assert_eq!(
+            h.wants_read(),
+            None,
+            "the buffer drains before the pipe is used"
+        );
+        h.handle_written(DEFAULT_BUFFER_SIZE / 2);
+        assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
+        h.handle_spliced_in(60_000);
+        h.handle_spliced_out(60_000);
+        assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
+        // A small spliced read: interactive again; the pipe drains first.
+        h.handle_spliced_in(10);
+        assert_eq!(h.wants_read(), None);
+        h.handle_spliced_out(10);
+        assert_eq!(h.wants_read(), Some(ReadInto::Buffer));
+        assert_eq!(h.spliced(), 60_010);
     }
 
     #[test]

@@ -293,14 +293,25 @@ fn bulk_bytes_move_by_splice_when_available() {
         let data = payload(4 << 20, 11);
         assert!(exchange(connect(plug.addr()), data.clone()) == data);
         let closed = plug.stderr.wait_for(|l| l.contains(" closed: ")).unwrap();
-        // A silent fallback to copying is the classic bug: with no CONNECT leftover
-        // and no PROXY header, every byte both ways must have been spliced.
-        let want = format!(
-            "in {} out {}, spliced {}",
-            data.len(),
-            data.len(),
+        // A silent fallback to copying is the classic bug. The first reads are
+        // copied until the flow shows it is bulk; after that the pipe carries it,
+        // so nearly every byte of a 4 MiB transfer each way must be spliced.
+        let field = |name: &str| -> usize {
+            let at = closed.find(name).unwrap_or_else(|| panic!("{closed}")) + name.len();
+            closed[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(field(" in "), data.len(), "{closed}");
+        assert_eq!(field(" out "), data.len(), "{closed}");
+        let spliced = field("spliced ");
+        assert!(
+            spliced >= 2 * data.len() * 9 / 10,
+            "only {spliced} of {} bytes spliced: {closed}",
             2 * data.len()
         );
-        assert!(closed.ends_with(&want), "{closed}");
     });
 }
