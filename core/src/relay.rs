@@ -18,6 +18,11 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// direction goes back to copying (see [`Half::wants_read`]).
 pub const SMALL_READ: usize = 4 * 1024;
 
+/// The copy buffer of a direction that can splice: bulk goes through the pipe, so
+/// copying only ever carries small messages, and an idle connection's buffer
+/// stays small.
+pub const SPLICING_BUFFER_SIZE: usize = 4 * 1024;
+
 /// One end of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -225,8 +230,23 @@ impl Half {
         if self.pipe_capacity > 0 && self.bulk {
             (self.buffered() == 0 && self.piped < self.pipe_capacity).then_some(ReadInto::Pipe)
         } else {
-            (self.piped == 0 && self.buffered() < self.capacity).then_some(ReadInto::Buffer)
+            (self.piped == 0 && self.buffered() < self.buffer_size()).then_some(ReadInto::Buffer)
         }
+    }
+
+    /// The copy buffer's size limit: while it holds bytes, the buffer it has;
+    /// when empty, small if a pipe can carry bulk, else the configured capacity
+    /// (never less than a buffer it already has, e.g. after a large preload).
+    fn buffer_size(&self) -> usize {
+        if self.head != self.tail {
+            return self.storage.len();
+        }
+        let planned = if self.pipe_capacity > 0 {
+            SPLICING_BUFFER_SIZE.min(self.capacity)
+        } else {
+            self.capacity
+        };
+        planned.max(self.storage.len())
     }
 
     /// Where the next write comes from, or `None` when nothing is pending. The
@@ -279,8 +299,12 @@ impl Half {
         if self.wants_read() != Some(ReadInto::Buffer) {
             return &mut [];
         }
-        if self.storage.is_empty() {
-            self.storage = BytesMut::zeroed(self.capacity);
+        let size = self.buffer_size();
+        if self.storage.len() < size && self.head == self.tail {
+            // First use, or splicing was switched off: (re)size while empty.
+            self.storage = BytesMut::zeroed(size);
+            self.head = 0;
+            self.tail = 0;
         }
         if self.head == self.tail {
             self.head = 0;
@@ -290,7 +314,7 @@ impl Half {
             self.tail -= self.head;
             self.head = 0;
         }
-        let end = self.storage.len().min(self.head + self.capacity);
+        let end = self.storage.len().min(self.head + self.buffer_size());
         &mut self.storage[self.tail..end]
     }
 
@@ -306,7 +330,8 @@ impl Half {
         let n = n.min(self.storage.len() - self.tail);
         self.tail += n;
         self.received += n as u64;
-        if n >= self.capacity / 2 {
+        // Relative to the buffer in use: a read filling half of it is bulk.
+        if n >= self.storage.len() / 2 {
             self.bulk = true;
         }
     }
@@ -398,7 +423,7 @@ impl Half {
     /// never sent: only bytes read into it are written out.
     pub fn provide_buffer(&mut self, mut buffer: BytesMut) {
         if self.storage.is_empty() {
-            buffer.resize(self.capacity, 0);
+            buffer.resize(self.buffer_size(), 0);
             self.storage = buffer;
             self.head = 0;
             self.tail = 0;
@@ -728,13 +753,15 @@ mod tests {
         r.handle_written(now, down, 12);
         // A full buffer-sized read marks the flow as bulk: the pipe takes over.
         assert_eq!(r.next(down), HalfNext::Read(ReadInto::Buffer));
-        r.half_mut(down).read_space().copy_from_slice(b"more");
-        r.handle_read(now, down, 4);
-        r.handle_written(now, down, 4);
+        let space = r.half_mut(down).read_space();
+        let n = space.len();
+        space.fill(b'm');
+        r.handle_read(now, down, n);
+        r.handle_written(now, down, n);
         assert_eq!(r.next(down), HalfNext::Read(ReadInto::Pipe));
         r.handle_spliced_in(now, down, 100);
         assert_eq!(r.next(down), HalfNext::Write(WriteFrom::Pipe));
-        assert_eq!(r.half(down).received(), 116);
+        assert_eq!(r.half(down).received(), 12 + n as u64 + 100);
     }
 
     #[test]
@@ -902,6 +929,11 @@ mod tests {
                 match r.half(d).wants_read() {
                     Some(ReadInto::Buffer) => {
                         let space = r.half_mut(d).read_space();
+                        // An empty slice would make read(2) return 0: a false EOF.
+                        assert!(
+                            !space.is_empty(),
+                            "a buffered read was wanted with no space"
+                        );
                         let n = max.min(space.len()).min(w.source.len() - w.read_at);
                         space[..n].copy_from_slice(&w.source[w.read_at..w.read_at + n]);
                         w.read_at += n;
@@ -1024,10 +1056,10 @@ mod tests {
         /// equal the bytes delivered.
         #[test]
         fn relay_conserves_bytes_in_order(
-            up in proptest::collection::vec(any::<u8>(), 0..3000),
-            down in proptest::collection::vec(any::<u8>(), 0..3000),
+            up in proptest::collection::vec(any::<u8>(), 0..12_000),
+            down in proptest::collection::vec(any::<u8>(), 0..12_000),
             leftover in proptest::collection::vec(any::<u8>(), 0..50),
-            buffer in 1usize..512,
+            buffer in prop_oneof![1usize..512, 4_000usize..9_000],
             steps in proptest::collection::vec(step(false), 0..200),
         ) {
             let (r, wires) = run(up, down, leftover, buffer, &steps);
