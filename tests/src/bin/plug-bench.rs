@@ -435,13 +435,22 @@ fn idle(c: &Candidate, n: usize) -> (f64, f64) {
     let rss0 = run.pid().map_or(0, rss_kib);
     let k0 = kernel_kib();
     let mut conns = Vec::with_capacity(n);
+    // A candidate that drops connections under this load gets no figure (NaN,
+    // shown as "failed") rather than ending the whole run.
     for _ in 0..n {
-        let mut s = TcpStream::connect(run.addr).unwrap();
-        s.write_all(b"i").unwrap();
+        let Ok(mut s) = TcpStream::connect(run.addr) else {
+            return (f64::NAN, f64::NAN);
+        };
+        if s.write_all(b"i").is_err() {
+            return (f64::NAN, f64::NAN);
+        }
         conns.push(s);
     }
     for s in &mut conns {
-        s.read_exact(&mut b).unwrap();
+        if s.read_exact(&mut b).is_err() {
+            eprintln!("{}: a connection failed during the idle test", c.name);
+            return (f64::NAN, f64::NAN);
+        }
     }
     // Let the forwarders settle into idleness (plug-std hands buffers back after a
     // quiet second).
@@ -603,6 +612,7 @@ fn print_table(t: &Table, cands: &[Candidate]) {
             .iter()
             .map(|c| match med(&c.name) {
                 None => "–".to_string(),
+                Some(v) if v.is_nan() => "failed".to_string(),
                 Some(v) => {
                     let mut cell = format!("{v:.3}");
                     if v >= 100.0 {
