@@ -345,12 +345,15 @@ impl Half {
         if self.state != HalfState::Open {
             return;
         }
+        // Interactive again only if the socket had little to give, not when the
+        // pipe had little room left.
+        let offered = self.pipe_capacity.saturating_sub(self.piped);
+        if n < SMALL_READ && n < offered {
+            self.bulk = false;
+        }
         self.piped += n;
         self.received += n as u64;
         self.spliced += n as u64;
-        if n < SMALL_READ {
-            self.bulk = false;
-        }
     }
 
     /// Records that the source ended (EOF): what is pending is still delivered,
@@ -787,12 +790,19 @@ mod tests {
         h.handle_spliced_in(60_000);
         h.handle_spliced_out(60_000);
         assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
-        // A small spliced read: interactive again; the pipe drains first.
+        // A small read because the pipe was nearly full: still bulk.
+        h.handle_spliced_in(64 * 1024 - 100);
+        h.handle_spliced_in(100);
+        assert_eq!(h.wants_read(), None, "pipe full");
+        h.handle_spliced_out(64 * 1024);
+        assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
+        // A small spliced read with room to spare: interactive again; the pipe
+        // drains first.
         h.handle_spliced_in(10);
         assert_eq!(h.wants_read(), None);
         h.handle_spliced_out(10);
         assert_eq!(h.wants_read(), Some(ReadInto::Buffer));
-        assert_eq!(h.spliced(), 60_010);
+        assert_eq!(h.spliced(), 60_010 + 64 * 1024);
     }
 
     #[test]
