@@ -145,6 +145,9 @@ pub struct Half {
     /// The flow looks like bulk data (a copy read nearly filled the buffer), so
     /// splicing pays off; interactive flows are copied, which needs no pipe.
     bulk: bool,
+    /// The last splice into the pipe found it full before its byte count said so
+    /// (a pipe holds 16 buffers, however small each): drain before reading more.
+    pipe_full: bool,
     state: HalfState,
 }
 
@@ -163,6 +166,7 @@ impl Half {
             delivered: 0,
             spliced: 0,
             bulk: false,
+            pipe_full: false,
             state: HalfState::Open,
         }
     }
@@ -224,7 +228,7 @@ impl Half {
     /// a spliced read under [`SMALL_READ`] switches it back. Small interactive
     /// messages are cheaper copied than moved through a pipe, and need none.
     pub fn wants_read(&self) -> Option<ReadInto> {
-        if self.state != HalfState::Open {
+        if self.state != HalfState::Open || self.pipe_full {
             return None;
         }
         if self.pipe_capacity > 0 && self.bulk {
@@ -391,6 +395,19 @@ impl Half {
         let n = n.min(self.piped);
         self.piped -= n;
         self.delivered += n as u64;
+        if n > 0 {
+            self.pipe_full = false;
+        }
+    }
+
+    /// Records that splicing into the pipe would block although the socket may
+    /// have data, because the pipe is full: no read is wanted until some of it has
+    /// been written out (so a driver does not wait on a readable socket and spin).
+    /// Ignored when the pipe is empty, where blocking means the socket has nothing.
+    pub fn handle_pipe_full(&mut self) {
+        if self.piped > 0 {
+            self.pipe_full = true;
+        }
     }
 
     /// Records that the sink's write half was shut down; this direction is done.
@@ -586,6 +603,11 @@ impl Relay {
     pub fn handle_spliced_in(&mut self, now: Instant, dir: Direction, n: usize) {
         self.touch(now, n);
         self.half_mut(dir).handle_spliced_in(n);
+    }
+
+    /// Records that `dir`'s pipe was found full (see [`Half::handle_pipe_full`]).
+    pub fn handle_pipe_full(&mut self, _now: Instant, dir: Direction) {
+        self.half_mut(dir).handle_pipe_full();
     }
 
     /// Records that `dir`'s source ended.
@@ -790,6 +812,12 @@ mod tests {
         h.handle_spliced_in(60_000);
         h.handle_spliced_out(60_000);
         assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
+        // A pipe found full wants no read until some of it is written out.
+        h.handle_spliced_in(60_000);
+        h.handle_pipe_full();
+        assert_eq!(h.wants_read(), None);
+        h.handle_spliced_out(60_000);
+        assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
         // A small read because the pipe was nearly full: still bulk.
         h.handle_spliced_in(64 * 1024 - 100);
         h.handle_spliced_in(100);
@@ -802,7 +830,7 @@ mod tests {
         assert_eq!(h.wants_read(), None);
         h.handle_spliced_out(10);
         assert_eq!(h.wants_read(), Some(ReadInto::Buffer));
-        assert_eq!(h.spliced(), 60_010 + 64 * 1024);
+        assert_eq!(h.spliced(), 120_010 + 64 * 1024);
     }
 
     #[test]

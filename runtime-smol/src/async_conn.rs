@@ -11,7 +11,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_io::{Async, Timer};
 use bytes::BytesMut;
@@ -19,9 +19,8 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use plug_core::dial::DialStep;
 use plug_core::relay::{Direction, ReadInto, Relay, WriteFrom};
 use plug_std::process::sockets::{self, ConnectError};
-use plug_std::process::splice::{Pipe, PIPE_CAPACITY};
+use plug_std::process::splice::Pipe;
 use plug_std::process::{Connection, Context};
-use socket2::SockRef;
 
 /// A connection task.
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -73,8 +72,6 @@ fn pipe_put(pipe: Pipe) {
 struct Lanes {
     /// Per direction: its pipe while bytes are in flight.
     pipes: [Option<Pipe>; 2],
-    /// Per direction: the last splice into the pipe found it full; drain first.
-    pipe_full: [bool; 2],
 }
 
 impl Lanes {
@@ -127,11 +124,7 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawn
 /// Serves one admitted client to the end.
 pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let keepalive = conn.keepalive();
-    // A forwarder must not add Nagle delays to what it relays.
-    let _ = client.get_ref().set_nodelay(true);
-    if keepalive {
-        let _ = SockRef::from(client.get_ref()).set_keepalive(true);
-    }
+    sockets::prepare(client.get_ref(), keepalive);
     let Some((dest, leftover)) = dial(&mut conn, keepalive).await else {
         conn.finish(Instant::now(), None);
         return;
@@ -140,23 +133,15 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
         return conn.finish(Instant::now(), None);
     };
     let mut relay = conn.relay(Instant::now(), &leftover, local);
-    for dir in Direction::BOTH {
-        relay.half_mut(dir).set_splice(Some(PIPE_CAPACITY));
-    }
     let socks = [&client, &dest];
     let mut timer = Timer::never();
     let mut lanes = Lanes {
         pipes: [None, None],
-        pipe_full: [false; 2],
     };
     future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut lanes, &mut timer)).await;
     lanes.release_idle(&relay);
     let outcome = relay.outcome();
-    if outcome.is_some_and(|o| o.end.is_abortive()) {
-        // A stream cut short must not look complete to the surviving peer.
-        let _ = SockRef::from(client.get_ref()).set_linger(Some(Duration::ZERO));
-        let _ = SockRef::from(dest.get_ref()).set_linger(Some(Duration::ZERO));
-    }
+    sockets::reset_if_aborted(outcome.as_ref(), [client.get_ref(), dest.get_ref()]);
     drop(client);
     drop(dest);
     conn.finish(Instant::now(), outcome);
@@ -207,10 +192,7 @@ async fn dial(conn: &mut Connection, keepalive: bool) -> Option<(Async<TcpStream
                         Err(next) => next,
                         Ok(ready) => match ready.and_then(|()| s.get_ref().take_error()) {
                             Ok(None) => {
-                                let _ = s.get_ref().set_nodelay(true);
-                                if keepalive {
-                                    let _ = SockRef::from(s.get_ref()).set_keepalive(true);
-                                }
+                                sockets::prepare(s.get_ref(), keepalive);
                                 stream = Some(s);
                                 conn.step(|d, b| d.handle_connected(Instant::now(), b))
                             }
@@ -330,7 +312,6 @@ fn poll_write(
             match pipe.drain_to(sink.get_ref(), relay.half(dir).piped()) {
                 Ok(n) if n > 0 => {
                     relay.handle_spliced_out(Instant::now(), dir, n);
-                    lanes.pipe_full[dir.index()] = false;
                     return true;
                 }
                 Ok(_) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
@@ -362,9 +343,6 @@ fn poll_read(
     lanes: &mut Lanes,
     dir: Direction,
 ) -> bool {
-    if lanes.pipe_full[dir.index()] {
-        return false;
-    }
     let result: io::Result<()> = match relay.half(dir).wants_read() {
         None => return false,
         Some(ReadInto::Buffer) => {
@@ -412,7 +390,7 @@ fn poll_read(
                     Err(e)
                         if e.kind() == io::ErrorKind::WouldBlock && relay.half(dir).piped() > 0 =>
                     {
-                        lanes.pipe_full[dir.index()] = true;
+                        relay.handle_pipe_full(Instant::now(), dir);
                         return false;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

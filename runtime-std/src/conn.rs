@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use plug_core::dial::DialStep;
 use plug_core::relay::{Direction, ReadInto, Relay, Side, WriteFrom};
-use socket2::SockRef;
 
 use crate::process::sockets::{self, ConnectError};
-use crate::process::splice::{Pipe, PIPE_CAPACITY};
+use crate::process::splice::Pipe;
 use crate::process::sys::{self, PollFd, POLLERRS, POLLIN, POLLOUT};
 use crate::process::Connection;
 
@@ -29,11 +28,7 @@ pub fn serve(mut conn: Connection, client: TcpStream) {
         conn.finish(Instant::now(), None);
         return;
     }
-    // A forwarder must not add Nagle delays to what it relays.
-    let _ = client.set_nodelay(true);
-    if keepalive {
-        let _ = SockRef::from(&client).set_keepalive(true);
-    }
+    sockets::prepare(&client, keepalive);
     let Some((dest, leftover)) = dial(&mut conn, keepalive) else {
         conn.finish(Instant::now(), None);
         return;
@@ -45,11 +40,7 @@ pub fn serve(mut conn: Connection, client: TcpStream) {
     let mut relay = conn.relay(Instant::now(), &leftover, local);
     drive(&mut relay, [&client, &dest]);
     let outcome = relay.outcome();
-    if outcome.is_some_and(|o| o.end.is_abortive()) {
-        // A stream cut short must not look complete to the surviving peer.
-        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
-        let _ = SockRef::from(&dest).set_linger(Some(Duration::ZERO));
-    }
+    sockets::reset_if_aborted(outcome.as_ref(), [&client, &dest]);
     drop(client);
     drop(dest);
     conn.finish(Instant::now(), outcome);
@@ -100,10 +91,7 @@ fn dial(conn: &mut Connection, keepalive: bool) -> Option<(TcpStream, Vec<u8>)> 
                         Err(next) => next,
                         Ok(()) => match s.take_error() {
                             Ok(None) => {
-                                let _ = s.set_nodelay(true);
-                                if keepalive {
-                                    let _ = SockRef::from(&s).set_keepalive(true);
-                                }
+                                sockets::prepare(&s, keepalive);
                                 stream = Some(s);
                                 conn.step(|d, b| d.handle_connected(Instant::now(), b))
                             }
@@ -176,24 +164,16 @@ struct Wire<'a> {
     writable: [bool; 2],
     /// Per direction: its pipe while bytes are in flight.
     pipes: [Option<Pipe>; 2],
-    /// Per direction: the last splice into the pipe found it full (a pipe holds 16
-    /// buffers, however small each is), so drain it before reading more; polling
-    /// the readable socket meanwhile would spin.
-    pipe_full: [bool; 2],
 }
 
 /// Relays until both directions are done, as the core directs (CONN-6): copying
 /// through a buffer, or on Linux splicing through a pipe per direction.
 fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
-    for dir in Direction::BOTH {
-        relay.half_mut(dir).set_splice(Some(PIPE_CAPACITY));
-    }
     let mut wire = Wire {
         socks,
         readable: [true; 2],
         writable: [true; 2],
         pipes: [None, None],
-        pipe_full: [false; 2],
     };
     while !relay.is_finished() {
         let mut progressed = false;
@@ -238,7 +218,6 @@ fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
             match relay.half(dir).wants_write() {
                 Some(WriteFrom::Pipe) => {
                     relay.handle_spliced_out(Instant::now(), dir, n);
-                    wire.pipe_full[dir.index()] = false;
                 }
                 _ => relay.handle_written(Instant::now(), dir, n),
             }
@@ -261,7 +240,7 @@ fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
 /// data; true when something happened.
 fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
     let src = dir.source().index();
-    if !wire.readable[src] || wire.pipe_full[dir.index()] {
+    if !wire.readable[src] {
         return false;
     }
     let result = match relay.half(dir).wants_read() {
@@ -297,7 +276,7 @@ fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             if relay.half(dir).piped() > 0 {
-                wire.pipe_full[dir.index()] = true;
+                relay.handle_pipe_full(Instant::now(), dir);
             } else {
                 wire.readable[src] = false;
                 // Nothing in flight: a pipe is held only while bytes are, so that
@@ -330,7 +309,7 @@ fn wait_relay(relay: &mut Relay, wire: &mut Wire<'_>) {
         },
     ];
     for dir in Direction::BOTH {
-        if relay.half(dir).wants_read().is_some() && !wire.pipe_full[dir.index()] {
+        if relay.half(dir).wants_read().is_some() {
             fds[dir.source().index()].events |= POLLIN;
         }
         if relay.half(dir).wants_write().is_some() {

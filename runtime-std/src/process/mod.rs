@@ -32,7 +32,7 @@ use plug_core::connect::ProxyCredentials;
 use plug_core::dial::{DialOptions, DialStep, Dialer};
 use plug_core::log::{self, CloseStatus};
 use plug_core::proxy_protocol;
-use plug_core::relay::{Relay, RelayOutcome};
+use plug_core::relay::{Direction, Relay, RelayOutcome};
 use plug_core::select::{Balancer, DestId, SelectEvent};
 use plug_core::session::SessionRecord;
 use plug_core::stats::Stats;
@@ -374,7 +374,14 @@ impl Connection {
             Some(version) => proxy_protocol::header(version, self.peer, local),
             None => Bytes::new(),
         };
-        Relay::with_preamble(now, self.ctx.config.relay_options(), leftover, &preamble)
+        let mut relay =
+            Relay::with_preamble(now, self.ctx.config.relay_options(), leftover, &preamble);
+        // Every runtime can splice; a direction falls back to copying by itself
+        // when it cannot get a pipe.
+        for dir in Direction::BOTH {
+            relay.half_mut(dir).set_splice(Some(splice::PIPE_CAPACITY));
+        }
+        relay
     }
 
     /// Records the end of the connection: the session line for one that reached a

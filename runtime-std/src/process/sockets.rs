@@ -49,3 +49,27 @@ pub fn begin_connect(
     }
     Ok(socket.into())
 }
+
+/// Sets what plug wants on both relayed sockets, in every runtime: TCP_NODELAY (a
+/// forwarder must not add Nagle delays to what it relays) and, with `-k`,
+/// SO_KEEPALIVE (CONN-7). Failures are ignored: the connection still works.
+pub fn prepare(stream: &TcpStream, keepalive: bool) {
+    let _ = stream.set_nodelay(true);
+    if keepalive {
+        let _ = socket2::SockRef::from(stream).set_keepalive(true);
+    }
+}
+
+/// Before a finished relay's sockets are closed: after an abortive end (CONN-6)
+/// they are reset (SO_LINGER 0), so a stream cut short never looks complete to
+/// the surviving peer.
+pub fn reset_if_aborted(
+    outcome: Option<&plug_core::relay::RelayOutcome>,
+    sockets: [&TcpStream; 2],
+) {
+    if outcome.is_some_and(|o| o.end.is_abortive()) {
+        for s in sockets {
+            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+}
