@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace
-//! cargo run --release -p plug-tests --bin plug-bench -- [--quick] [--rounds N] [--mode bulk|crr|rr|idle]...
+//! cargo run --release -p plug-tests --bin plug-bench -- [--quick] [--rounds N] [--mode bulk|crr|rr|idle]... [--only a,b]
 //! ```
 //!
 //! Candidates: direct (no forwarder), plug-std, plug-smol, plug-async-std, and, when
@@ -326,8 +326,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-/// Connect / 64-byte echo / close from 16 workers: (connections/s, p50 µs, p99 µs).
-fn crr(c: &Candidate, duration: Duration) -> (f64, f64, f64) {
+/// Connect / 64-byte echo / close from 16 workers: (connections/s, p50 µs, p99 µs,
+/// forwarder CPU-µs per connection).
+fn crr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64) {
     let backend = Backend::start(Serve::Echo);
     let run = start(c, backend.addr);
     let lat = Arc::new(Mutex::new(Vec::new()));
@@ -357,27 +358,33 @@ fn crr(c: &Candidate, duration: Duration) -> (f64, f64, f64) {
         })
         .collect();
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds(&run);
     for w in workers {
         w.join().unwrap();
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&run) - cpu0;
     let mut lat = lat.lock().unwrap().clone();
     lat.sort_unstable();
+    let n = done.load(Ordering::SeqCst) as f64;
     (
-        done.load(Ordering::SeqCst) as f64 / secs,
+        n / secs,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
+        cpu * 1e6 / n.max(1.0),
     )
 }
 
-/// One-byte ping-pong on one connection: (round trips/s, p50, p99, p999 µs).
-fn rr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64) {
+/// One-byte ping-pong on one connection: (round trips/s, p50, p99, p999 µs,
+/// forwarder CPU-µs per round trip).
+fn rr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64, f64) {
     let backend = Backend::start(Serve::Echo);
     let run = start(c, backend.addr);
     let mut s = TcpStream::connect(run.addr).unwrap();
     s.set_nodelay(true).unwrap();
     let mut byte = [1u8; 1];
     let mut lat = Vec::new();
+    let cpu0 = cpu_seconds(&run);
     let t0 = Instant::now();
     while t0.elapsed() < duration {
         let t = Instant::now();
@@ -386,6 +393,7 @@ fn rr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64) {
         lat.push(t.elapsed());
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&run) - cpu0;
     let n = lat.len() as f64;
     lat.sort_unstable();
     (
@@ -393,6 +401,7 @@ fn rr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64) {
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat, 0.999),
+        cpu * 1e6 / n.max(1.0),
     )
 }
 
@@ -507,7 +516,16 @@ fn main() {
         ])
         .status();
 
-    let cands = candidates();
+    // `--only a,b`: just these candidates (quicker experiments).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|l| l.split(',').map(str::to_string).collect());
+    let cands: Vec<Candidate> = candidates()
+        .into_iter()
+        .filter(|c| only.as_ref().is_none_or(|o| o.contains(&c.name)))
+        .collect();
     eprintln!(
         "candidates: {}",
         cands
@@ -537,13 +555,19 @@ fn main() {
                 }
             }
             if modes.contains(&"crr") {
-                let (rate, p50, p99) = crr(c, timed);
+                let (rate, p50, p99, cpu) = crr(c, timed);
                 record(&mut t, "crr conn/s", &c.name, rate);
                 record(&mut t, "crr p50 µs", &c.name, p50);
                 record(&mut t, "crr p99 µs", &c.name, p99);
+                if !matches!(c.kind, Kind::Direct) {
+                    record(&mut t, "crr CPU-µs/conn", &c.name, cpu);
+                }
             }
             if modes.contains(&"rr") {
-                let (rate, p50, p99, p999) = rr(c, timed);
+                let (rate, p50, p99, p999, cpu) = rr(c, timed);
+                if !matches!(c.kind, Kind::Direct) {
+                    record(&mut t, "rr CPU-µs/round trip", &c.name, cpu);
+                }
                 record(&mut t, "rr round trips/s", &c.name, rate);
                 record(&mut t, "rr p50 µs", &c.name, p50);
                 record(&mut t, "rr p99 µs", &c.name, p99);
