@@ -7,10 +7,10 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
 
-/// Bytes one pipe holds: the Linux default pipe size (16 pages).
-pub const PIPE_CAPACITY: usize = 64 * 1024;
+/// Bytes one pipe is asked to hold.
+pub const PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// One direction's kernel pipe.
 #[derive(Debug)]
@@ -24,6 +24,7 @@ impl Pipe {
     /// of descriptors (the caller then falls back to copying).
     pub fn new() -> io::Result<Pipe> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let _ = fcntl_setpipe_size(&write, PIPE_CAPACITY);
         Ok(Pipe { read, write })
     }
 
