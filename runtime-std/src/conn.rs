@@ -202,11 +202,14 @@ fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
     if !wire.writable[sink] {
         return false;
     }
+    let mut offered = usize::MAX;
     let result = match relay.half(dir).wants_write() {
         None => return false,
         Some(WriteFrom::Buffer) => {
             let mut out: &TcpStream = wire.socks[sink];
-            out.write(relay.half(dir).write_data())
+            let data = relay.half(dir).write_data();
+            offered = data.len();
+            out.write(data)
         }
         Some(WriteFrom::Pipe) => match &wire.pipes[dir.index()] {
             Some(pipe) => pipe.drain_to(wire.socks[sink], relay.half(dir).piped()),
@@ -220,6 +223,10 @@ fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
                     relay.handle_spliced_out(Instant::now(), dir, n);
                 }
                 _ => relay.handle_written(Instant::now(), dir, n),
+            }
+            // A short write means the socket buffer is full: wait for poll.
+            if n < offered {
+                wire.writable[sink] = false;
             }
             true
         }
@@ -243,11 +250,14 @@ fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
     if !wire.readable[src] {
         return false;
     }
+    let mut asked = usize::MAX;
     let result = match relay.half(dir).wants_read() {
         None => return false,
         Some(ReadInto::Buffer) => {
             let mut input: &TcpStream = wire.socks[src];
-            input.read(relay.half_mut(dir).read_space())
+            let space = relay.half_mut(dir).read_space();
+            asked = space.len();
+            input.read(space)
         }
         Some(ReadInto::Pipe) => {
             if wire.pipes[dir.index()].is_none() {
@@ -271,6 +281,12 @@ fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
             match relay.half(dir).wants_read() {
                 Some(ReadInto::Pipe) => relay.handle_spliced_in(Instant::now(), dir, n),
                 _ => relay.handle_read(Instant::now(), dir, n),
+            }
+            // A short read almost always means the socket is drained: let poll say
+            // when there is more rather than spend a read on EAGAIN (poll is
+            // level-triggered, so nothing is missed if there already is).
+            if n > 0 && n < asked {
+                wire.readable[src] = false;
             }
             true
         }

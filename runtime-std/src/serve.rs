@@ -1,25 +1,115 @@
-//! The accept loop: one thread per admitted connection.
+//! The accept loop: each admitted connection runs on a thread of its own, taken
+//! from a small pool of idle threads when one is waiting, so that a busy listener
+//! does not pay for creating and tearing down a thread per connection.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::conn;
-use crate::process::Boot;
+use crate::process::{Boot, Connection};
 
 /// Stack for connection threads: the driver keeps its buffers on the heap.
 const CONNECTION_STACK: usize = 128 * 1024;
 
+/// Threads kept waiting for the next connection once theirs has ended: enough for
+/// a steady stream of short connections, few enough that a burst of thousands
+/// does not leave thousands of stacks behind.
+const MAX_IDLE_THREADS: usize = 64;
+
+/// How long an idle thread waits for a connection before it exits.
+const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A connection waiting for a thread.
+type Job = (Connection, TcpStream);
+
+/// Threads between connections, and connections handed to them.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    handed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    jobs: VecDeque<Job>,
+    /// Threads waiting on `handed` (each will take at most one job).
+    idle: usize,
+}
+
+impl Pool {
+    /// Gives `job` to an idle thread, or returns it when none is waiting.
+    fn hand_over(&self, job: Job) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.idle > state.jobs.len() {
+            state.jobs.push_back(job);
+            drop(state);
+            self.handed.notify_one();
+            None
+        } else {
+            Some(job)
+        }
+    }
+
+    /// Waits for the next job after one has ended; `None` when this thread should
+    /// exit (the pool is full, or nothing came for a while).
+    fn next_job(&self) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.idle >= MAX_IDLE_THREADS {
+            return None;
+        }
+        state.idle += 1;
+        let deadline = Instant::now() + IDLE_THREAD_LIFETIME;
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.idle -= 1;
+                return Some(job);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                state.idle -= 1;
+                return None;
+            }
+            state = self
+                .handed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A connection thread: serves its first connection, then whatever the pool hands it.
+fn work(pool: &Pool, first: Job) {
+    let mut job = first;
+    loop {
+        let (connection, client) = job;
+        conn::serve(connection, client);
+        match pool.next_job() {
+            Some(next) => job = next,
+            None => return,
+        }
+    }
+}
+
 /// Serves until a graceful stop has drained, then exits.
 pub fn run(boot: Boot) -> ! {
     let (ctx, listener) = boot.serve(Ok);
+    let pool = Arc::new(Pool::default());
     loop {
         match listener.accept() {
             Ok((client, peer)) => {
                 let Some(connection) = ctx.admit(Instant::now(), peer) else {
                     continue; // refused: dropping `client` closes it at once (CONN-1)
                 };
+                let Some(job) = pool.hand_over((connection, client)) else {
+                    continue;
+                };
+                let mine = Arc::clone(&pool);
                 let spawned = std::thread::Builder::new()
                     .stack_size(CONNECTION_STACK)
-                    .spawn(move || conn::serve(connection, client));
+                    .spawn(move || work(&mine, job));
                 if let Err(e) = spawned {
                     ctx.log()
                         .error(&format!("cannot start a connection thread: {e}"));
