@@ -1,5 +1,6 @@
-//! plug-async-std: plug on async-std's task runtime (threads as set by
-//! `ASYNC_STD_THREAD_COUNT`, one per core by default).
+//! plug-async-std: plug on async-std's task runtime, with as many threads as
+//! `ASYNC_STD_THREAD_COUNT` says, else one per two cores (see
+//! [`async_conn::executor_threads`]).
 //!
 //! async-std is discontinued upstream (RUSTSEC-2025-0052, "use smol instead"); this
 //! adapter is kept minimal and smol or std is the recommended deployment. The
@@ -7,6 +8,9 @@
 //! async-std's own reactor; only task spawning and the accept loop's executor are
 //! async-std's.
 
+use std::sync::mpsc;
+
+use async_global_executor::GlobalExecutorConfig;
 use plug_smol::async_conn::{self, Spawn, Task};
 
 /// Spawns connection tasks on async-std's executor.
@@ -24,7 +28,24 @@ pub fn main() -> ! {
     // Start-up (and the fork) happens here; async-std starts its threads lazily, on
     // the first spawn, so none exists yet.
     let boot = plug_std::process::boot(std::env::args_os());
+    // async-std's own default is a thread per core; configured first, this wins.
+    let threads = async_conn::executor_threads("ASYNC_STD_THREAD_COUNT");
+    async_global_executor::init_with_config(
+        GlobalExecutorConfig::default()
+            .with_min_threads(threads)
+            .with_max_threads(threads)
+            .with_thread_name_fn(|| "async-std/runtime".to_string()),
+    );
     let (ctx, listener) = boot.serve(async_io::Async::new);
-    async_std::task::block_on(async_conn::accept_loop(&ctx, listener, &AsyncStdSpawn));
+    // The accept loop runs on the runtime's threads beside the connections, so a
+    // new connection starts where it was accepted; this thread only waits, without
+    // taking turns at the reactor (which would hand readiness between threads).
+    let (done, accept_ended) = mpsc::channel();
+    let accepting = std::sync::Arc::clone(&ctx);
+    drop(async_std::task::spawn(async move {
+        async_conn::accept_loop(&accepting, listener, &AsyncStdSpawn).await;
+        let _ = done.send(());
+    }));
+    let _ = accept_ended.recv();
     ctx.drain_and_exit()
 }

@@ -1,9 +1,11 @@
-//! plug-smol: plug on one `smol::Executor` run by one thread per core. The
-//! [`async_conn`] module, the accept loop and connection driver as futures over
-//! async-io, is shared with plug-async-std.
+//! plug-smol: plug on one `smol::Executor`, run by the main thread and by as many
+//! more as [`async_conn::executor_threads`] says (`SMOL_THREADS`, else one per two
+//! cores). The [`async_conn`] module, the accept loop and connection driver as
+//! futures over async-io, is shared with plug-async-std.
 
 pub mod async_conn;
 
+use std::convert::Infallible;
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -27,10 +29,8 @@ pub fn main() -> ! {
     let executor = Arc::new(Executor::new());
     let (ctx, listener) = boot.serve(|listener: TcpListener| {
         let listener = Async::new(listener)?;
-        // One executor thread per core besides this one, and at least one so that
-        // connections still run while this thread waits for them to drain.
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for i in 0..cores.saturating_sub(1).max(1) {
+        // This thread runs the executor too, so one thread means no other.
+        for i in 1..async_conn::executor_threads("SMOL_THREADS") {
             let ex = Arc::clone(&executor);
             std::thread::Builder::new()
                 .name(format!("smol-{i}"))
@@ -40,5 +40,16 @@ pub fn main() -> ! {
     });
     let spawner = SmolSpawn(Arc::clone(&executor));
     smol::block_on(executor.run(async_conn::accept_loop(&ctx, listener, &spawner)));
-    ctx.drain_and_exit()
+    // The listener is closed. Open connections may all be on this thread's
+    // executor, so it keeps running them while another thread waits for the drain.
+    let waiter = Arc::clone(&ctx);
+    let drain = std::thread::Builder::new()
+        .name("drain".into())
+        .spawn(move || waiter.drain_and_exit());
+    if let Err(e) = drain {
+        ctx.log()
+            .error(&format!("cannot start the drain thread: {e}"));
+        ctx.exit(plug_core::cli::EXIT_FATAL)
+    }
+    match smol::block_on(executor.run(smol::future::pending::<Infallible>())) {}
 }
