@@ -129,7 +129,8 @@ pub fn executor_threads(var: &str) -> usize {
 /// admitted client; then returns (the listener is closed when dropped).
 pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawner: &dyn Spawn) {
     loop {
-        match listener.accept().await {
+        let accepted = listener.read_with(sockets::accept).await;
+        match accepted.and_then(|(c, peer)| Ok((Async::new_nonblocking(c)?, peer))) {
             Ok((client, peer)) => {
                 if let Some(conn) = ctx.admit(Instant::now(), peer) {
                     spawner.spawn(Box::pin(serve(conn, client)));
@@ -154,10 +155,10 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
         conn.finish(Instant::now(), None);
         return;
     };
-    let Ok(local) = client.get_ref().local_addr() else {
+    let local = || client.get_ref().local_addr();
+    let Some(mut relay) = conn.relay(Instant::now(), &leftover, local) else {
         return conn.finish(Instant::now(), None);
     };
-    let mut relay = conn.relay(Instant::now(), &leftover, local);
     let socks = [&client, &dest];
     let mut timer = Timer::never();
     let mut lanes = Lanes {
@@ -207,7 +208,7 @@ async fn dial(conn: &mut Connection, keepalive: bool) -> Option<(Async<TcpStream
             DialStep::Connect { addr, bind, .. } => {
                 stream = None;
                 let started = sockets::begin_connect(addr, bind)
-                    .and_then(|s| Async::new(s).map_err(ConnectError::Local));
+                    .and_then(|s| Async::new_nonblocking(s).map_err(ConnectError::Local));
                 match started {
                     Err(ConnectError::Local(e)) => {
                         conn.step(|d, b| d.handle_local_failure(Instant::now(), b, &e))

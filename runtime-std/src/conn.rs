@@ -21,23 +21,18 @@ const BUFFER_RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// Bytes read from a proxy per read while waiting for its reply head.
 const REPLY_CHUNK: usize = 4096;
 
-/// Serves one admitted client to the end.
+/// Serves one admitted client (non-blocking, from `sockets::accept`) to the end.
 pub fn serve(mut conn: Connection, client: TcpStream) {
     let keepalive = conn.keepalive();
-    if client.set_nonblocking(true).is_err() {
-        conn.finish(Instant::now(), None);
-        return;
-    }
+    // `client` came from `sockets::accept`: already non-blocking.
     sockets::prepare(&client, keepalive);
     let Some((dest, leftover)) = dial(&mut conn, keepalive) else {
         conn.finish(Instant::now(), None);
         return;
     };
-    let local = match client.local_addr() {
-        Ok(local) => local,
-        Err(_) => return conn.finish(Instant::now(), None),
+    let Some(mut relay) = conn.relay(Instant::now(), &leftover, || client.local_addr()) else {
+        return conn.finish(Instant::now(), None);
     };
-    let mut relay = conn.relay(Instant::now(), &leftover, local);
     drive(&mut relay, [&client, &dest]);
     let outcome = relay.outcome();
     sockets::reset_if_aborted(outcome.as_ref(), [&client, &dest]);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::conn;
-use crate::process::{Boot, Connection};
+use crate::process::{sockets, Boot, Connection};
 
 /// Stack for connection threads: the driver keeps its buffers on the heap.
 const CONNECTION_STACK: usize = 128 * 1024;
@@ -98,7 +98,7 @@ pub fn run(boot: Boot) -> ! {
     let (ctx, listener) = boot.serve(Ok);
     let pool = Arc::new(Pool::default());
     loop {
-        match listener.accept() {
+        match sockets::accept(&listener) {
             Ok((client, peer)) => {
                 let Some(connection) = ctx.admit(Instant::now(), peer) else {
                     continue; // refused: dropping `client` closes it at once (CONN-1)

@@ -367,11 +367,17 @@ impl Connection {
     }
 
     /// Starts the relay once established: the leftover goes to the client first,
-    /// and with `--proxy-protocol` a header naming the client and `local` (the
-    /// address it connected to) goes to the destination first (OPT-4).
-    pub fn relay(&self, now: Instant, leftover: &[u8], local: SocketAddr) -> Relay {
+    /// and with `--proxy-protocol` a header naming the client and the address it
+    /// connected to (`local`, asked only then) goes to the destination first
+    /// (OPT-4). `None` when that address cannot be had.
+    pub fn relay(
+        &self,
+        now: Instant,
+        leftover: &[u8],
+        local: impl FnOnce() -> io::Result<SocketAddr>,
+    ) -> Option<Relay> {
         let preamble = match self.ctx.config.proxy_protocol {
-            Some(version) => proxy_protocol::header(version, self.peer, local),
+            Some(version) => proxy_protocol::header(version, self.peer, local().ok()?),
             None => Bytes::new(),
         };
         let mut relay =
@@ -381,7 +387,7 @@ impl Connection {
         for dir in Direction::BOTH {
             relay.half_mut(dir).set_splice(Some(splice::PIPE_CAPACITY));
         }
-        relay
+        Some(relay)
     }
 
     /// Records the end of the connection: the session line for one that reached a
