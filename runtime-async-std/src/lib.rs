@@ -11,15 +11,19 @@
 use std::sync::mpsc;
 
 use async_global_executor::GlobalExecutorConfig;
-use plug_smol::async_conn::{self, Spawn, Task};
+use std::net::TcpStream;
+
+use async_io::Async;
+use plug_smol::async_conn::{self, Spawn};
+use plug_std::process::Connection;
 
 /// Spawns connection tasks on async-std's executor.
 struct AsyncStdSpawn;
 
 impl Spawn for AsyncStdSpawn {
-    fn spawn(&self, task: Task) {
+    fn spawn(&self, conn: Connection, client: Async<TcpStream>) {
         // Dropping the handle detaches the task.
-        drop(async_std::task::spawn(task));
+        drop(async_std::task::spawn(async_conn::serve(conn, client)));
     }
 }
 
@@ -36,7 +40,7 @@ pub fn main() -> ! {
             .with_max_threads(threads)
             .with_thread_name_fn(|| "async-std/runtime".to_string()),
     );
-    let (ctx, listener) = boot.serve(async_io::Async::new);
+    let (ctx, listener) = boot.serve(Async::new);
     // The accept loop runs on the runtime's threads beside the connections, so a
     // new connection starts where it was accepted; this thread only waits, without
     // taking turns at the reactor (which would hand readiness between threads).

@@ -24,13 +24,11 @@ use plug_std::process::sockets::{self, ConnectError};
 use plug_std::process::splice::Pipe;
 use plug_std::process::{Connection, Context};
 
-/// A connection task.
-pub type Task = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// How a runtime starts a task.
+/// How a runtime starts a connection's task.
 pub trait Spawn: Sync {
-    /// Runs `task` to completion in the background.
-    fn spawn(&self, task: Task);
+    /// Runs [`serve`] for this connection to completion in the background. The
+    /// runtime spawns the future itself, unboxed: one allocation per connection.
+    fn spawn(&self, conn: Connection, client: Async<TcpStream>);
 }
 
 /// Bytes read from a proxy per read while waiting for its reply head.
@@ -133,7 +131,7 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawn
         match accepted.and_then(|(c, peer)| Ok((Async::new_nonblocking(c)?, peer))) {
             Ok((client, peer)) => {
                 if let Some(conn) = ctx.admit(Instant::now(), peer) {
-                    spawner.spawn(Box::pin(serve(conn, client)));
+                    spawner.spawn(conn, client);
                 }
                 // A refused client is dropped here: closed at once (CONN-1).
             }
@@ -151,7 +149,9 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawn
 pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let keepalive = conn.keepalive();
     sockets::prepare(client.get_ref(), keepalive);
-    let Some((dest, leftover)) = dial(&mut conn, keepalive).await else {
+    // Boxed: the dialing state then lives only while dialing, instead of
+    // enlarging every connection's task for its whole life.
+    let Some((dest, leftover)) = Box::pin(dial(&mut conn, keepalive)).await else {
         conn.finish(Instant::now(), None);
         return;
     };

@@ -6,19 +6,20 @@
 pub mod async_conn;
 
 use std::convert::Infallible;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
 use smol::{Async, Executor};
 
 use async_conn::Spawn;
+use plug_std::process::Connection;
 
 /// Spawns connection tasks on the shared executor.
 struct SmolSpawn(Arc<Executor<'static>>);
 
 impl Spawn for SmolSpawn {
-    fn spawn(&self, task: async_conn::Task) {
-        self.0.spawn(task).detach();
+    fn spawn(&self, conn: Connection, client: Async<TcpStream>) {
+        self.0.spawn(async_conn::serve(conn, client)).detach();
     }
 }
 

@@ -109,7 +109,10 @@ fn dial(conn: &mut Connection, keepalive: bool) -> Option<(TcpStream, Vec<u8>)> 
                 match wait_dial(conn, s, POLLIN) {
                     Err(next) => next,
                     Ok(()) => {
-                        let mut buf = [0u8; REPLY_CHUNK];
+                        // On the heap: a 4 KiB array would make this frame big
+                        // enough for stack probes to touch (and keep) another
+                        // page of every connection thread's stack.
+                        let mut buf = vec![0u8; REPLY_CHUNK];
                         match (&*s).read(&mut buf) {
                             Ok(0) => conn.step(|d, b| d.handle_reply_eof(Instant::now(), b)),
                             Ok(n) => {

@@ -280,7 +280,9 @@ pub struct Connection {
     ctx: Arc<Context>,
     peer: SocketAddr,
     accepted_at: Instant,
-    dialer: Dialer,
+    /// Until a destination is reached; then dropped, as nothing needs it any more
+    /// (boxed so that a relaying connection does not carry its space).
+    dialer: Option<Box<Dialer>>,
     reached: Option<DestId>,
 }
 
@@ -313,7 +315,7 @@ impl Connection {
     /// Feeds the dialer an input (connected, failed, reply bytes) with the shared
     /// balancer, logs what the core noticed, and returns the next step.
     pub fn step(&mut self, input: impl FnOnce(&mut Dialer, &mut Balancer) -> DialStep) -> DialStep {
-        let step = self.with_core(input);
+        let step = self.with_core(DialStep::GiveUp, input);
         self.note(&step);
         step
     }
@@ -321,18 +323,27 @@ impl Connection {
     /// Checks the dialer's timeout at `now`: `None` if it has not passed, otherwise
     /// the next step (see [`Dialer::handle_timeout`]).
     pub fn timeout(&mut self, now: Instant) -> Option<DialStep> {
-        let step = self.with_core(|d, b| d.handle_timeout(now, b));
+        let step = self.with_core(None, |d, b| d.handle_timeout(now, b));
         if let Some(s) = &step {
             self.note(s);
         }
         step
     }
 
-    fn with_core<R>(&mut self, input: impl FnOnce(&mut Dialer, &mut Balancer) -> R) -> R {
+    /// Runs `input` on the dialer and the shared balancer; `otherwise` once the
+    /// dialer is gone (a destination was reached: there is nothing left to dial).
+    fn with_core<R>(
+        &mut self,
+        otherwise: R,
+        input: impl FnOnce(&mut Dialer, &mut Balancer) -> R,
+    ) -> R {
         let ctx = Arc::clone(&self.ctx);
+        let Some(dialer) = self.dialer.as_deref_mut() else {
+            return otherwise;
+        };
         let result = {
             let mut balancer = lock(&ctx.balancer);
-            let result = input(&mut self.dialer, &mut balancer);
+            let result = input(dialer, &mut balancer);
             while let Some(event) = balancer.poll_event() {
                 match event {
                     SelectEvent::StickyTableFull { .. } => ctx.log.notice(&event.to_string()),
@@ -341,7 +352,7 @@ impl Connection {
             }
             result
         };
-        while let Some(event) = self.dialer.poll_event() {
+        while let Some(event) = dialer.poll_event() {
             ctx.log.debug(1, &event.to_string());
         }
         result
@@ -349,6 +360,7 @@ impl Connection {
 
     fn note(&mut self, step: &DialStep) {
         if let DialStep::Established { dest, .. } = step {
+            self.dialer = None;
             self.reached = Some(*dest);
             lock(&self.ctx.stats).handle_established(*dest);
             if let Some(d) = lock(&self.ctx.balancer).destination(*dest) {
@@ -363,7 +375,7 @@ impl Connection {
 
     /// When the current connect or CONNECT exchange times out.
     pub fn deadline(&self) -> Option<Instant> {
-        self.dialer.poll_timeout()
+        self.dialer.as_ref().and_then(|d| d.poll_timeout())
     }
 
     /// Starts the relay once established: the leftover goes to the client first,
@@ -467,7 +479,7 @@ impl Context {
             ctx: Arc::clone(self),
             peer,
             accepted_at: now,
-            dialer,
+            dialer: Some(Box::new(dialer)),
             reached: None,
         })
     }
