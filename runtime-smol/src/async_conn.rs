@@ -159,8 +159,10 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let Some(mut relay) = conn.relay(Instant::now(), &leftover, local) else {
         return conn.finish(Instant::now(), None);
     };
+    drop(leftover); // the relay has it; not kept in the task across the relay
     let socks = [&client, &dest];
-    let mut timer = Timer::never();
+    // Made only when the relay has a deadline (-T): most never need one.
+    let mut timer: Option<Box<Timer>> = None;
     let mut lanes = Lanes {
         pipes: [None, None],
         readable: [true; 2],
@@ -269,7 +271,7 @@ fn poll_relay(
     relay: &mut Relay,
     socks: [&Async<TcpStream>; 2],
     lanes: &mut Lanes,
-    timer: &mut Timer,
+    timer: &mut Option<Box<Timer>>,
 ) -> Poll<()> {
     for _ in 0..BUDGET {
         let mut progressed = false;
@@ -299,8 +301,9 @@ fn poll_relay(
             let Some(deadline) = relay.poll_timeout() else {
                 return Poll::Pending;
             };
+            let timer = timer.get_or_insert_with(|| Box::new(Timer::never()));
             timer.set_at(deadline);
-            if Pin::new(&mut *timer).poll(cx).is_pending() {
+            if Pin::new(&mut **timer).poll(cx).is_pending() {
                 return Poll::Pending;
             }
             relay.handle_timeout(Instant::now());
