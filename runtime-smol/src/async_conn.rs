@@ -411,7 +411,15 @@ fn poll_read(
     let src = dir.source().index();
     let error = loop {
         let into = match relay.half(dir).wants_read() {
-            None => return false,
+            None => {
+                // Ended (or full): a buffer with nothing in it goes back now, not
+                // when the other direction ends too. When thousands of clients
+                // leave at once, this is what keeps their buffers from piling up.
+                if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
+                    pool_put(buffer);
+                }
+                return false;
+            }
             Some(into) => into,
         };
         match may(cx, source, false, &mut lanes.readable[src]) {
