@@ -148,7 +148,7 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: Async<TcpListener>, spawn
 /// Serves one admitted client to the end.
 pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let keepalive = conn.keepalive();
-    sockets::prepare(client.get_ref(), keepalive);
+    sockets::prepare_client(client.get_ref(), keepalive);
     // Boxed: the dialing state then lives only while dialing, instead of
     // enlarging every connection's task for its whole life.
     let Some((dest, leftover)) = Box::pin(dial(&mut conn, keepalive)).await else {
@@ -165,7 +165,9 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let mut timer: Option<Box<Timer>> = None;
     let mut lanes = Lanes {
         pipes: [None, None],
-        readable: [true; 2],
+        // The client has usually sent its first bytes by now; a destination just
+        // connected rarely has, so ask the poller before spending a read on it.
+        readable: [true, false],
         writable: [true; 2],
     };
     future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut lanes, &mut timer)).await;

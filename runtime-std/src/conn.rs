@@ -25,7 +25,7 @@ const REPLY_CHUNK: usize = 4096;
 pub fn serve(mut conn: Connection, client: TcpStream) {
     let keepalive = conn.keepalive();
     // `client` came from `sockets::accept`: already non-blocking.
-    sockets::prepare(&client, keepalive);
+    sockets::prepare_client(&client, keepalive);
     let Some((dest, leftover)) = dial(&mut conn, keepalive) else {
         conn.finish(Instant::now(), None);
         return;
@@ -169,7 +169,9 @@ struct Wire<'a> {
 fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
     let mut wire = Wire {
         socks,
-        readable: [true; 2],
+        // The client has usually sent its first bytes by now; a destination just
+        // connected rarely has, so ask the poller before spending a read on it.
+        readable: [true, false],
         writable: [true; 2],
         pipes: [None, None],
     };

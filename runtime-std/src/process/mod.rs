@@ -184,6 +184,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
             })
         }
     };
+    sockets::prepare_listener(&listener, config.keepalive);
     let sessions = config.session.as_ref().map(|target| {
         SessionWriter::open(target.clone()).unwrap_or_else(|e| {
             die(

@@ -63,6 +63,25 @@ pub fn begin_connect(
     Ok(socket.into())
 }
 
+/// Sets on the listener what [`prepare`] would set on each client: Linux copies
+/// TCP_NODELAY and SO_KEEPALIVE to accepted sockets, so a client then needs no
+/// setsockopt of its own (see [`prepare_client`]).
+pub fn prepare_listener(listener: &TcpListener, keepalive: bool) {
+    let socket = socket2::SockRef::from(listener);
+    let _ = socket.set_tcp_nodelay(true);
+    if keepalive {
+        let _ = socket.set_keepalive(true);
+    }
+}
+
+/// [`prepare`] for an accepted client: nothing to do where it inherited the
+/// listener's options (Linux, after [`prepare_listener`]).
+pub fn prepare_client(client: &TcpStream, keepalive: bool) {
+    if !cfg!(target_os = "linux") {
+        prepare(client, keepalive);
+    }
+}
+
 /// Sets what plug wants on both relayed sockets, in every runtime: TCP_NODELAY (a
 /// forwarder must not add Nagle delays to what it relays) and, with `-k`,
 /// SO_KEEPALIVE (CONN-7). Failures are ignored: the connection still works.
