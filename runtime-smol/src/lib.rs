@@ -39,8 +39,15 @@ pub fn main() -> ! {
         }
         Ok(listener)
     });
+    // The accept loop is a task like the connections: the future given to `run`
+    // is polled on every wake-up of this thread, and as that future the loop
+    // would try accept(2) (EAGAIN) each time a connection's socket was ready.
+    let accepting = Arc::clone(&ctx);
     let spawner = SmolSpawn(Arc::clone(&executor));
-    smol::block_on(executor.run(async_conn::accept_loop(&ctx, listener, &spawner)));
+    let accept = executor.spawn(async move {
+        async_conn::accept_loop(&accepting, listener, &spawner).await;
+    });
+    smol::block_on(executor.run(accept));
     // The listener is closed. Open connections may all be on this thread's
     // executor, so it keeps running them while another thread waits for the drain.
     let waiter = Arc::clone(&ctx);
