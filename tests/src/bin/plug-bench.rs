@@ -11,8 +11,10 @@
 //! machine does not decide the result. Modes:
 //! - bulk: 1 and 4 streams, upload and download; GB/s and CPU-seconds per GB of
 //!   the forwarder process;
-//! - crr: 16 workers doing connect / 64-byte echo / close; connections/s, p50/p99;
-//! - rr: one connection, 1-byte ping-pong; round trips/s, p50/p99/p999;
+//! - crr: 16 workers doing connect / 64-byte echo / close; connections/s, p50/p99,
+//!   and the forwarder's CPU per connection;
+//! - rr: one connection, 1-byte ping-pong; round trips/s, p50/p99/p999, and the
+//!   forwarder's CPU per round trip;
 //! - idle: many open relayed connections; forwarder RSS and kernel memory per
 //!   connection, from /proc.
 
