@@ -8,11 +8,10 @@
 //! async-std's own reactor; only task spawning and the accept loop's executor are
 //! async-std's.
 
-use std::sync::mpsc;
+use std::net::TcpStream;
+use std::sync::{mpsc, Arc};
 
 use async_global_executor::GlobalExecutorConfig;
-use std::net::TcpStream;
-
 use async_io::Async;
 use plug_smol::async_conn::{self, Spawn};
 use plug_std::process::Connection;
@@ -45,7 +44,7 @@ pub fn main() -> ! {
     // new connection starts where it was accepted; this thread only waits, without
     // taking turns at the reactor (which would hand readiness between threads).
     let (done, accept_ended) = mpsc::channel();
-    let accepting = std::sync::Arc::clone(&ctx);
+    let accepting = Arc::clone(&ctx);
     drop(async_std::task::spawn(async move {
         async_conn::accept_loop(&accepting, listener, &AsyncStdSpawn).await;
         let _ = done.send(());
