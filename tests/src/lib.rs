@@ -233,6 +233,13 @@ impl Lines {
         }
     }
 
+    /// [`Lines::wait_for`], failing the test with everything read so far when no
+    /// line satisfies `pred` in time.
+    pub fn expect(&self, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_for(pred)
+            .unwrap_or_else(|| panic!("no such line; read so far: {:?}", self.all()))
+    }
+
     /// Waits until at least `n` lines satisfy `pred`; returns them all.
     pub fn wait_for_count(&self, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + DEADLINE;

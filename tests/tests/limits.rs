@@ -28,11 +28,7 @@ fn max_conns_refuses_the_excess_and_recovers_opt_3() {
             "({}): Connect from 127.0.0.1 refused: 2 connections open (--max-conns)",
             plug.port
         );
-        assert!(
-            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.ends_with(&want));
         assert_eq!(
             backend.accepted().len(),
             2,
@@ -107,11 +103,7 @@ fn connect_timeout_moves_on_from_a_blackhole_opt_1_conn_4() {
             "{took:?}"
         );
         let failed = format!("destination {hole} failed for 127.0.0.1: timed out after 1s");
-        assert!(
-            plug.stderr.wait_for(|l| l.contains(&failed)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.contains(&failed));
         // Marked unhealthy: the next client does not wait.
         let start = Instant::now();
         assert_eq!(which(plug.addr()), "B");

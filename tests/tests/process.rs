@@ -195,11 +195,7 @@ fn connection_log_texts_proc_5() {
         let s = connect_from("127.0.0.2", plug.addr());
         assert_eq!(exchange(s, b"hi".to_vec()), b"hi");
         let want = format!("{tag}: Connect from 127.0.0.2 to {}", backend.dest());
-        assert!(
-            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.ends_with(&want));
         assert!(plug
             .stderr
             .wait_for(|l| l.ends_with(&format!("{tag}: Complete.")))
@@ -207,11 +203,7 @@ fn connection_log_texts_proc_5() {
         let mut refused = connect_from("127.0.0.3", plug.addr());
         assert!(closed_without_data(&mut refused));
         let want = format!("{tag}: Connect from 127.0.0.3 Refused.");
-        assert!(
-            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.ends_with(&want));
     });
 }
 
@@ -223,11 +215,7 @@ fn failed_connection_completes_with_status_2_proc_5() {
         let mut s = connect(plug.addr());
         assert!(closed_without_data(&mut s));
         let want = format!("(127.0.0.1 {}): Complete, status=2.", plug.port);
-        assert!(
-            plug.stderr.wait_for(|l| l.ends_with(&want)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.ends_with(&want));
     });
 }
 

@@ -308,13 +308,7 @@ fn through_a_real_tinyproxy_conn_9() {
         );
         let mut s = connect(dead.addr());
         assert!(closed_without_data(&mut s));
-        assert!(
-            dead.stderr
-                .wait_for(|l| l.contains("proxy refused CONNECT"))
-                .is_some(),
-            "{:?}",
-            dead.stderr.all()
-        );
+        dead.stderr.expect(|l| l.contains("proxy refused CONNECT"));
     });
 }
 

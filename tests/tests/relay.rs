@@ -182,11 +182,7 @@ fn a_destination_reset_closes_the_client_promptly_conn_6() {
         let r = s.read(&mut buf);
         assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
         let status = format!("({}): Complete, status=3.", plug.port);
-        assert!(
-            plug.stderr.wait_for(|l| l.ends_with(&status)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.ends_with(&status));
     });
 }
 
@@ -257,10 +253,8 @@ fn running_out_of_descriptors_is_logged_and_survived_spec_5() {
         let baseline = fds(plug.pid());
         // Each relayed connection takes two descriptors: 40 clients are too many.
         let clients: Vec<TcpStream> = (0..40).map(|_| connect(plug.addr())).collect();
-        let line = plug
-            .stderr
-            .wait_for(|l| l.contains("out of file descriptors"));
-        assert!(line.is_some(), "{:?}", plug.stderr.all());
+        plug.stderr
+            .expect(|l| l.contains("out of file descriptors"));
         assert!(plug.running(), "plug exited when accept failed (2.5.5 did)");
         drop(clients);
         // plug works through every queued client (each logs Complete, served or not)

@@ -50,11 +50,7 @@ fn a_dead_destination_costs_the_client_nothing_conn_4() {
         let plug = Plug::start(bin, &["-o", "{port}", &dead.to_string(), &b.dest()]);
         assert_eq!(which(plug.addr()), "B");
         let failed = format!("destination {dead} failed for 127.0.0.1");
-        assert!(
-            plug.stderr.wait_for(|l| l.contains(&failed)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.contains(&failed));
         // Marked unhealthy: later clients go straight to B without retrying it.
         assert_eq!(which(plug.addr()), "B");
         assert_eq!(
@@ -77,11 +73,7 @@ fn a_client_is_closed_only_when_every_destination_failed_conn_4() {
         assert!(closed_without_data(&mut s));
         for d in [d1, d2] {
             let failed = format!("destination {d} failed");
-            assert!(
-                plug.stderr.wait_for(|l| l.contains(&failed)).is_some(),
-                "{:?}",
-                plug.stderr.all()
-            );
+            plug.stderr.expect(|l| l.contains(&failed));
         }
     });
 }

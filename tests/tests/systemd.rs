@@ -70,10 +70,6 @@ fn socket_activation_serves_the_passed_socket_opt_7() {
         assert!(TcpStream::connect_timeout(&plug.addr(), Duration::from_secs(1)).is_err());
         assert!(TcpListener::bind(plug.addr()).is_ok());
         let complete = format!("({}): Complete.", plug.port);
-        assert!(
-            plug.stderr.wait_for(|l| l.ends_with(&complete)).is_some(),
-            "{:?}",
-            plug.stderr.all()
-        );
+        plug.stderr.expect(|l| l.ends_with(&complete));
     });
 }
