@@ -19,7 +19,8 @@ use std::io::{Read, Write};
 
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use plug_core::dial::DialStep;
-use plug_core::relay::{Direction, ReadInto, Relay, WriteFrom};
+use plug_core::relay::{Direction, ReadInto, Relay, Side, WriteFrom};
+use plug_std::process::readiness::Readiness;
 use plug_std::process::sockets::{self, ConnectError};
 use plug_std::process::splice::Pipe;
 use plug_std::process::{Connection, Context};
@@ -72,10 +73,9 @@ fn pipe_put(pipe: Pipe) {
 struct Lanes {
     /// Per direction: its pipe while bytes are in flight.
     pipes: [Option<Pipe>; 2],
-    /// Per socket: false once a read found it drained (or a write full), until the
-    /// reactor reports it ready again; saves a syscall that would only say EAGAIN.
-    readable: [bool; 2],
-    writable: [bool; 2],
+    /// Whether each socket may be read / written: cleared when found drained or
+    /// full, set again when the reactor reports it ready.
+    ready: Readiness,
 }
 
 impl Lanes {
@@ -165,10 +165,7 @@ pub async fn serve(mut conn: Connection, client: Async<TcpStream>) {
     let mut timer: Option<Box<Timer>> = None;
     let mut lanes = Lanes {
         pipes: [None, None],
-        // The client has usually sent its first bytes by now; a destination just
-        // connected rarely has, so ask the poller before spending a read on it.
-        readable: [true, false],
-        writable: [true; 2],
+        ready: Readiness::default(),
     };
     future::poll_fn(|cx| poll_relay(cx, &mut relay, socks, &mut lanes, &mut timer)).await;
     lanes.release_idle(&relay);
@@ -322,25 +319,30 @@ fn poll_relay(
 fn may(
     cx: &mut TaskContext<'_>,
     sock: &Async<TcpStream>,
+    side: Side,
     write: bool,
-    hint: &mut bool,
+    ready: &mut Readiness,
 ) -> io::Result<bool> {
-    if *hint {
+    let known = if write {
+        ready.can_write(side)
+    } else {
+        ready.can_read(side)
+    };
+    if known {
         return Ok(true);
     }
-    let ready = if write {
+    let polled = if write {
         sock.poll_writable(cx)
     } else {
         sock.poll_readable(cx)
     };
-    match ready {
-        Poll::Ready(Ok(())) => {
-            *hint = true;
-            Ok(true)
-        }
-        Poll::Ready(Err(e)) => Err(e),
-        Poll::Pending => Ok(false),
+    match polled {
+        Poll::Ready(Ok(())) if write => ready.handle_writable(side),
+        Poll::Ready(Ok(())) => ready.handle_readable(side),
+        Poll::Ready(Err(e)) => return Err(e),
+        Poll::Pending => return Ok(false),
     }
+    Ok(true)
 }
 
 /// One write toward `dir`'s sink if the core wants one; true when something
@@ -352,16 +354,15 @@ fn poll_write(
     lanes: &mut Lanes,
     dir: Direction,
 ) -> bool {
-    let hint = &mut lanes.writable[dir.sink().index()];
-    let error = loop {
+    loop {
         let from = match relay.half(dir).wants_write() {
             None => return false,
             Some(from) => from,
         };
-        match may(cx, sink, true, hint) {
+        match may(cx, sink, dir.sink(), true, &mut lanes.ready) {
             Ok(true) => {}
             Ok(false) => return false,
-            Err(e) => break e,
+            Err(_) => break,
         }
         let (result, offered) = match from {
             WriteFrom::Buffer => {
@@ -373,7 +374,7 @@ fn poll_write(
                     let piped = relay.half(dir).piped();
                     (pipe.drain_to(sink.get_ref(), piped), piped)
                 }
-                None => break io::Error::other("bytes in a pipe that does not exist"),
+                None => break, // bytes in a pipe that does not exist
             },
         };
         match result {
@@ -382,20 +383,16 @@ fn poll_write(
                     WriteFrom::Buffer => relay.handle_written(Instant::now(), dir, n),
                     WriteFrom::Pipe => relay.handle_spliced_out(Instant::now(), dir, n),
                 }
-                // Short: the socket buffer is full, so wait for the reactor.
-                if n < offered {
-                    *hint = false;
-                }
+                lanes.ready.handle_written(dir.sink(), n, offered);
                 return true;
             }
             // A socket that takes nothing is as broken as one that fails.
-            Ok(_) => break io::Error::from(io::ErrorKind::WriteZero),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => *hint = false,
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => lanes.ready.handle_full(dir.sink()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break e,
+            Err(_) => break,
         }
-    };
-    drop(error);
+    }
     relay.handle_error(Instant::now(), dir.sink());
     true
 }
@@ -410,8 +407,7 @@ fn poll_read(
     lanes: &mut Lanes,
     dir: Direction,
 ) -> bool {
-    let src = dir.source().index();
-    let error = loop {
+    loop {
         let into = match relay.half(dir).wants_read() {
             None => {
                 // Ended (or full): a buffer with nothing in it goes back now, not
@@ -424,7 +420,7 @@ fn poll_read(
             }
             Some(into) => into,
         };
-        match may(cx, source, false, &mut lanes.readable[src]) {
+        match may(cx, source, dir.source(), false, &mut lanes.ready) {
             Ok(true) => {}
             Ok(false) => {
                 // Nothing in flight in this direction: hand its buffer and pipe back.
@@ -434,7 +430,7 @@ fn poll_read(
                 lanes.release_idle(relay);
                 return false;
             }
-            Err(e) => break e,
+            Err(_) => break,
         }
         let (result, asked) = match into {
             ReadInto::Buffer => {
@@ -471,11 +467,7 @@ fn poll_read(
                     ReadInto::Buffer => relay.handle_read(Instant::now(), dir, n),
                     ReadInto::Pipe => relay.handle_spliced_in(Instant::now(), dir, n),
                 }
-                // Short: the socket is almost surely drained; the reactor says when
-                // there is more (it is level-triggered: nothing already there is lost).
-                if n > 0 && n < asked {
-                    lanes.readable[src] = false;
-                }
+                lanes.ready.handle_read(dir.source(), n, asked);
                 return true;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -484,13 +476,12 @@ fn poll_read(
                     relay.handle_pipe_full(Instant::now(), dir);
                     return false;
                 }
-                lanes.readable[src] = false;
+                lanes.ready.handle_drained(dir.source());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break e,
+            Err(_) => break,
         }
-    };
-    drop(error);
+    }
     relay.handle_error(Instant::now(), dir.source());
     true
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use plug_core::dial::DialStep;
 use plug_core::relay::{Direction, ReadInto, Relay, Side, WriteFrom};
 
+use crate::process::readiness::Readiness;
 use crate::process::sockets::{self, ConnectError};
 use crate::process::splice::Pipe;
 use crate::process::sys::{self, PollFd, POLLERRS, POLLIN, POLLOUT};
@@ -157,9 +158,8 @@ fn retry_later(e: &io::Error) -> bool {
 /// and each direction's pipe for the zero-copy path.
 struct Wire<'a> {
     socks: [&'a TcpStream; 2],
-    /// Whether each socket may be readable / writable; cleared on EAGAIN, set by poll.
-    readable: [bool; 2],
-    writable: [bool; 2],
+    /// Whether each socket may be read / written; cleared on EAGAIN, set by poll.
+    ready: Readiness,
     /// Per direction: its pipe while bytes are in flight.
     pipes: [Option<Pipe>; 2],
 }
@@ -169,10 +169,7 @@ struct Wire<'a> {
 fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
     let mut wire = Wire {
         socks,
-        // The client has usually sent its first bytes by now; a destination just
-        // connected rarely has, so ask the poller before spending a read on it.
-        readable: [true, false],
-        writable: [true; 2],
+        ready: Readiness::default(),
         pipes: [None, None],
     };
     while !relay.is_finished() {
@@ -199,7 +196,7 @@ fn drive(relay: &mut Relay, socks: [&TcpStream; 2]) {
 /// true when something happened.
 fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
     let sink = dir.sink().index();
-    if !wire.writable[sink] {
+    if !wire.ready.can_write(dir.sink()) {
         return false;
     }
     let mut offered = usize::MAX;
@@ -224,14 +221,11 @@ fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
                 }
                 _ => relay.handle_written(Instant::now(), dir, n),
             }
-            // A short write means the socket buffer is full: wait for poll.
-            if n < offered {
-                wire.writable[sink] = false;
-            }
+            wire.ready.handle_written(dir.sink(), n, offered);
             true
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            wire.writable[sink] = false;
+            wire.ready.handle_full(dir.sink());
             false
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
@@ -247,7 +241,7 @@ fn write(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
 /// data; true when something happened.
 fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
     let src = dir.source().index();
-    if !wire.readable[src] {
+    if !wire.ready.can_read(dir.source()) {
         return false;
     }
     let mut asked = usize::MAX;
@@ -282,19 +276,14 @@ fn read(relay: &mut Relay, wire: &mut Wire<'_>, dir: Direction) -> bool {
                 Some(ReadInto::Pipe) => relay.handle_spliced_in(Instant::now(), dir, n),
                 _ => relay.handle_read(Instant::now(), dir, n),
             }
-            // A short read almost always means the socket is drained: let poll say
-            // when there is more rather than spend a read on EAGAIN (poll is
-            // level-triggered, so nothing is missed if there already is).
-            if n > 0 && n < asked {
-                wire.readable[src] = false;
-            }
+            wire.ready.handle_read(dir.source(), n, asked);
             true
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             if relay.half(dir).piped() > 0 {
                 relay.handle_pipe_full(Instant::now(), dir);
             } else {
-                wire.readable[src] = false;
+                wire.ready.handle_drained(dir.source());
                 // Nothing in flight: a pipe is held only while bytes are, so that
                 // thousands of quiet connections do not hold two descriptors each.
                 wire.pipes[dir.index()] = None;
@@ -371,12 +360,12 @@ fn wait_relay(relay: &mut Relay, wire: &mut Wire<'_>) {
             }
         }
     }
-    for (i, f) in fds.iter().enumerate() {
+    for (side, f) in [Side::Client, Side::Destination].into_iter().zip(fds) {
         if f.revents & (POLLIN | POLLERRS) != 0 {
-            wire.readable[i] = true;
+            wire.ready.handle_readable(side);
         }
         if f.revents & (POLLOUT | POLLERRS) != 0 {
-            wire.writable[i] = true;
+            wire.ready.handle_writable(side);
         }
     }
 }

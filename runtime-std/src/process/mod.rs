@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod logger;
+pub mod readiness;
 pub mod session_file;
 pub mod sockets;
 pub mod splice;
