@@ -17,8 +17,11 @@ pub enum AcceptFailure {
     /// ENOBUFS or ENOMEM.
     OutOfMemory,
     /// The client went away before it was accepted (ECONNABORTED, EPROTO,
-    /// EINTR, EAGAIN): nothing is wrong with plug.
+    /// EINTR): nothing is wrong with plug.
     ClientGone,
+    /// EAGAIN on a non-blocking listener (systemd `NonBlocking=yes`): nobody is
+    /// waiting; wait for the listener to become readable (FAULT-1).
+    WouldBlock,
     /// Anything else.
     Other,
 }
@@ -59,9 +62,12 @@ impl AcceptBackoff {
             // An unknown error might repeat at once; a short pause keeps it from
             // spinning a core while still serving as soon as it clears.
             AcceptFailure::Other => Some(Duration::from_millis(10)),
-            AcceptFailure::ClientGone => None,
+            AcceptFailure::ClientGone | AcceptFailure::WouldBlock => None,
         };
-        if failure == AcceptFailure::ClientGone {
+        if matches!(
+            failure,
+            AcceptFailure::ClientGone | AcceptFailure::WouldBlock
+        ) {
             return AcceptAction { pause, log: None };
         }
         let due = self

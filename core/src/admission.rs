@@ -5,20 +5,78 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::addr::canonical_ip;
 use crate::rules::AcceptRules;
 
 /// Descriptors kept back from connections for plug itself (stdio, listener, log,
-/// reactor, session file, pipes) when deriving the default `--max-conns`.
+/// reactor, session file) when deriving the default `--max-conns`.
 pub const RESERVED_DESCRIPTORS: u64 = 16;
 
-/// The default `--max-conns` for an open-file limit of `nofile`: every relayed
-/// connection holds two descriptors (client and destination), so plug never runs
-/// itself out of descriptors under its own limit.
+/// The most splice pipes plug holds at once: bulk flows need one per direction
+/// only while bytes are in flight, so a few hundred serve many connections.
+pub const MAX_PIPES: usize = 128;
+
+/// Pipes the default budget sets aside for `usable` descriptors: one pipe (two
+/// descriptors) per sixteen, at most [`MAX_PIPES`].
+fn default_pipes(usable: u64) -> u64 {
+    (usable / 16).min(MAX_PIPES as u64)
+}
+
+/// The default `--max-conns` for an open-file limit of `nofile` (FAULT-3): every
+/// connection holds two sockets, and splice pipes have descriptors of their own
+/// set aside, so an admitted client is never dropped for lack of descriptors.
 pub fn default_max_conns(nofile: u64) -> usize {
-    let usable = nofile.saturating_sub(RESERVED_DESCRIPTORS) / 2;
-    usize::try_from(usable).unwrap_or(usize::MAX).max(1)
+    let usable = nofile.saturating_sub(RESERVED_DESCRIPTORS);
+    let for_connections = usable.saturating_sub(2 * default_pipes(usable)) / 2;
+    usize::try_from(for_connections)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// How many splice pipes may be open at once when `max_conns` connections (each
+/// two sockets) share an open-file limit of `nofile` (FAULT-3): what is left after
+/// the connections, at most [`MAX_PIPES`]. Zero means every direction copies.
+pub fn pipe_budget(nofile: u64, max_conns: usize) -> usize {
+    let usable = nofile.saturating_sub(RESERVED_DESCRIPTORS);
+    let conns = u64::try_from(max_conns).unwrap_or(u64::MAX);
+    let left = usable.saturating_sub(conns.saturating_mul(2)) / 2;
+    usize::try_from(left.min(MAX_PIPES as u64)).unwrap_or(0)
+}
+
+/// The splice pipes that may still be opened, shared by every connection of a
+/// listener (FAULT-3): a direction takes one before it asks for a pipe and gives
+/// it back when the pipe is closed; with none left it copies instead.
+#[derive(Debug)]
+pub struct PipeBudget {
+    free: AtomicUsize,
+}
+
+impl PipeBudget {
+    /// A budget of `pipes` pipes.
+    pub fn new(pipes: usize) -> Self {
+        PipeBudget {
+            free: AtomicUsize::new(pipes),
+        }
+    }
+
+    /// Takes one pipe from the budget; false when none is left.
+    pub fn try_take(&self) -> bool {
+        self.free
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Gives back a pipe taken with [`PipeBudget::try_take`].
+    pub fn give_back(&self) {
+        self.free.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Pipes that may still be opened.
+    pub fn free(&self) -> usize {
+        self.free.load(Ordering::Acquire)
+    }
 }
 
 /// Why a client was not admitted.
@@ -140,11 +198,37 @@ mod tests {
 
     #[test]
     fn default_limit_follows_the_descriptor_limit_opt_3() {
-        assert_eq!(default_max_conns(20_000), 9_992);
-        assert_eq!(default_max_conns(1024), 504);
+        assert_eq!(default_max_conns(20_000), 9_864);
+        assert_eq!(default_max_conns(1024), 441);
         assert_eq!(default_max_conns(8), 1);
         let a = Admission::new(AcceptRules::default(), None, None, 1024);
-        assert_eq!(a.max_conns(), 504);
+        assert_eq!(a.max_conns(), 441);
+    }
+
+    #[test]
+    fn connections_and_pipes_fit_the_descriptor_limit_fault_3() {
+        for nofile in [20u64, 64, 100, 1024, 4096, 20_000, 1 << 20] {
+            let conns = default_max_conns(nofile);
+            let pipes = pipe_budget(nofile, conns);
+            let usable = nofile.saturating_sub(RESERVED_DESCRIPTORS);
+            if usable >= 2 {
+                assert!(
+                    2 * conns as u64 + 2 * pipes as u64 <= usable,
+                    "nofile {nofile}"
+                );
+            }
+        }
+        assert_eq!(pipe_budget(20_000, 9_864), MAX_PIPES);
+        assert_eq!(
+            pipe_budget(1024, 10_000),
+            0,
+            "an explicit huge limit leaves none"
+        );
+        let b = PipeBudget::new(2);
+        assert!(b.try_take() && b.try_take());
+        assert!(!b.try_take());
+        b.give_back();
+        assert_eq!(b.free(), 1);
     }
 
     #[test]

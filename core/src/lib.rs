@@ -16,6 +16,10 @@
 //!   [`connect`] for the CONNECT exchange.
 //! - [`relay::Relay`] says what each direction does next until both end (CONN-6).
 //! - [`session::SessionRecord::line`] and [`log`] produce the texts.
+//!
+//! [`connection::Connection`] ties these together for one client, from admission
+//! to close, deciding what every I/O result means; [`forwarder::Forwarder`] is what
+//! all connections of a listener share. Adapters feed the one and lock the other.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -27,7 +31,9 @@ pub mod addr;
 pub mod admission;
 pub mod cli;
 pub mod connect;
+pub mod connection;
 pub mod dial;
+pub mod forwarder;
 pub mod log;
 pub mod proxy_protocol;
 pub mod relay;

@@ -2,10 +2,144 @@
 //! and the completion status of a connection. Pure functions of their inputs, so
 //! tests assert exact text and adapters only write it.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use crate::addr::{canonical_ip, Destination, Source};
 use crate::relay::RelayEnd;
+
+/// Where a log line belongs; the adapter's logger routes it (syslog, stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// A connection line of `-l` (PROC-5): syslog with `-l`, stderr with `-d`.
+    Connection,
+    /// Something the operator should know: stderr in the foreground, syslog detached.
+    Notice,
+    /// Something went wrong in plug itself.
+    Error,
+    /// Detail shown when `-d` was given at least this many times.
+    Debug(u8),
+}
+
+/// One line for the log, made by the core and written by the adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Where it goes.
+    pub level: LogLevel,
+    /// The text, without the program name prefix or newline.
+    pub text: String,
+}
+
+impl LogRecord {
+    /// A record at `level` with `text`.
+    pub fn new(level: LogLevel, text: impl Into<String>) -> Self {
+        LogRecord {
+            level,
+            text: text.into(),
+        }
+    }
+}
+
+/// Which log lines an adapter wants made at all, so the core formats nothing that
+/// would be thrown away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `-d` count.
+    pub debug: u8,
+    /// `-l`.
+    pub connections: bool,
+}
+
+impl LogSettings {
+    /// True when a line at `level` is written anywhere.
+    pub fn wants(&self, level: LogLevel) -> bool {
+        match level {
+            LogLevel::Connection => self.connections || self.debug > 0,
+            LogLevel::Notice | LogLevel::Error => true,
+            LogLevel::Debug(n) => self.debug >= n,
+        }
+    }
+}
+
+/// At most this many lines of one kind per [`RATE_WINDOW`] (FAULT-4).
+pub const RATE_LIMIT: u32 = 10;
+
+/// The window of [`RATE_LIMIT`].
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Rate limit for one kind of client-caused log line (FAULT-4): at most
+/// [`RATE_LIMIT`] a second, then one `N similar messages suppressed` line per
+/// second for what was held back.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimit {
+    window_start: Option<Instant>,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// Decides about one line at `now`: `true` to write it. Call
+    /// [`RateLimit::poll_suppressed`] first so the count comes before new lines.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.roll(now);
+        if self.in_window < RATE_LIMIT {
+            self.in_window += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let expired = self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= RATE_WINDOW);
+        if expired {
+            self.window_start = Some(now);
+            self.in_window = 0;
+        }
+    }
+
+    /// The line about what was held back, once its window has ended; `None` while
+    /// the window runs or when nothing was suppressed.
+    #[must_use]
+    pub fn poll_suppressed(&mut self, now: Instant) -> Option<String> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        let ended = self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= RATE_WINDOW);
+        if !ended {
+            return None;
+        }
+        let n = std::mem::take(&mut self.suppressed);
+        self.roll(now);
+        Some(suppressed(n))
+    }
+
+    /// When the suppressed count becomes due, if anything is held back.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.suppressed == 0 {
+            return None;
+        }
+        self.window_start.and_then(|s| s.checked_add(RATE_WINDOW))
+    }
+}
+
+/// `N similar messages suppressed` (FAULT-4).
+pub fn suppressed(n: u64) -> String {
+    format!("{n} similar messages suppressed")
+}
+
+impl fmt::Display for LogRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
 
 /// How a connection ended, with 2.5.5's status numbers (S_NORMAL, S_CONNECT,
 /// S_EXCEPT) for the `Complete, status=N.` line.
@@ -37,6 +171,8 @@ impl CloseStatus {
     /// its relay ended if one ran (none means it failed before relaying).
     pub fn of(reached: bool, end: Option<RelayEnd>) -> Self {
         match (reached, end) {
+            // The client went away before a destination was reached.
+            (false, Some(RelayEnd::Failed { .. })) => CloseStatus::Exception,
             (false, _) => CloseStatus::ConnectFailed,
             (true, Some(end)) => CloseStatus::from(end),
             (true, None) => CloseStatus::Exception,

@@ -17,7 +17,6 @@ struct DestinationStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     destinations: Vec<DestinationStats>,
-    open: u64,
     accepted: u64,
     refused: u64,
     failed: u64,
@@ -32,10 +31,10 @@ impl Stats {
         }
     }
 
-    /// Counts a client that was admitted.
+    /// Counts a client that was admitted. The open count is not kept here: the
+    /// admission's is the one count of open connections (FAULT-5).
     pub fn handle_accepted(&mut self) {
         self.accepted += 1;
-        self.open += 1;
     }
 
     /// Counts a client refused by the rules or a limit.
@@ -54,7 +53,6 @@ impl Stats {
     /// Counts the end of an admitted connection: with the destination it reached
     /// and its relay outcome, or with none when every destination failed.
     pub fn handle_closed(&mut self, reached: Option<DestId>, outcome: Option<&RelayOutcome>) {
-        self.open = self.open.saturating_sub(1);
         match reached.and_then(|r| self.destinations.get_mut(r.index())) {
             Some(d) => {
                 d.open = d.open.saturating_sub(1);
@@ -67,10 +65,10 @@ impl Stats {
         }
     }
 
-    /// The dump's lines at `now`: one per destination,
+    /// The dump's lines at `now` with `open` connections open: one per destination,
     /// `destination ADDR:PORT healthy|unhealthy[ since SECONDS] open N total N in N out N`,
     /// then `summary open N accepted N refused N failed N`.
-    pub fn report(&self, now: Instant, balancer: &Balancer) -> Vec<String> {
+    pub fn report(&self, now: Instant, balancer: &Balancer, open: usize) -> Vec<String> {
         let mut lines: Vec<String> = balancer
             .destinations()
             .iter()
@@ -94,7 +92,7 @@ impl Stats {
             .collect();
         lines.push(format!(
             "summary open {} accepted {} refused {} failed {}",
-            self.open, self.accepted, self.refused, self.failed
+            open, self.accepted, self.refused, self.failed
         ));
         lines
     }
@@ -135,7 +133,7 @@ mod tests {
         s.handle_closed(None, None);
         b.handle_connect_failed(now, DestId(1));
         assert_eq!(
-            s.report(now + Duration::from_secs(42), &b),
+            s.report(now + Duration::from_secs(42), &b, 2),
             [
                 "destination 10.0.0.5:80 healthy open 1 total 2 in 5 out 7",
                 "destination [::1]:81 unhealthy since 42 open 0 total 0 in 0 out 0",

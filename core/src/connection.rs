@@ -1,0 +1,1186 @@
+//! One client's whole life, admit → dial → relay → close, as a machine the adapter
+//! feeds with what its sockets said and drains of what to do next (CONN-3..9,
+//! OPT-1..4, FAULT-1..5).
+//!
+//! After every input the adapter calls [`Connection::poll_output`] until it says
+//! [`Output::Wait`] (nothing more until a socket is ready or the deadline passes)
+//! or [`Output::Done`]. Every rule about what an I/O result means lives here, so
+//! every runtime behaves the same:
+//! - a read of 0 bytes is the end of that direction's stream; a write of 0 bytes
+//!   is as broken as a failed one;
+//! - WouldBlock clears what the driver believed about the socket, so the next
+//!   output waits for the poller instead of repeating the call (no spin);
+//! - WouldBlock on a splice into a pipe that holds bytes means the pipe is full;
+//! - an error or reset reported on either socket, in any phase, ends both
+//!   directions at once (CONN-6); a hang-up with nothing wanted on that socket
+//!   stops it being watched;
+//! - every deadline (connect, idle, buffer release) is checked on every call,
+//!   whatever the sockets report meanwhile (FAULT-2).
+//!
+//! Work that touches what connections share (the balancer, the counts) is asked
+//! for with [`Output::Sync`]: the adapter then calls [`Connection::sync`] with the
+//! [`Forwarder`] it keeps behind its lock.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::addr::{Destination, Source};
+use crate::admission::PipeBudget;
+use crate::cli::ProxyProtocol;
+use crate::dial::{DialOptions, DialStep, Dialer};
+use crate::forwarder::Forwarder;
+use crate::log::{self, CloseStatus, LogLevel, LogRecord, LogSettings};
+use crate::proxy_protocol;
+use crate::relay::{
+    Direction, ReadInto, Relay, RelayEnd, RelayOptions, RelayOutcome, Side, WriteFrom,
+};
+use crate::select::{DestId, SelectEvent};
+use crate::session::SessionRecord;
+
+/// Bytes of the proxy's reply read at a time during the CONNECT exchange.
+pub const REPLY_CHUNK: usize = 4096;
+
+/// A pipe with nothing in flight is closed after this long (FAULT-3: pipes are
+/// held while bytes move, not by quiet connections).
+pub const PIPE_IDLE: Duration = Duration::from_secs(1);
+
+/// I/O outputs in a row without a wait before the core asks the adapter to let
+/// other connections run ([`Output::Yield`]).
+pub const OUTPUTS_BEFORE_YIELD: u32 = 64;
+
+/// What a runtime offers the connection machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtime {
+    /// Capacity of a splice pipe when the runtime can splice; `None` copies only.
+    pub pipe_capacity: Option<usize>,
+    /// How long a quiet direction keeps its copy buffer before giving it back.
+    pub buffer_release_after: Duration,
+}
+
+/// What every connection of a listener needs to know, made once at start-up.
+#[derive(Debug)]
+pub struct Settings {
+    /// The listener (log tag, FROM field).
+    pub source: Source,
+    /// How destinations are reached.
+    pub dial: DialOptions,
+    /// Buffer size and idle timeout.
+    pub relay: RelayOptions,
+    /// `--proxy-protocol`.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Which log lines are wanted.
+    pub log: LogSettings,
+    /// True with `-S`: session records are produced.
+    pub sessions: bool,
+    /// What the runtime offers.
+    pub runtime: Runtime,
+    /// The splice pipes that may still be opened (FAULT-3).
+    pub pipes: PipeBudget,
+}
+
+/// The result of one read, write or splice, as the adapter saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transfer {
+    /// This many bytes moved (0: end of stream on a read, nothing taken on a write).
+    Moved(usize),
+    /// The socket (or pipe) could not move anything now.
+    WouldBlock,
+    /// A signal interrupted the call; nothing moved.
+    Interrupted,
+    /// Any other error: the reason, for the log.
+    Failed(String),
+}
+
+impl From<io::Result<usize>> for Transfer {
+    fn from(result: io::Result<usize>) -> Self {
+        match result {
+            Ok(n) => Transfer::Moved(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Transfer::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Transfer::Interrupted,
+            Err(e) => Transfer::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Why an outgoing connect could not even start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// plug could not make or bind its socket (out of descriptors, bad `-p`):
+    /// not the destination's fault.
+    Local(String),
+    /// The connect failed at once (refused, unreachable).
+    Remote(String),
+}
+
+/// What a poller reported about one socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// It can be read (data, end of stream, or an error to collect).
+    pub read: bool,
+    /// It can be written.
+    pub write: bool,
+    /// An error is pending (POLLERR): the connection is reset or broken.
+    pub error: bool,
+    /// Both directions of the socket are shut (POLLHUP).
+    pub hangup: bool,
+}
+
+/// What to watch on one socket while waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watch {
+    /// Wake when it can be read.
+    pub read: bool,
+    /// Wake when it can be written.
+    pub write: bool,
+    /// Wake on an error or hang-up even when neither is wanted (poll(2) reports
+    /// them always; a driver that cannot watch them alone may ignore this, see
+    /// FAULT-1). False for a socket that is not open or already hung up.
+    pub errors: bool,
+}
+
+/// Nothing can happen until a watched socket is ready or `deadline` passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// Per side ([`Side::index`]).
+    pub watch: [Watch; 2],
+    /// When to call back even if no socket is ready.
+    pub deadline: Option<Instant>,
+}
+
+/// What the adapter does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Output {
+    /// Lock the shared [`Forwarder`] and call [`Connection::sync`].
+    Sync,
+    /// Close any destination socket, start a non-blocking connect to `addr` (bound
+    /// to `bind` first when given), and report [`Connection::handle_connect_started`].
+    Connect {
+        /// The destination or the upstream proxy.
+        addr: SocketAddr,
+        /// The local address to bind (`-p`, port 0).
+        bind: Option<SocketAddr>,
+    },
+    /// The connecting socket became ready: collect its error (SO_ERROR) and report
+    /// [`Connection::handle_connect_result`].
+    FinishConnect,
+    /// Ask the client socket's local address (getsockname) and report
+    /// [`Connection::handle_local_addr`] (for the PROXY header).
+    LocalAddr,
+    /// Open `dir`'s splice pipe; report [`Connection::handle_pipe_failed`] if it
+    /// cannot be had.
+    OpenPipe(Direction),
+    /// Close `dir`'s splice pipe (it is empty).
+    ClosePipe(Direction),
+    /// Read from `dir`'s source into [`Connection::read_space`]; report
+    /// [`Connection::handle_transfer`].
+    Read(Direction),
+    /// splice(2) up to `max` bytes from `dir`'s source into its pipe; report
+    /// [`Connection::handle_transfer`].
+    SpliceIn {
+        /// The direction.
+        dir: Direction,
+        /// At most this many bytes.
+        max: usize,
+    },
+    /// Write [`Connection::write_data`] to `dir`'s sink; report
+    /// [`Connection::handle_transfer`].
+    Write(Direction),
+    /// splice(2) up to `max` bytes from `dir`'s pipe to its sink; report
+    /// [`Connection::handle_transfer`].
+    SpliceOut {
+        /// The direction.
+        dir: Direction,
+        /// At most this many bytes.
+        max: usize,
+    },
+    /// Shut down the write half of `dir`'s sink; report
+    /// [`Connection::handle_shutdown`].
+    ShutdownWrite(Direction),
+    /// Write this line to the log.
+    Log(LogRecord),
+    /// Append this record's line to the session file (SPEC §4).
+    Session(SessionRecord),
+    /// Wait for readiness or the deadline; report [`Connection::handle_ready`]
+    /// (or just call [`Connection::poll_output`] again at the deadline).
+    Wait(Wait),
+    /// Let other connections run, then carry on: the output budget is used up.
+    Yield,
+    /// Close both sockets and any pipes; with `reset`, reset them (SO_LINGER 0) so a
+    /// stream cut short never looks complete. Nothing is reported back.
+    Close {
+        /// Reset rather than close cleanly.
+        reset: bool,
+    },
+    /// The connection is over and accounted for: drop it.
+    Done,
+}
+
+/// An input for the dialer that needs the shared balancer, kept until the next
+/// [`Connection::sync`].
+#[derive(Debug)]
+enum DialInput {
+    Start,
+    Connected,
+    ConnectFailed(String),
+    LocalFailure(String),
+    Reply(usize),
+    ReplyEof,
+    Timeout,
+}
+
+/// Where the dialing phase stands with its destination socket.
+#[derive(Debug)]
+enum DialIo {
+    /// Waiting for the balancer to choose (a [`DialInput`] is pending).
+    Deciding,
+    /// A connect to start ([`Output::Connect`] not yet given).
+    Connect {
+        addr: SocketAddr,
+        bind: Option<SocketAddr>,
+    },
+    /// Connect asked for; its start not yet reported.
+    Starting,
+    /// The connect is under way: waiting for writability.
+    Connecting,
+    /// [`Output::FinishConnect`] given; its result not yet reported.
+    Checking,
+    /// Writing the CONNECT request.
+    Sending { request: Bytes, sent: usize },
+    /// Reading the proxy's reply head.
+    Receiving { buf: Vec<u8> },
+    /// Reached: the client's local address is needed for the PROXY header.
+    LocalAddr { leftover: Bytes, asked: bool },
+}
+
+#[derive(Debug)]
+struct Dialing {
+    dialer: Dialer,
+    io: DialIo,
+    input: Option<DialInput>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseStage {
+    /// [`Output::Close`] still to give.
+    Sockets { reset: bool },
+    /// The final [`Output::Sync`] (counts) still to give.
+    Counts,
+    /// Accounted for.
+    Done,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Dialing(Box<Dialing>),
+    Relaying(Box<Relay>),
+    Closing {
+        stage: CloseStage,
+        outcome: Option<RelayOutcome>,
+    },
+}
+
+/// What the core believes about one socket, from the results of calls and the
+/// poller's reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SocketState {
+    readable: bool,
+    writable: bool,
+    hung_up: bool,
+}
+
+/// The operation the adapter was last asked to do, so its result can be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    Read(Direction, usize),
+    SpliceIn(Direction, usize),
+    Write(Direction, usize),
+    SpliceOut(Direction, usize),
+    Shutdown(Direction),
+}
+
+/// One accepted client: the machine of its whole life. Made by
+/// [`Forwarder::handle_accepted`].
+#[derive(Debug)]
+pub struct Connection {
+    settings: Arc<Settings>,
+    peer: SocketAddr,
+    accepted_at: Instant,
+    phase: Phase,
+    sockets: [SocketState; 2],
+    queue: VecDeque<Output>,
+    sync: bool,
+    reached: Option<(DestId, Destination)>,
+    pending: Pending,
+    /// Which direction goes first when both could act (fairness).
+    turn: usize,
+    outputs_since_wait: u32,
+    pipes: [bool; 2],
+    /// When the last byte moved, for releasing idle buffers and pipes.
+    quiet_since: Option<Instant>,
+}
+
+impl Connection {
+    /// A connection for `peer`, accepted at `now`, that will dial with `dialer`.
+    /// Its first output is [`Output::Sync`] (the first destination is chosen).
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        peer: SocketAddr,
+        now: Instant,
+        dialer: Dialer,
+    ) -> Self {
+        Connection {
+            settings,
+            peer,
+            accepted_at: now,
+            phase: Phase::Dialing(Box::new(Dialing {
+                dialer,
+                io: DialIo::Deciding,
+                input: Some(DialInput::Start),
+            })),
+            sockets: [
+                // The client has usually sent its first bytes by now.
+                SocketState {
+                    readable: true,
+                    writable: true,
+                    hung_up: false,
+                },
+                SocketState {
+                    readable: false,
+                    writable: false,
+                    hung_up: false,
+                },
+            ],
+            queue: VecDeque::new(),
+            sync: true,
+            reached: None,
+            pending: Pending::None,
+            turn: 0,
+            outputs_since_wait: 0,
+            pipes: [false; 2],
+            quiet_since: None,
+        }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The destination reached, once reached.
+    pub fn reached(&self) -> Option<&Destination> {
+        self.reached.as_ref().map(|(_, d)| d)
+    }
+
+    /// True once the connection is over and accounted for ([`Output::Done`]).
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Closing {
+                stage: CloseStage::Done,
+                ..
+            }
+        )
+    }
+
+    /// True once the sockets are to be (or have been) closed.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// The next thing to do at `now`. Call after every input until it returns
+    /// [`Output::Wait`] or [`Output::Done`]; deadlines are checked on every call.
+    pub fn poll_output(&mut self, now: Instant) -> Output {
+        // Each pass either returns or moves the connection on to closing, which
+        // always returns: at most a few passes.
+        loop {
+            if let Some(out) = self.queue.pop_front() {
+                return out;
+            }
+            if self.sync {
+                return Output::Sync;
+            }
+            let out = match self.phase {
+                Phase::Dialing(_) => self.poll_dial(now),
+                Phase::Relaying(_) => self.poll_relay(now),
+                Phase::Closing { stage, .. } => Some(match stage {
+                    CloseStage::Sockets { reset } => {
+                        self.set_stage(CloseStage::Counts);
+                        self.sync = true;
+                        Output::Close { reset }
+                    }
+                    CloseStage::Counts => Output::Sync,
+                    CloseStage::Done => Output::Done,
+                }),
+            };
+            if let Some(out) = out {
+                return self.budget(out);
+            }
+        }
+    }
+
+    /// Counts I/O outputs since the last wait; past [`OUTPUTS_BEFORE_YIELD`] the
+    /// output is kept for later and [`Output::Yield`] given instead.
+    fn budget(&mut self, out: Output) -> Output {
+        match out {
+            Output::Wait(_) => self.outputs_since_wait = 0,
+            Output::Read(_)
+            | Output::Write(_)
+            | Output::SpliceIn { .. }
+            | Output::SpliceOut { .. }
+            | Output::ShutdownWrite(_) => {
+                self.outputs_since_wait += 1;
+                if self.outputs_since_wait > OUTPUTS_BEFORE_YIELD {
+                    self.outputs_since_wait = 0;
+                    self.queue.push_front(out);
+                    return Output::Yield;
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// The earliest deadline of the current phase (connect, idle, buffer release),
+    /// or `None`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Dialing(d) => d.dialer.poll_timeout(),
+            Phase::Relaying(relay) => earliest(
+                relay.poll_timeout(),
+                self.quiet_since
+                    .and_then(|since| self.release_deadline_at(since)),
+            ),
+            Phase::Closing { .. } => None,
+        }
+    }
+
+    /// Checks the deadlines at `now` (also done by every [`Connection::poll_output`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Dialing(d) => {
+                if d.input.is_none() && d.dialer.poll_timeout().is_some_and(|t| now >= t) {
+                    d.input = Some(DialInput::Timeout);
+                    self.sync = true;
+                }
+            }
+            Phase::Relaying(relay) => {
+                relay.handle_timeout(now);
+            }
+            Phase::Closing { .. } => {}
+        }
+    }
+
+    fn set_stage(&mut self, stage: CloseStage) {
+        if let Phase::Closing { stage: s, .. } = &mut self.phase {
+            *s = stage;
+        }
+    }
+
+    /// Does what needs the shared state, after [`Output::Sync`]: the balancer
+    /// chooses or learns a destination's health, the counts learn that the
+    /// connection reached a destination or ended.
+    pub fn sync(&mut self, now: Instant, forwarder: &mut Forwarder) {
+        self.sync = false;
+        match &mut self.phase {
+            Phase::Dialing(d) => {
+                let Some(input) = d.input.take() else {
+                    return;
+                };
+                let balancer = &mut forwarder.balancer;
+                let step = match input {
+                    DialInput::Start => Some(d.dialer.start(now, balancer)),
+                    DialInput::Connected => Some(d.dialer.handle_connected(now, balancer)),
+                    DialInput::ConnectFailed(e) => {
+                        Some(d.dialer.handle_connect_failed(now, balancer, &e))
+                    }
+                    DialInput::LocalFailure(e) => {
+                        Some(d.dialer.handle_local_failure(now, balancer, &e))
+                    }
+                    DialInput::Reply(n) => {
+                        let data = match &d.io {
+                            DialIo::Receiving { buf } => buf.get(..n).unwrap_or(&[]),
+                            _ => &[],
+                        };
+                        Some(d.dialer.handle_reply_data(now, balancer, data))
+                    }
+                    DialInput::ReplyEof => Some(d.dialer.handle_reply_eof(now, balancer)),
+                    DialInput::Timeout => d.dialer.handle_timeout(now, balancer),
+                };
+                while let Some(event) = forwarder.balancer.poll_event() {
+                    let level = match event {
+                        SelectEvent::StickyTableFull { .. } => LogLevel::Notice,
+                        _ => LogLevel::Debug(1),
+                    };
+                    self.log(level, || event.to_string());
+                }
+                let mut failures = Vec::new();
+                if let Phase::Dialing(d) = &mut self.phase {
+                    while let Some(event) = d.dialer.poll_event() {
+                        failures.push(event.to_string());
+                    }
+                }
+                for text in failures {
+                    self.queue_log(LogLevel::Debug(1), text);
+                }
+                // `None`: the deadline had not passed after all; carry on.
+                if let Some(step) = step {
+                    self.apply_step(now, step, forwarder);
+                }
+            }
+            Phase::Closing { stage, outcome } => {
+                if *stage == CloseStage::Counts {
+                    *stage = CloseStage::Done;
+                    let dest = self.reached.as_ref().map(|(id, _)| *id);
+                    forwarder.handle_closed(self.peer, dest, outcome.as_ref());
+                }
+            }
+            Phase::Relaying(_) => {}
+        }
+    }
+
+    fn apply_step(&mut self, now: Instant, step: DialStep, forwarder: &mut Forwarder) {
+        let Phase::Dialing(d) = &mut self.phase else {
+            return;
+        };
+        match step {
+            DialStep::Connect { addr, bind, .. } => {
+                d.io = DialIo::Connect { addr, bind };
+                self.sockets[Side::Destination.index()] = SocketState {
+                    readable: false,
+                    writable: false,
+                    hung_up: false,
+                };
+            }
+            DialStep::SendRequest { request } => {
+                d.io = DialIo::Sending { request, sent: 0 };
+            }
+            DialStep::ReadReply => {
+                if !matches!(d.io, DialIo::Receiving { .. }) {
+                    d.io = DialIo::Receiving {
+                        buf: vec![0; REPLY_CHUNK],
+                    };
+                }
+            }
+            DialStep::Established { dest, leftover } => {
+                let destination = forwarder.balancer.destination(dest).cloned();
+                forwarder.stats.handle_established(dest);
+                if let Some(destination) = destination {
+                    let (source, peer) = (self.settings.source, self.peer.ip());
+                    self.log(LogLevel::Connection, || {
+                        log::connect_from(&source, peer, &destination)
+                    });
+                    self.reached = Some((dest, destination));
+                }
+                match self.settings.proxy_protocol {
+                    Some(_) => {
+                        if let Phase::Dialing(d) = &mut self.phase {
+                            d.io = DialIo::LocalAddr {
+                                leftover,
+                                asked: false,
+                            };
+                        }
+                    }
+                    None => self.start_relay(now, &leftover, &[]),
+                }
+            }
+            DialStep::GiveUp => self.finish(now, None),
+        }
+    }
+
+    fn start_relay(&mut self, now: Instant, leftover: &[u8], preamble: &[u8]) {
+        let mut relay = Relay::with_preamble(now, self.settings.relay, leftover, preamble);
+        for dir in Direction::BOTH {
+            relay
+                .half_mut(dir)
+                .set_splice(self.settings.runtime.pipe_capacity);
+        }
+        // A destination just connected has rarely sent anything yet: ask the
+        // poller before spending a read on it.
+        self.sockets[Side::Destination.index()].readable = false;
+        self.sockets[Side::Destination.index()].writable = true;
+        self.quiet_since = None;
+        self.phase = Phase::Relaying(Box::new(relay));
+    }
+
+    /// Ends the connection: queues its records and moves to closing. `outcome` is
+    /// the relay's, when one ran.
+    fn finish(&mut self, now: Instant, outcome: Option<RelayOutcome>) {
+        let end = outcome.map(|o| o.end);
+        let status = CloseStatus::of(self.reached.is_some(), end);
+        if let Some(o) = outcome {
+            let peer = self.peer;
+            self.log(LogLevel::Debug(1), || {
+                format!(
+                    "{peer} closed: {:?}, in {} out {}, spliced {}",
+                    o.end, o.from_client, o.from_destination, o.spliced
+                )
+            });
+        }
+        if let (true, Some((_, destination))) = (self.settings.sessions, &self.reached) {
+            let relayed = outcome.unwrap_or(RelayOutcome {
+                from_client: 0,
+                from_destination: 0,
+                spliced: 0,
+                end: RelayEnd::Failed {
+                    side: Side::Destination,
+                },
+            });
+            let record = SessionRecord::new(
+                self.settings.source,
+                self.peer.ip(),
+                destination.clone(),
+                &relayed,
+                now.saturating_duration_since(self.accepted_at),
+            );
+            self.queue.push_back(Output::Session(record));
+        }
+        let source = self.settings.source;
+        self.log(LogLevel::Connection, || log::complete(&source, status));
+        for dir in Direction::BOTH {
+            if std::mem::take(&mut self.pipes[dir.index()]) {
+                self.settings.pipes.give_back();
+            }
+        }
+        let reset = end.is_some_and(RelayEnd::is_abortive) && self.reached.is_some();
+        self.pending = Pending::None;
+        self.phase = Phase::Closing {
+            stage: CloseStage::Sockets { reset },
+            outcome,
+        };
+    }
+
+    /// Ends the connection wherever it is, as if both sockets had failed: for an
+    /// adapter that cannot go on with it (its thread or task could not start). Drain
+    /// [`Connection::poll_output`] afterwards so it is accounted for (FAULT-5).
+    pub fn abandon(&mut self, now: Instant) {
+        match &mut self.phase {
+            Phase::Closing { .. } => {}
+            Phase::Relaying(relay) => {
+                relay.handle_error(now, Side::Client);
+                let outcome = relay.outcome();
+                self.finish(now, outcome);
+            }
+            Phase::Dialing(_) => self.finish(
+                now,
+                Some(RelayOutcome {
+                    from_client: 0,
+                    from_destination: 0,
+                    spliced: 0,
+                    end: RelayEnd::Failed { side: Side::Client },
+                }),
+            ),
+        }
+        self.sync = false;
+        self.queue.retain(|o| !matches!(o, Output::Sync));
+    }
+
+    fn log(&mut self, level: LogLevel, text: impl FnOnce() -> String) {
+        if self.settings.log.wants(level) {
+            self.queue
+                .push_back(Output::Log(LogRecord::new(level, text())));
+        }
+    }
+
+    fn queue_log(&mut self, level: LogLevel, text: String) {
+        if self.settings.log.wants(level) {
+            self.queue
+                .push_back(Output::Log(LogRecord::new(level, text)));
+        }
+    }
+
+    fn poll_dial(&mut self, now: Instant) -> Option<Output> {
+        self.handle_timeout(now);
+        if self.sync {
+            return None;
+        }
+        let dest = self.sockets[Side::Destination.index()];
+        let client_errors = !self.sockets[Side::Client.index()].hung_up;
+        let Phase::Dialing(d) = &mut self.phase else {
+            return None;
+        };
+        let deadline = d.dialer.poll_timeout();
+        let wait = |dest_read: bool, dest_write: bool, dest_errors: bool| {
+            Output::Wait(Wait {
+                watch: [
+                    Watch {
+                        read: false,
+                        write: false,
+                        errors: client_errors,
+                    },
+                    Watch {
+                        read: dest_read,
+                        write: dest_write,
+                        errors: dest_errors,
+                    },
+                ],
+                deadline,
+            })
+        };
+        let out = match &mut d.io {
+            DialIo::Deciding => wait(false, false, false),
+            DialIo::Connect { addr, bind } => {
+                let out = Output::Connect {
+                    addr: *addr,
+                    bind: *bind,
+                };
+                d.io = DialIo::Starting;
+                out
+            }
+            DialIo::Starting | DialIo::Checking => wait(false, false, false),
+            DialIo::Connecting => {
+                if dest.writable {
+                    d.io = DialIo::Checking;
+                    Output::FinishConnect
+                } else {
+                    wait(false, true, true)
+                }
+            }
+            DialIo::Sending { request, sent } => {
+                if dest.writable {
+                    self.pending = Pending::Write(Direction::Upstream, request.len() - *sent);
+                    Output::Write(Direction::Upstream)
+                } else {
+                    wait(false, true, true)
+                }
+            }
+            DialIo::Receiving { buf } => {
+                if dest.readable {
+                    self.pending = Pending::Read(Direction::Downstream, buf.len());
+                    Output::Read(Direction::Downstream)
+                } else {
+                    wait(true, false, true)
+                }
+            }
+            DialIo::LocalAddr { asked, .. } => {
+                if *asked {
+                    wait(false, false, true)
+                } else {
+                    *asked = true;
+                    Output::LocalAddr
+                }
+            }
+        };
+        Some(out)
+    }
+
+    fn poll_relay(&mut self, now: Instant) -> Option<Output> {
+        let Phase::Relaying(relay) = &mut self.phase else {
+            return None;
+        };
+        if relay.handle_timeout(now) || relay.is_finished() {
+            let outcome = relay.outcome();
+            self.finish(now, outcome);
+            return None;
+        }
+        for k in 0..2 {
+            let dir = Direction::BOTH[(self.turn + k) % 2];
+            let sink = self.sockets[dir.sink().index()];
+            let source = self.sockets[dir.source().index()];
+            let half = relay.half(dir);
+            if let (Some(from), true) = (half.wants_write(), sink.writable) {
+                self.turn = (self.turn + 1) % 2;
+                return Some(match from {
+                    WriteFrom::Buffer => {
+                        self.pending = Pending::Write(dir, half.buffered());
+                        Output::Write(dir)
+                    }
+                    WriteFrom::Pipe => {
+                        let max = half.piped();
+                        self.pending = Pending::SpliceOut(dir, max);
+                        Output::SpliceOut { dir, max }
+                    }
+                });
+            }
+            if half.wants_shutdown() {
+                self.pending = Pending::Shutdown(dir);
+                return Some(Output::ShutdownWrite(dir));
+            }
+            if !source.readable {
+                continue;
+            }
+            if half.wants_read() == Some(ReadInto::Pipe) && !self.pipes[dir.index()] {
+                if self.settings.pipes.try_take() {
+                    self.pipes[dir.index()] = true;
+                    return Some(Output::OpenPipe(dir));
+                }
+                // No pipe to be had: this direction copies (FAULT-3).
+                relay.half_mut(dir).set_splice(None);
+            }
+            match relay.half(dir).wants_read() {
+                Some(ReadInto::Buffer) => {
+                    self.turn = (self.turn + 1) % 2;
+                    // The size is known once the adapter asks for the space.
+                    self.pending = Pending::Read(dir, 0);
+                    return Some(Output::Read(dir));
+                }
+                Some(ReadInto::Pipe) => {
+                    self.turn = (self.turn + 1) % 2;
+                    let max = relay.half(dir).pipe_space();
+                    self.pending = Pending::SpliceIn(dir, max);
+                    return Some(Output::SpliceIn { dir, max });
+                }
+                None => {}
+            }
+        }
+        // Nothing can move now: hand back what quiet directions hold, then wait.
+        let quiet_since = *self.quiet_since.get_or_insert(now);
+        let quiet_for = now.saturating_duration_since(quiet_since);
+        for dir in Direction::BOTH {
+            let half = relay.half_mut(dir);
+            if !half.is_idle() {
+                continue;
+            }
+            if half.has_buffer() && quiet_for >= self.settings.runtime.buffer_release_after {
+                drop(half.release_idle_buffer());
+            }
+            if self.pipes[dir.index()] && quiet_for >= PIPE_IDLE {
+                self.pipes[dir.index()] = false;
+                self.settings.pipes.give_back();
+                return Some(Output::ClosePipe(dir));
+            }
+        }
+        let mut watch = [Watch::default(); 2];
+        for dir in Direction::BOTH {
+            let half = relay.half(dir);
+            if half.wants_read().is_some() {
+                watch[dir.source().index()].read = true;
+            }
+            if half.wants_write().is_some() {
+                watch[dir.sink().index()].write = true;
+            }
+        }
+        for side in [Side::Client, Side::Destination] {
+            watch[side.index()].errors = !self.sockets[side.index()].hung_up;
+        }
+        let relay_deadline = relay.poll_timeout();
+        let deadline = earliest(relay_deadline, self.release_deadline_at(quiet_since));
+        Some(Output::Wait(Wait { watch, deadline }))
+    }
+
+    /// When held buffers or pipes of directions quiet since `quiet_since` are due
+    /// to be given back.
+    fn release_deadline_at(&self, quiet_since: Instant) -> Option<Instant> {
+        let Phase::Relaying(relay) = &self.phase else {
+            return None;
+        };
+        let mut due = None;
+        for dir in Direction::BOTH {
+            let half = relay.half(dir);
+            if !half.is_idle() {
+                continue;
+            }
+            if half.has_buffer() {
+                due = earliest(
+                    due,
+                    quiet_since.checked_add(self.settings.runtime.buffer_release_after),
+                );
+            }
+            if self.pipes[dir.index()] {
+                due = earliest(due, quiet_since.checked_add(PIPE_IDLE));
+            }
+        }
+        due
+    }
+
+    /// The buffer to read into after [`Output::Read`]: the relay's for `dir`, or
+    /// the proxy reply buffer while dialing. Empty when no read was asked for.
+    pub fn read_space(&mut self, dir: Direction) -> &mut [u8] {
+        match &mut self.phase {
+            Phase::Relaying(relay) => {
+                let space = relay.half_mut(dir).read_space();
+                if let Pending::Read(d, _) = self.pending {
+                    if d == dir {
+                        self.pending = Pending::Read(dir, space.len());
+                    }
+                }
+                space
+            }
+            Phase::Dialing(d) => match &mut d.io {
+                DialIo::Receiving { buf } if dir == Direction::Downstream => buf,
+                _ => &mut [],
+            },
+            Phase::Closing { .. } => &mut [],
+        }
+    }
+
+    /// The bytes to write after [`Output::Write`]: the relay's for `dir`, or the
+    /// rest of the CONNECT request while dialing.
+    pub fn write_data(&self, dir: Direction) -> &[u8] {
+        match &self.phase {
+            Phase::Relaying(relay) => relay.half(dir).write_data(),
+            Phase::Dialing(d) => match &d.io {
+                DialIo::Sending { request, sent } if dir == Direction::Upstream => {
+                    request.get(*sent..).unwrap_or(&[])
+                }
+                _ => &[],
+            },
+            Phase::Closing { .. } => &[],
+        }
+    }
+
+    /// Reports what the poller said about `side` after [`Output::Wait`].
+    pub fn handle_ready(&mut self, now: Instant, side: Side, ready: Ready) {
+        let socket = &mut self.sockets[side.index()];
+        // An error or hang-up is revealed by the next read or write, so both may
+        // be tried.
+        socket.readable |= ready.read || ready.error || ready.hangup;
+        socket.writable |= ready.write || ready.error || ready.hangup;
+        match &mut self.phase {
+            Phase::Dialing(_) => {
+                if side == Side::Client && (ready.error || ready.hangup) {
+                    // The client is gone before a destination was reached.
+                    self.abandon(now);
+                }
+            }
+            Phase::Relaying(relay) => {
+                if ready.error {
+                    // CONN-6: a reset or error on either side ends both at once.
+                    relay.handle_error(now, side);
+                } else if ready.hangup {
+                    // Nothing more can arrive or be taken there; a wanted read or
+                    // write will say so. Not watched again for errors: poll(2)
+                    // would report the hang-up forever.
+                    self.sockets[side.index()].hung_up = true;
+                }
+            }
+            Phase::Closing { .. } => {}
+        }
+    }
+
+    /// Reports the start of the connect asked for by [`Output::Connect`].
+    pub fn handle_connect_started(&mut self, _now: Instant, result: Result<(), ConnectFailure>) {
+        let Phase::Dialing(d) = &mut self.phase else {
+            return;
+        };
+        if !matches!(d.io, DialIo::Starting) {
+            return;
+        }
+        match result {
+            Ok(()) => d.io = DialIo::Connecting,
+            Err(ConnectFailure::Local(e)) => self.dial_input(DialInput::LocalFailure(e)),
+            Err(ConnectFailure::Remote(e)) => self.dial_input(DialInput::ConnectFailed(e)),
+        }
+    }
+
+    /// Reports the connect's outcome after [`Output::FinishConnect`] (the socket's
+    /// pending error, if any).
+    pub fn handle_connect_result(&mut self, _now: Instant, result: Result<(), String>) {
+        let Phase::Dialing(d) = &self.phase else {
+            return;
+        };
+        if !matches!(d.io, DialIo::Checking) {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.sockets[Side::Destination.index()].writable = true;
+                self.dial_input(DialInput::Connected)
+            }
+            Err(e) => self.dial_input(DialInput::ConnectFailed(e)),
+        }
+    }
+
+    /// Reports the client socket's local address after [`Output::LocalAddr`]. When
+    /// it cannot be had no PROXY header can be made, and the connection ends.
+    pub fn handle_local_addr(&mut self, now: Instant, result: Result<SocketAddr, String>) {
+        let Phase::Dialing(d) = &mut self.phase else {
+            return;
+        };
+        let DialIo::LocalAddr { leftover, .. } = &mut d.io else {
+            return;
+        };
+        let leftover = std::mem::take(leftover);
+        match (result, self.settings.proxy_protocol) {
+            (Ok(local), Some(version)) => {
+                let header = proxy_protocol::header(version, self.peer, local);
+                self.start_relay(now, &leftover, &header);
+            }
+            (Ok(_), None) => self.start_relay(now, &leftover, &[]),
+            (Err(e), _) => {
+                self.queue_log(
+                    LogLevel::Error,
+                    format!("cannot learn the local address for the PROXY header: {e}"),
+                );
+                self.finish(
+                    now,
+                    Some(RelayOutcome {
+                        from_client: 0,
+                        from_destination: 0,
+                        spliced: 0,
+                        end: RelayEnd::Failed { side: Side::Client },
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Reports that the pipe asked for by [`Output::OpenPipe`] could not be made:
+    /// that direction copies instead (FAULT-3).
+    pub fn handle_pipe_failed(&mut self, _now: Instant, dir: Direction) {
+        if std::mem::take(&mut self.pipes[dir.index()]) {
+            self.settings.pipes.give_back();
+        }
+        if let Phase::Relaying(relay) = &mut self.phase {
+            if relay.half(dir).piped() == 0 {
+                relay.half_mut(dir).set_splice(None);
+            }
+        }
+    }
+
+    fn dial_input(&mut self, input: DialInput) {
+        if let Phase::Dialing(d) = &mut self.phase {
+            d.input = Some(input);
+            self.sync = true;
+            if !matches!(d.io, DialIo::Receiving { .. }) {
+                d.io = DialIo::Deciding;
+            }
+        }
+    }
+
+    /// Reports the result of the last [`Output::Read`], [`Output::SpliceIn`],
+    /// [`Output::Write`] or [`Output::SpliceOut`].
+    pub fn handle_transfer(&mut self, now: Instant, result: Transfer) {
+        let pending = std::mem::replace(&mut self.pending, Pending::None);
+        if matches!(self.phase, Phase::Dialing(_)) {
+            return self.handle_dial_transfer(pending, result);
+        }
+        let Phase::Relaying(relay) = &mut self.phase else {
+            return;
+        };
+        match pending {
+            Pending::Read(dir, asked) | Pending::SpliceIn(dir, asked) => {
+                let spliced = matches!(pending, Pending::SpliceIn(..));
+                let source = dir.source();
+                match result {
+                    Transfer::Moved(n) => {
+                        if spliced {
+                            relay.handle_spliced_in(now, dir, n);
+                        } else {
+                            relay.handle_read(now, dir, n);
+                        }
+                        if n > 0 {
+                            self.quiet_since = None;
+                            if n < asked {
+                                // A short read almost always means drained.
+                                self.sockets[source.index()].readable = false;
+                            }
+                        }
+                    }
+                    Transfer::WouldBlock => {
+                        if spliced && relay.half(dir).piped() > 0 {
+                            // The pipe is full, not the socket empty.
+                            relay.handle_pipe_full(now, dir);
+                        } else {
+                            self.sockets[source.index()].readable = false;
+                        }
+                    }
+                    Transfer::Interrupted => {}
+                    Transfer::Failed(_) => relay.handle_error(now, source),
+                }
+            }
+            Pending::Write(dir, offered) | Pending::SpliceOut(dir, offered) => {
+                let spliced = matches!(pending, Pending::SpliceOut(..));
+                let sink = dir.sink();
+                match result {
+                    // A socket that takes nothing is as broken as one that fails.
+                    Transfer::Moved(0) | Transfer::Failed(_) => relay.handle_error(now, sink),
+                    Transfer::Moved(n) => {
+                        if spliced {
+                            relay.handle_spliced_out(now, dir, n);
+                        } else {
+                            relay.handle_written(now, dir, n);
+                        }
+                        self.quiet_since = None;
+                        if n < offered {
+                            self.sockets[sink.index()].writable = false;
+                        }
+                    }
+                    Transfer::WouldBlock => self.sockets[sink.index()].writable = false,
+                    Transfer::Interrupted => {}
+                }
+            }
+            Pending::Shutdown(_) | Pending::None => {}
+        }
+    }
+
+    fn handle_dial_transfer(&mut self, pending: Pending, result: Transfer) {
+        let Phase::Dialing(d) = &mut self.phase else {
+            return;
+        };
+        let dest = &mut self.sockets[Side::Destination.index()];
+        let input = match (pending, &mut d.io) {
+            (Pending::Write(..), DialIo::Sending { request, sent }) => match result {
+                Transfer::Moved(0) => Some(DialInput::ConnectFailed(
+                    "the proxy took no bytes".to_string(),
+                )),
+                Transfer::Moved(n) => {
+                    *sent = (*sent + n).min(request.len());
+                    if *sent == request.len() {
+                        d.io = DialIo::Receiving {
+                            buf: vec![0; REPLY_CHUNK],
+                        };
+                    }
+                    None
+                }
+                Transfer::WouldBlock => {
+                    dest.writable = false;
+                    None
+                }
+                Transfer::Interrupted => None,
+                Transfer::Failed(e) => Some(DialInput::ConnectFailed(e)),
+            },
+            (Pending::Read(..), DialIo::Receiving { .. }) => match result {
+                Transfer::Moved(0) => Some(DialInput::ReplyEof),
+                Transfer::Moved(n) => Some(DialInput::Reply(n)),
+                Transfer::WouldBlock => {
+                    dest.readable = false;
+                    None
+                }
+                Transfer::Interrupted => None,
+                Transfer::Failed(e) => Some(DialInput::ConnectFailed(e)),
+            },
+            _ => None,
+        };
+        if let Some(input) = input {
+            self.dial_input(input);
+        }
+    }
+
+    /// Reports the result of [`Output::ShutdownWrite`]. A failed shutdown means
+    /// the peer is gone: an error on that side (CONN-6).
+    pub fn handle_shutdown(&mut self, now: Instant, result: Result<(), String>) {
+        let pending = std::mem::replace(&mut self.pending, Pending::None);
+        let (Phase::Relaying(relay), Pending::Shutdown(dir)) = (&mut self.phase, pending) else {
+            return;
+        };
+        match result {
+            Ok(()) => relay.handle_shutdown(now, dir),
+            Err(_) => relay.handle_error(now, dir.sink()),
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectFailure::Local(e) | ConnectFailure::Remote(e) => f.write_str(e),
+        }
+    }
+}

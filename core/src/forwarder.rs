@@ -1,0 +1,223 @@
+//! What every connection of one listener shares: admission (CONN-1, OPT-3), the
+//! balancer (CONN-2..5), the counts behind SIGUSR1 (OPT-6), what to do when accept
+//! fails (SPEC §5) and the rate limits of client-caused log lines (FAULT-4).
+//!
+//! The adapter keeps one `Forwarder` behind a lock. The accept loop feeds it
+//! [`Forwarder::handle_accepted`]; each [`Connection`] reaches it through
+//! [`Connection::sync`]. There is one count of open connections, the admission's:
+//! it goes up when a client is admitted and down when its connection is accounted
+//! for, whatever ended it (FAULT-5).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::accept::{AcceptBackoff, AcceptFailure};
+use crate::admission::{pipe_budget, Admission, PipeBudget, Refusal};
+use crate::cli::Config;
+use crate::connect::ProxyCredentials;
+use crate::connection::{Connection, Runtime, Settings};
+use crate::dial::Dialer;
+use crate::log::{self, LogLevel, LogRecord, LogSettings, RateLimit};
+use crate::relay::RelayOutcome;
+use crate::select::{Balancer, DestId};
+use crate::stats::Stats;
+
+/// What the accept loop does after accept failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptNext {
+    /// Accept again at once (the client left before it was accepted).
+    Retry,
+    /// Wait until the listener is readable (a non-blocking listener had nobody).
+    WaitReadable,
+    /// Pause this long, then accept again (out of descriptors or memory).
+    Pause(Duration),
+}
+
+/// The shared state of one listener.
+#[derive(Debug)]
+pub struct Forwarder {
+    settings: Arc<Settings>,
+    pub(crate) balancer: Balancer,
+    admission: Admission,
+    pub(crate) stats: Stats,
+    backoff: AcceptBackoff,
+    refusals: RateLimit,
+    over_limit: RateLimit,
+    logs: VecDeque<LogRecord>,
+}
+
+impl Forwarder {
+    /// Sets up the listener's shared state from the command line, the proxy
+    /// credentials, the open-file limit `nofile` (for the default `--max-conns` and
+    /// the pipe budget, FAULT-3) and what the runtime offers.
+    pub fn new(
+        config: &Config,
+        credentials: Option<ProxyCredentials>,
+        nofile: u64,
+        runtime: Runtime,
+    ) -> Self {
+        let admission = Admission::new(
+            config.rules.clone(),
+            config.max_conns,
+            config.max_conns_per_ip,
+            nofile,
+        );
+        let pipes = match runtime.pipe_capacity {
+            Some(_) => pipe_budget(nofile, admission.max_conns()),
+            None => 0,
+        };
+        let settings = Settings {
+            source: config.source,
+            dial: config.dial_options(credentials),
+            relay: config.relay_options(),
+            proxy_protocol: config.proxy_protocol,
+            log: LogSettings {
+                debug: config.debug,
+                connections: config.log_connections,
+            },
+            sessions: config.session.is_some(),
+            runtime,
+            pipes: PipeBudget::new(pipes),
+        };
+        Forwarder {
+            settings: Arc::new(settings),
+            balancer: Balancer::new(config.destinations.clone(), config.select),
+            admission,
+            stats: Stats::new(config.destinations.len()),
+            backoff: AcceptBackoff::new(),
+            refusals: RateLimit::default(),
+            over_limit: RateLimit::default(),
+            logs: VecDeque::new(),
+        }
+    }
+
+    /// The settings every connection shares.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Connections admitted and not yet accounted for: the one open count.
+    pub fn open(&self) -> usize {
+        self.admission.open()
+    }
+
+    /// The `--max-conns` in force.
+    pub fn max_conns(&self) -> usize {
+        self.admission.max_conns()
+    }
+
+    /// Decides about a client accepted at `now` (CONN-1, OPT-3). `Some`: its
+    /// connection, already past its first [`Connection::sync`]; `None`: refused
+    /// (close it at once, contacting no destination; the log line, rate-limited,
+    /// comes from [`Forwarder::poll_log`]).
+    pub fn handle_accepted(&mut self, now: Instant, peer: SocketAddr) -> Option<Connection> {
+        match self.admission.admit(peer.ip()) {
+            Ok(()) => {
+                self.stats.handle_accepted();
+                let dialer = Dialer::new(&self.balancer, peer.ip(), self.settings.dial.clone());
+                let mut conn = Connection::new(Arc::clone(&self.settings), peer, now, dialer);
+                conn.sync(now, self);
+                Some(conn)
+            }
+            Err(refusal) => {
+                self.stats.handle_refused();
+                let source = self.settings.source;
+                let (limit, level, text) = match refusal {
+                    Refusal::Rules => (
+                        &mut self.refusals,
+                        LogLevel::Connection,
+                        log::refused(&source, peer.ip()),
+                    ),
+                    over => (
+                        &mut self.over_limit,
+                        LogLevel::Notice,
+                        log::over_limit(&source, peer.ip(), &over),
+                    ),
+                };
+                let summary = limit.poll_suppressed(now);
+                let allowed = limit.allow(now);
+                if let Some(summary) = summary {
+                    self.push_log(level, summary);
+                }
+                if allowed {
+                    self.push_log(level, text);
+                }
+                None
+            }
+        }
+    }
+
+    fn push_log(&mut self, level: LogLevel, text: String) {
+        if self.settings.log.wants(level) {
+            self.logs.push_back(LogRecord::new(level, text));
+        }
+    }
+
+    /// Decides what to do after accept failed at `now` with `failure` (`detail`: the
+    /// OS error, for the log). The loop never spins: a non-blocking listener with
+    /// nobody waiting is waited on, exhaustion pauses (SPEC §5, FAULT-1).
+    pub fn handle_accept_failed(
+        &mut self,
+        now: Instant,
+        failure: AcceptFailure,
+        detail: &str,
+    ) -> AcceptNext {
+        let action = self.backoff.handle_failure(now, failure, detail);
+        if let Some(line) = action.log {
+            self.push_log(LogLevel::Error, line);
+        }
+        match (failure, action.pause) {
+            (AcceptFailure::WouldBlock, _) => AcceptNext::WaitReadable,
+            (_, Some(pause)) => AcceptNext::Pause(pause),
+            (_, None) => AcceptNext::Retry,
+        }
+    }
+
+    /// Records that a connection ended (from [`Connection::sync`]): the open count
+    /// goes down, and the destination's counts take its bytes.
+    pub(crate) fn handle_closed(
+        &mut self,
+        peer: SocketAddr,
+        reached: Option<DestId>,
+        outcome: Option<&RelayOutcome>,
+    ) {
+        self.admission.release(peer.ip());
+        self.stats.handle_closed(reached, outcome);
+    }
+
+    /// The next log line of the shared state, oldest first; also the
+    /// `N similar messages suppressed` lines once their second has passed.
+    #[must_use]
+    pub fn poll_log(&mut self, now: Instant) -> Option<LogRecord> {
+        if self.logs.is_empty() {
+            if let Some(summary) = self.refusals.poll_suppressed(now) {
+                self.push_log(LogLevel::Connection, summary);
+            }
+            if let Some(summary) = self.over_limit.poll_suppressed(now) {
+                self.push_log(LogLevel::Notice, summary);
+            }
+        }
+        self.logs.pop_front()
+    }
+
+    /// When [`Forwarder::poll_log`] will have a suppressed-count line to give.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.refusals.poll_timeout(), self.over_limit.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The SIGUSR1 state dump at `now` (OPT-6).
+    pub fn report(&self, now: Instant) -> Vec<String> {
+        self.stats.report(now, &self.balancer, self.open())
+    }
+
+    /// The balancer (destinations and their health).
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+}
