@@ -1,28 +1,26 @@
 //! plug-async-std: plug on async-std's task runtime, with as many threads as
 //! `ASYNC_STD_THREAD_COUNT` says, else one per two cores (see
-//! [`async_conn::executor_threads`]).
+//! [`async_driver::executor_threads`]).
 //!
 //! async-std is discontinued upstream (RUSTSEC-2025-0052, "use smol instead"); this
 //! adapter is kept minimal and smol or std is the recommended deployment. The
-//! connection driver is plug-smol's `async_conn`, futures over async-io, which is
-//! async-std's own reactor; only task spawning and the accept loop's executor are
-//! async-std's.
+//! connection driver is plug-shell's, futures over async-io, which is async-std's
+//! own reactor; only task spawning and the accept loop's executor are async-std's.
 
 use std::net::TcpStream;
 use std::sync::{mpsc, Arc};
 
 use async_global_executor::GlobalExecutorConfig;
-use async_io::Async;
-use plug_smol::async_conn::{self, Spawn};
-use plug_std::process::Connection;
+use plug_shell::async_driver::{self, Async, Spawn};
+use plug_shell::conn::Conn;
 
 /// Spawns connection tasks on async-std's executor.
 struct AsyncStdSpawn;
 
 impl Spawn for AsyncStdSpawn {
-    fn spawn(&self, conn: Connection, client: Async<TcpStream>) {
+    fn spawn(&self, conn: Conn, client: Async<TcpStream>) {
         // Dropping the handle detaches the task.
-        drop(async_std::task::spawn(async_conn::serve(conn, client)));
+        drop(async_std::task::spawn(async_driver::serve(conn, client)));
     }
 }
 
@@ -30,9 +28,9 @@ impl Spawn for AsyncStdSpawn {
 pub fn main() -> ! {
     // Start-up (and the fork) happens here; async-std starts its threads lazily, on
     // the first spawn, so none exists yet.
-    let boot = plug_std::process::boot(std::env::args_os());
+    let boot = plug_shell::boot(std::env::args_os(), async_driver::RUNTIME);
     // async-std's own default is a thread per core; configured first, this wins.
-    let threads = async_conn::executor_threads("ASYNC_STD_THREAD_COUNT");
+    let threads = async_driver::executor_threads("ASYNC_STD_THREAD_COUNT");
     async_global_executor::init_with_config(
         GlobalExecutorConfig::default()
             .with_min_threads(threads)
@@ -46,7 +44,8 @@ pub fn main() -> ! {
     let (done, accept_ended) = mpsc::channel();
     let accepting = Arc::clone(&ctx);
     drop(async_std::task::spawn(async move {
-        async_conn::accept_loop(&accepting, listener, &AsyncStdSpawn).await;
+        async_driver::accept_loop(&accepting, &listener, &AsyncStdSpawn).await;
+        drop(listener);
         let _ = done.send(());
     }));
     let _ = accept_ended.recv();

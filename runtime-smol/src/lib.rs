@@ -1,37 +1,33 @@
 //! plug-smol: plug on one `smol::Executor`, run by the main thread and by as many
-//! more as [`async_conn::executor_threads`] says (`SMOL_THREADS`, else one per two
-//! cores). The [`async_conn`] module, the accept loop and connection driver as
-//! futures over async-io, is shared with plug-async-std.
-
-pub mod async_conn;
+//! more as [`async_driver::executor_threads`] says (`SMOL_THREADS`, else one per
+//! two cores). The connection driver is plug-shell's, futures over async-io.
 
 use std::convert::Infallible;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
+use plug_shell::async_driver::{self, Spawn};
+use plug_shell::conn::Conn;
 use smol::{Async, Executor};
-
-use async_conn::Spawn;
-use plug_std::process::Connection;
 
 /// Spawns connection tasks on the shared executor.
 struct SmolSpawn(Arc<Executor<'static>>);
 
 impl Spawn for SmolSpawn {
-    fn spawn(&self, conn: Connection, client: Async<TcpStream>) {
-        self.0.spawn(async_conn::serve(conn, client)).detach();
+    fn spawn(&self, conn: Conn, client: Async<TcpStream>) {
+        self.0.spawn(async_driver::serve(conn, client)).detach();
     }
 }
 
 /// Runs plug on smol with the process's arguments; never returns.
 pub fn main() -> ! {
     // Start-up (and the fork) happens here, before any executor thread exists.
-    let boot = plug_std::process::boot(std::env::args_os());
+    let boot = plug_shell::boot(std::env::args_os(), async_driver::RUNTIME);
     let executor = Arc::new(Executor::new());
     let (ctx, listener) = boot.serve(|listener: TcpListener| {
         let listener = Async::new(listener)?;
         // This thread runs the executor too, so one thread means no other.
-        for i in 1..async_conn::executor_threads("SMOL_THREADS") {
+        for i in 1..async_driver::executor_threads("SMOL_THREADS") {
             let ex = Arc::clone(&executor);
             std::thread::Builder::new()
                 .name(format!("smol-{i}"))
@@ -45,7 +41,7 @@ pub fn main() -> ! {
     let accepting = Arc::clone(&ctx);
     let spawner = SmolSpawn(Arc::clone(&executor));
     let accept = executor.spawn(async move {
-        async_conn::accept_loop(&accepting, listener, &spawner).await;
+        async_driver::accept_loop(&accepting, &listener, &spawner).await;
     });
     smol::block_on(executor.run(accept));
     // The listener is closed. Open connections may all be on this thread's
@@ -55,9 +51,7 @@ pub fn main() -> ! {
         .name("drain".into())
         .spawn(move || waiter.drain_and_exit());
     if let Err(e) = drain {
-        ctx.log()
-            .error(&format!("cannot start the drain thread: {e}"));
-        ctx.exit(plug_core::cli::EXIT_FATAL)
+        ctx.fatal(&format!("cannot start the drain thread: {e}"))
     }
     match smol::block_on(executor.run(smol::future::pending::<Infallible>())) {}
 }

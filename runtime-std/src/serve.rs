@@ -3,12 +3,17 @@
 //! does not pay for creating and tearing down a thread per connection.
 
 use std::collections::VecDeque;
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use plug_core::forwarder::AcceptNext;
+use plug_shell::conn::Conn;
+use plug_shell::sys::{self, PollFd, POLLIN};
+use plug_shell::{sockets, Boot};
+
 use crate::conn;
-use crate::process::{sockets, Boot, Connection};
 
 /// Stack for connection threads: the driver keeps its buffers on the heap.
 const CONNECTION_STACK: usize = 128 * 1024;
@@ -22,7 +27,7 @@ const MAX_IDLE_THREADS: usize = 64;
 const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
 
 /// A connection waiting for a thread.
-type Job = (Connection, TcpStream);
+type Job = (Conn, TcpStream);
 
 /// Threads between connections, and connections handed to them.
 #[derive(Default)]
@@ -100,8 +105,9 @@ pub fn run(boot: Boot) -> ! {
     loop {
         match sockets::accept(&listener) {
             Ok((client, peer)) => {
-                let Some(connection) = ctx.admit(Instant::now(), peer) else {
-                    continue; // refused: dropping `client` closes it at once (CONN-1)
+                // Refused: dropping `client` closes it at once (CONN-1).
+                let Some(connection) = ctx.accept(Instant::now(), peer) else {
+                    continue;
                 };
                 let Some(job) = pool.hand_over((connection, client)) else {
                     continue;
@@ -110,20 +116,32 @@ pub fn run(boot: Boot) -> ! {
                 let spawned = std::thread::Builder::new()
                     .stack_size(CONNECTION_STACK)
                     .spawn(move || work(&mine, job));
+                // A thread that cannot start drops its job: the connection is
+                // still accounted for (FAULT-5), and the failure logged.
                 if let Err(e) = spawned {
-                    ctx.log()
-                        .error(&format!("cannot start a connection thread: {e}"));
+                    let text = format!("cannot start a connection thread: {e}");
+                    ctx.log(plug_core::log::LogLevel::Error, text);
                 }
             }
             Err(_) if ctx.is_stopping() => break,
-            Err(e) => {
-                if let Some(pause) = ctx.accept_failed(Instant::now(), &e) {
-                    std::thread::sleep(pause);
-                }
-            }
+            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
+                AcceptNext::Retry => {}
+                AcceptNext::Pause(pause) => std::thread::sleep(pause),
+                AcceptNext::WaitReadable => wait_readable(&listener),
+            },
         }
     }
     // Close the listener now so a new instance can bind while connections drain.
     drop(listener);
     ctx.drain_and_exit()
+}
+
+/// Waits until a non-blocking listener has a client (or is shut down).
+fn wait_readable(listener: &TcpListener) {
+    let mut fds = [PollFd {
+        fd: listener.as_raw_fd(),
+        events: POLLIN,
+        revents: 0,
+    }];
+    let _ = sys::poll(&mut fds, None);
 }

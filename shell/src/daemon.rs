@@ -4,7 +4,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::sys::{self, Fork};
+use crate::sys::{self, Fork};
 
 /// The child's end of the readiness pipe: it tells the waiting parent whether
 /// start-up succeeded.

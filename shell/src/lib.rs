@@ -1,21 +1,26 @@
-//! Process plumbing shared by every plug runtime (std, smol, async-std): start-up
-//! order, detaching, pid file, syslog, signals, the session writer, and the glue a
-//! connection driver calls to consult the core and record what happened.
+//! plug-shell: what every plug runtime (std, smol, async-std) shares, written once:
+//! start-up order, detaching, pid file, signals, syslog, the log and session
+//! writer, systemd, socket options, splice pipes, and the handle through which a
+//! connection driver consults the core ([`Conn`]). With the `async` feature, the
+//! connection driver over async-io that both async runtimes use.
 //!
 //! Start-up order (PROC-1/2/3): parse and validate → read the proxy credentials →
 //! raise the descriptor limit → bind the listener (still on the terminal, so failures
 //! print and exit 4) → check the session file → detach with a readiness pipe (while
-//! single-threaded) → pid file → block signals → the adapter starts its threads or
-//! runtime and calls [`Boot::ready`].
+//! single-threaded) → pid file → block signals → the writer thread → the adapter
+//! starts its threads or runtime and calls [`Boot::serve`].
 
+#[cfg(feature = "async")]
+pub mod async_driver;
+pub mod conn;
 pub mod daemon;
-pub mod logger;
-pub mod readiness;
+pub mod log;
 pub mod session_file;
 pub mod sockets;
 pub mod splice;
 pub mod sys;
 pub mod systemd;
+pub mod writer;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -23,24 +28,21 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use plug_core::accept::{AcceptBackoff, AcceptFailure};
-use plug_core::admission::{Admission, Refusal};
-use plug_core::bytes::Bytes;
 use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
 use plug_core::connect::ProxyCredentials;
-use plug_core::dial::{DialOptions, DialStep, Dialer};
-use plug_core::log::{self, CloseStatus};
-use plug_core::proxy_protocol;
-use plug_core::relay::{Direction, Relay, RelayOutcome};
-use plug_core::select::{Balancer, DestId, SelectEvent};
-use plug_core::session::SessionRecord;
-use plug_core::stats::Stats;
+use plug_core::connection::Runtime;
+use plug_core::forwarder::{AcceptNext, Forwarder};
+use plug_core::log::{self as core_log, LogLevel, LogRecord};
 
+pub use conn::Conn;
 use daemon::{ParentOutcome, PidFile, Readiness};
-use logger::Logger;
+use log::Logger;
+/// The core, re-exported so adapters name the same types.
+pub use plug_core;
 use session_file::SessionWriter;
+use writer::Writer;
 
 /// Prints `PROG: message` on stderr and exits with `status`.
 fn die(program: &str, message: &str, status: i32) -> ! {
@@ -53,17 +55,13 @@ fn die(program: &str, message: &str, status: i32) -> ! {
 pub struct Context {
     program: String,
     config: Config,
-    dial: DialOptions,
-    log: Logger,
-    balancer: Mutex<Balancer>,
-    sessions: Option<SessionWriter>,
+    log: Arc<Logger>,
+    writer: Writer,
+    forwarder: Mutex<Forwarder>,
+    drained: Condvar,
     pid_file: Mutex<Option<PidFile>>,
     pid: u32,
-    admission: Mutex<Admission>,
-    stats: Mutex<Stats>,
-    drained: Condvar,
     stopping: AtomicBool,
-    backoff: Mutex<AcceptBackoff>,
     notifier: systemd::Notifier,
 }
 
@@ -78,22 +76,40 @@ pub struct Boot {
 }
 
 impl Boot {
-    /// Hands over to the adapter: starts the signal thread (whose first SIGTERM or
-    /// SIGINT shuts the listener so the accept loop ends), runs `setup` on the
-    /// listener (register it with a reactor, start worker threads), then reports
-    /// ready to a waiting parent (PROC-1). A failure here exits 4, reported to the
-    /// parent when there is one.
-    pub fn serve<T>(self, setup: impl FnOnce(TcpListener) -> io::Result<T>) -> (Arc<Context>, T) {
+    /// Hands over to the adapter: runs `setup` on the listener (register it with a
+    /// reactor, start worker threads), starts the signal thread (whose first
+    /// SIGTERM or SIGINT shuts the listener so the accept loop ends), then reports
+    /// ready to a waiting parent (PROC-1) and systemd. A failure here exits 4,
+    /// reported to the parent when there is one.
+    ///
+    /// The listener is shared with the signal thread, which holds it until it has
+    /// shut it down, so its descriptor cannot be closed and reused by a client
+    /// socket in between.
+    pub fn serve<T>(
+        self,
+        setup: impl FnOnce(TcpListener) -> io::Result<T>,
+    ) -> (Arc<Context>, Arc<T>)
+    where
+        T: AsRawFd + Send + Sync + 'static,
+    {
         let Boot {
             ctx,
             listener,
             mut readiness,
         } = self;
-        let fd = listener.as_raw_fd();
-        let prepared = ctx
-            .spawn_signal_thread(move || sys::shutdown_read(fd))
-            .map_err(|e| format!("cannot start the signal thread: {e}"))
-            .and_then(|()| setup(listener).map_err(|e| format!("cannot start serving: {e}")));
+        let prepared = setup(listener)
+            .map(Arc::new)
+            .map_err(|e| format!("cannot start serving: {e}"))
+            .and_then(|listener| {
+                let mut held = Some(Arc::clone(&listener));
+                ctx.spawn_signal_thread(move || {
+                    if let Some(l) = held.take() {
+                        sys::shutdown_read(l.as_raw_fd());
+                    }
+                })
+                .map_err(|e| format!("cannot start the signal thread: {e}"))
+                .map(|()| listener)
+            });
         match prepared {
             Ok(t) => {
                 readiness.ready();
@@ -118,17 +134,18 @@ fn fail(ctx: &Context, readiness: &mut Readiness, message: &str) -> ! {
 
 /// Starts the process from argv: returns only in the process that will serve.
 /// `-V`, `--help`, usage errors (exit 5) and start-up failures (exit 4) end here.
-pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
+/// `runtime` says what the adapter offers the core (splicing, buffer release).
+pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot {
     let mut argv = argv.into_iter();
     let argv0 = argv
         .next()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let program = log::program_name(&argv0).to_string();
+    let program = core_log::program_name(&argv0).to_string();
     let config = match cli::parse(argv.collect()) {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Version) => {
-            println!("{}", log::version(&program));
+            println!("{}", core_log::version(&program));
             std::process::exit(EXIT_OK)
         }
         Ok(Action::Help) => {
@@ -159,7 +176,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
     };
 
     // Connections need descriptors; the hard limit is what the operator allowed.
-    // The default --max-conns follows from the limit (OPT-3).
+    // The default --max-conns and the pipe budget follow from it (OPT-3, FAULT-3).
     let nofile = sys::raise_nofile_limit().unwrap_or(1024);
 
     // With systemd socket activation the passed socket is served and nothing is
@@ -195,7 +212,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
             )
         })
     });
-    let readiness = if config.foreground {
+    let mut readiness = if config.foreground {
         Readiness::none()
     } else {
         match daemon::detach() {
@@ -206,33 +223,42 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
         }
     };
     sys::openlog(&program);
-    let logger = Logger::new(
+    let logger = Arc::new(Logger::new(
         &program,
         !config.foreground,
         config.debug,
         config.log_connections,
-    );
+    ));
     let pid = std::process::id();
-    let dial = config.dial_options(credentials);
-    let balancer = Balancer::new(config.destinations.clone(), config.select);
+    // Before any thread exists, so that every thread inherits the mask and only the
+    // signal thread receives them.
+    if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT, sys::signal::USR1]) {
+        let message = format!("cannot set up signals: {e}");
+        if !readiness.failed(&message) {
+            logger.error(&message);
+        }
+        std::process::exit(EXIT_FATAL)
+    }
+    let writer = match Writer::start(Arc::clone(&logger), sessions, pid) {
+        Ok(writer) => writer,
+        Err(e) => {
+            let message = format!("cannot start the log writer: {e}");
+            if !readiness.failed(&message) {
+                logger.error(&message);
+            }
+            std::process::exit(EXIT_FATAL)
+        }
+    };
+    let forwarder = Forwarder::new(&config, credentials, nofile, runtime);
     let ctx = Arc::new(Context {
         program,
-        dial,
         log: logger,
-        balancer: Mutex::new(balancer),
-        sessions,
+        writer,
+        forwarder: Mutex::new(forwarder),
+        drained: Condvar::new(),
         pid_file: Mutex::new(None),
         pid,
-        admission: Mutex::new(Admission::new(
-            config.rules.clone(),
-            config.max_conns,
-            config.max_conns_per_ip,
-            nofile,
-        )),
-        stats: Mutex::new(Stats::new(config.destinations.len())),
-        drained: Condvar::new(),
         stopping: AtomicBool::new(false),
-        backoff: Mutex::new(AcceptBackoff::new()),
         notifier,
         config,
     });
@@ -251,23 +277,14 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>) -> Boot {
             }
         }
     }
-    // Before any thread exists, so that every thread inherits the mask and only the
-    // signal thread receives them.
-    if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT, sys::signal::USR1]) {
-        fail(
-            &boot.ctx,
-            &mut boot.readiness,
-            &format!("cannot set up signals: {e}"),
-        );
-    }
     let ctx = &boot.ctx;
-    ctx.log.connection(&log::started(&ctx.config.source));
+    ctx.log(LogLevel::Connection, core_log::started(&ctx.config.source));
     let local = boot
         .listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    ctx.log.debug(1, &format!("listening on {local}"));
+    ctx.log(LogLevel::Debug(1), format!("listening on {local}"));
     boot
 }
 
@@ -276,180 +293,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One accepted client on its way through plug; counts as open until dropped.
-#[derive(Debug)]
-pub struct Connection {
-    ctx: Arc<Context>,
-    peer: SocketAddr,
-    accepted_at: Instant,
-    /// Until a destination is reached; then dropped, as nothing needs it any more
-    /// (boxed so that a relaying connection does not carry its space).
-    dialer: Option<Box<Dialer>>,
-    reached: Option<DestId>,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let mut admission = lock(&self.ctx.admission);
-        admission.release(self.peer.ip());
-        if admission.open() == 0 {
-            self.ctx.drained.notify_all();
-        }
-    }
-}
-
-impl Connection {
-    /// The client's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
-
-    /// True when `-k` asks for SO_KEEPALIVE on both sockets (CONN-7).
-    pub fn keepalive(&self) -> bool {
-        self.ctx.config.keepalive
-    }
-
-    /// Asks the core what to do first: the first destination to connect to.
-    pub fn start(&mut self, now: Instant) -> DialStep {
-        self.step(|d, b| d.start(now, b))
-    }
-
-    /// Feeds the dialer an input (connected, failed, reply bytes) with the shared
-    /// balancer, logs what the core noticed, and returns the next step.
-    pub fn step(&mut self, input: impl FnOnce(&mut Dialer, &mut Balancer) -> DialStep) -> DialStep {
-        let step = self.with_core(DialStep::GiveUp, input);
-        self.note(&step);
-        step
-    }
-
-    /// Checks the dialer's timeout at `now`: `None` if it has not passed, otherwise
-    /// the next step (see [`Dialer::handle_timeout`]).
-    pub fn timeout(&mut self, now: Instant) -> Option<DialStep> {
-        let step = self.with_core(None, |d, b| d.handle_timeout(now, b));
-        if let Some(s) = &step {
-            self.note(s);
-        }
-        step
-    }
-
-    /// Runs `input` on the dialer and the shared balancer; `otherwise` once the
-    /// dialer is gone (a destination was reached: there is nothing left to dial).
-    fn with_core<R>(
-        &mut self,
-        otherwise: R,
-        input: impl FnOnce(&mut Dialer, &mut Balancer) -> R,
-    ) -> R {
-        let ctx = Arc::clone(&self.ctx);
-        let Some(dialer) = self.dialer.as_deref_mut() else {
-            return otherwise;
-        };
-        let result = {
-            let mut balancer = lock(&ctx.balancer);
-            let result = input(dialer, &mut balancer);
-            while let Some(event) = balancer.poll_event() {
-                match event {
-                    SelectEvent::StickyTableFull { .. } => ctx.log.notice(&event.to_string()),
-                    _ => ctx.log.debug(1, &event.to_string()),
-                }
-            }
-            result
-        };
-        while let Some(event) = dialer.poll_event() {
-            ctx.log.debug(1, &event.to_string());
-        }
-        result
-    }
-
-    fn note(&mut self, step: &DialStep) {
-        if let DialStep::Established { dest, .. } = step {
-            self.dialer = None;
-            self.reached = Some(*dest);
-            lock(&self.ctx.stats).handle_established(*dest);
-            if let Some(d) = lock(&self.ctx.balancer).destination(*dest) {
-                self.ctx.log.connection(&log::connect_from(
-                    &self.ctx.config.source,
-                    self.peer.ip(),
-                    d,
-                ));
-            }
-        }
-    }
-
-    /// When the current connect or CONNECT exchange times out.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.dialer.as_ref().and_then(|d| d.poll_timeout())
-    }
-
-    /// Starts the relay once established: the leftover goes to the client first,
-    /// and with `--proxy-protocol` a header naming the client and the address it
-    /// connected to (`local`, asked only then) goes to the destination first
-    /// (OPT-4). `None` when that address cannot be had.
-    pub fn relay(
-        &self,
-        now: Instant,
-        leftover: &[u8],
-        local: impl FnOnce() -> io::Result<SocketAddr>,
-    ) -> Option<Relay> {
-        let preamble = match self.ctx.config.proxy_protocol {
-            Some(version) => proxy_protocol::header(version, self.peer, local().ok()?),
-            None => Bytes::new(),
-        };
-        let mut relay =
-            Relay::with_preamble(now, self.ctx.config.relay_options(), leftover, &preamble);
-        // Every runtime can splice; a direction falls back to copying by itself
-        // when it cannot get a pipe.
-        for dir in Direction::BOTH {
-            relay.half_mut(dir).set_splice(Some(splice::PIPE_CAPACITY));
-        }
-        Some(relay)
-    }
-
-    /// Records the end of the connection: the session line for one that reached a
-    /// destination (SPEC §4), and `Complete` for `-l` (PROC-5).
-    pub fn finish(self, now: Instant, outcome: Option<RelayOutcome>) {
-        let ctx = &self.ctx;
-        lock(&ctx.stats).handle_closed(self.reached, outcome.as_ref());
-        let status = CloseStatus::of(self.reached.is_some(), outcome.map(|o| o.end));
-        if let (Some(dest), Some(o), Some(sessions)) = (self.reached, outcome, &ctx.sessions) {
-            let destination = lock(&ctx.balancer).destination(dest).cloned();
-            if let Some(destination) = destination {
-                let duration = now.saturating_duration_since(self.accepted_at);
-                let record = SessionRecord::new(
-                    ctx.config.source,
-                    self.peer.ip(),
-                    destination,
-                    &o,
-                    duration,
-                );
-                let line = record.line(sys::local_time(SystemTime::now()), ctx.pid);
-                if let Err(e) = sessions.write(&line) {
-                    ctx.log.error(&format!("cannot write session line: {e}"));
-                }
-            }
-        }
-        if let Some(o) = outcome {
-            ctx.log.debug(
-                1,
-                &format!(
-                    "{} closed: {:?}, in {} out {}, spliced {}",
-                    self.peer, o.end, o.from_client, o.from_destination, o.spliced
-                ),
-            );
-        }
-        ctx.log
-            .connection(&log::complete(&ctx.config.source, status));
-    }
-}
-
 impl Context {
     /// The validated command line.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// The logger.
-    pub fn log(&self) -> &Logger {
-        &self.log
     }
 
     /// The program name used in messages.
@@ -457,50 +304,37 @@ impl Context {
         &self.program
     }
 
-    /// Decides about a client just accepted (CONN-1, OPT-3): `None` means refused
-    /// (logged; close it at once without contacting any destination).
-    pub fn admit(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Connection> {
-        let verdict = lock(&self.admission).admit(peer.ip());
-        match verdict {
-            Ok(()) => lock(&self.stats).handle_accepted(),
-            Err(Refusal::Rules) => {
-                lock(&self.stats).handle_refused();
-                self.log
-                    .connection(&log::refused(&self.config.source, peer.ip()));
-                return None;
-            }
-            Err(over) => {
-                lock(&self.stats).handle_refused();
-                self.log
-                    .notice(&log::over_limit(&self.config.source, peer.ip(), &over));
-                return None;
-            }
-        }
-        let dialer = Dialer::new(&lock(&self.balancer), peer.ip(), self.dial.clone());
-        Some(Connection {
-            ctx: Arc::clone(self),
-            peer,
-            accepted_at: now,
-            dialer: Some(Box::new(dialer)),
-            reached: None,
-        })
+    /// Queues a log line for the writer thread (never blocks).
+    pub fn log(&self, level: LogLevel, text: impl Into<String>) {
+        self.writer.log(LogRecord::new(level, text));
     }
 
-    /// Decides what to do after accept failed: returns how long to pause (§5).
-    pub fn accept_failed(&self, now: Instant, error: &io::Error) -> Option<Duration> {
-        let failure = match error.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => AcceptFailure::OutOfDescriptors,
-            Some(libc::ENOBUFS | libc::ENOMEM) => AcceptFailure::OutOfMemory,
-            Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR | libc::EAGAIN | libc::EPERM) => {
-                AcceptFailure::ClientGone
-            }
-            _ => AcceptFailure::Other,
-        };
-        let action = lock(&self.backoff).handle_failure(now, failure, &error.to_string());
-        if let Some(line) = action.log {
-            self.log.error(&line);
+    /// The shared state, locked.
+    fn forwarder(&self) -> MutexGuard<'_, Forwarder> {
+        lock(&self.forwarder)
+    }
+
+    /// Decides about a client accepted at `now` (CONN-1, OPT-3): its connection,
+    /// or `None` when refused (close it at once without contacting a destination).
+    pub fn accept(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Conn> {
+        let mut forwarder = self.forwarder();
+        let conn = forwarder.handle_accepted(now, peer);
+        while let Some(record) = forwarder.poll_log(now) {
+            self.writer.log(record);
         }
-        action.pause
+        drop(forwarder);
+        conn.map(|core| Conn::new(Arc::clone(self), core))
+    }
+
+    /// Decides what to do after accept failed at `now` with `error` (§5, FAULT-1).
+    pub fn accept_failed(&self, now: Instant, error: &io::Error) -> AcceptNext {
+        let mut forwarder = self.forwarder();
+        let next =
+            forwarder.handle_accept_failed(now, sockets::accept_failure(error), &error.to_string());
+        while let Some(record) = forwarder.poll_log(now) {
+            self.writer.log(record);
+        }
+        next
     }
 
     /// True once a graceful stop has begun.
@@ -516,8 +350,10 @@ impl Context {
         }
         self.remove_pid_file();
         let _ = self.notifier.notify("STOPPING=1");
-        self.log
-            .debug(1, "stopping: listener closed, waiting for open connections");
+        self.log(
+            LogLevel::Debug(1),
+            "stopping: listener closed, waiting for open connections",
+        );
         true
     }
 
@@ -533,31 +369,25 @@ impl Context {
             .config
             .drain_timeout
             .and_then(|t| Instant::now().checked_add(t));
-        let mut admission = lock(&self.admission);
-        while admission.open() > 0 {
-            match deadline {
-                None => {
-                    admission = self
-                        .drained
-                        .wait(admission)
-                        .unwrap_or_else(|p| p.into_inner())
-                }
+        let mut forwarder = self.forwarder();
+        while forwarder.open() > 0 {
+            let wait = match deadline {
+                None => Duration::from_secs(3600),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        self.log.debug(
-                            1,
-                            &format!("drain timeout: exiting with {} open", admission.open()),
-                        );
+                        let text = format!("drain timeout: exiting with {} open", forwarder.open());
+                        self.log(LogLevel::Debug(1), text);
                         break;
                     }
-                    admission = self
-                        .drained
-                        .wait_timeout(admission, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    d - now
                 }
-            }
+            };
+            forwarder = self
+                .drained
+                .wait_timeout(forwarder, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -568,9 +398,17 @@ impl Context {
         self.exit(EXIT_OK)
     }
 
-    /// Exits the process with `status`, removing the pid file first.
+    /// Logs `message` as an error and exits 4.
+    pub fn fatal(&self, message: &str) -> ! {
+        self.log.error(message);
+        self.exit(EXIT_FATAL)
+    }
+
+    /// Exits the process with `status`, writing what is queued and removing the
+    /// pid file first.
     pub fn exit(&self, status: i32) -> ! {
         self.remove_pid_file();
+        self.writer.flush();
         let _ = io::stdout().flush();
         std::process::exit(status)
     }
@@ -578,12 +416,9 @@ impl Context {
     /// Writes the state dump of SIGUSR1 (OPT-6): a line per destination and a
     /// summary, to stderr in the foreground or syslog when detached.
     pub fn report_state(&self) {
-        let lines = {
-            let balancer = lock(&self.balancer);
-            lock(&self.stats).report(Instant::now(), &balancer)
-        };
+        let lines = self.forwarder().report(Instant::now());
         for line in lines {
-            self.log.notice(&line);
+            self.log(LogLevel::Notice, line);
         }
     }
 
@@ -592,7 +427,7 @@ impl Context {
     /// second exits at once (PROC-4); SIGUSR1 writes the state dump (OPT-6).
     pub fn spawn_signal_thread(
         self: &Arc<Self>,
-        close_listener: impl Fn() + Send + 'static,
+        mut close_listener: impl FnMut() + Send + 'static,
     ) -> io::Result<()> {
         let ctx = Arc::clone(self);
         std::thread::Builder::new()
@@ -604,7 +439,7 @@ impl Context {
                     Ok(_) if ctx.begin_stop() => close_listener(),
                     Ok(_) => ctx.exit(EXIT_OK),
                     Err(e) => {
-                        ctx.log.error(&format!("signal wait failed: {e}"));
+                        ctx.log(LogLevel::Error, format!("signal wait failed: {e}"));
                         return;
                     }
                 }

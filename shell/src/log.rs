@@ -3,7 +3,9 @@
 
 use std::io::Write;
 
-use super::sys::{self, Priority};
+use plug_core::log::{LogLevel, LogRecord};
+
+use crate::sys::{self, Priority};
 
 /// Sends log lines to the right place for this process's mode.
 #[derive(Debug)]
@@ -71,5 +73,15 @@ impl Logger {
     /// True when debug lines of `level` are shown (to skip formatting otherwise).
     pub fn debugging(&self, level: u8) -> bool {
         self.debug >= level
+    }
+
+    /// Writes a record the core made, where its level says.
+    pub fn write(&self, record: &LogRecord) {
+        match record.level {
+            LogLevel::Connection => self.connection(&record.text),
+            LogLevel::Notice => self.notice(&record.text),
+            LogLevel::Error => self.error(&record.text),
+            LogLevel::Debug(n) => self.debug(n, &record.text),
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
+use plug_core::accept::AcceptFailure;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds and listens on `addr`: SO_REUSEADDR, a large backlog, dual-stack on `::`.
@@ -92,16 +93,21 @@ pub fn prepare(stream: &TcpStream, keepalive: bool) {
     }
 }
 
-/// Before a finished relay's sockets are closed: after an abortive end (CONN-6)
-/// they are reset (SO_LINGER 0), so a stream cut short never looks complete to
-/// the surviving peer.
-pub fn reset_if_aborted(
-    outcome: Option<&plug_core::relay::RelayOutcome>,
-    sockets: [&TcpStream; 2],
-) {
-    if outcome.is_some_and(|o| o.end.is_abortive()) {
-        for s in sockets {
-            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+/// Makes closing `socket` reset the connection (SO_LINGER 0), after an abortive end
+/// (CONN-6): a stream cut short never looks complete to the surviving peer.
+pub fn reset_on_close(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
+}
+
+/// What an accept error means, for the core to decide what follows (SPEC §5).
+pub fn accept_failure(error: &io::Error) -> AcceptFailure {
+    match error.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => AcceptFailure::OutOfDescriptors,
+        Some(libc::ENOBUFS | libc::ENOMEM) => AcceptFailure::OutOfMemory,
+        Some(libc::EAGAIN) => AcceptFailure::WouldBlock,
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR | libc::EPERM) => {
+            AcceptFailure::ClientGone
         }
+        _ => AcceptFailure::Other,
     }
 }

@@ -190,8 +190,12 @@ pub type PollFd = libc::pollfd;
 pub const POLLIN: i16 = libc::POLLIN;
 /// Writability.
 pub const POLLOUT: i16 = libc::POLLOUT;
-/// Error or hang-up: the next read or write reports what happened.
-pub const POLLERRS: i16 = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+/// An error is pending on the socket.
+pub const POLLERR: i16 = libc::POLLERR;
+/// Both directions are shut (or the connection is gone).
+pub const POLLHUP: i16 = libc::POLLHUP;
+/// The descriptor is not open.
+pub const POLLNVAL: i16 = libc::POLLNVAL;
 
 /// Waits until one of `fds` is ready or `timeout` passes (`None`: forever).
 pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> {

@@ -8,7 +8,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 
-use super::sys;
+use crate::sys;
 
 /// The first descriptor systemd passes (SD_LISTEN_FDS_START).
 const FIRST_PASSED_FD: i32 = 3;

@@ -24,15 +24,10 @@ pub const BINARIES: &[&str] = &["plug-std", "plug", "plug-smol", "plug-async-std
 /// The source trees each workspace binary is built from, for the staleness check.
 fn sources_of(name: &str) -> &'static [&'static str] {
     match name {
-        "plug-std" => &["core/src", "runtime-std/src"],
-        "plug" => &["core/src", "runtime-std/src", "src"],
-        "plug-smol" => &["core/src", "runtime-std/src", "runtime-smol/src"],
-        _ => &[
-            "core/src",
-            "runtime-std/src",
-            "runtime-smol/src",
-            "runtime-async-std/src",
-        ],
+        "plug-std" => &["core/src", "shell/src", "runtime-std/src"],
+        "plug" => &["core/src", "shell/src", "runtime-std/src", "src"],
+        "plug-smol" => &["core/src", "shell/src", "runtime-smol/src"],
+        _ => &["core/src", "shell/src", "runtime-async-std/src"],
     }
 }
 

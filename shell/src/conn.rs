@@ -1,0 +1,206 @@
+//! A connection as a driver holds it: the core's [`Connection`] with the shared
+//! state it syncs with, and the I/O every driver does the same way on
+//! non-blocking sockets (read, write, splice, shut down, connect).
+//!
+//! A driver loops on [`Conn::next`]: it carries out the I/O outputs with
+//! [`Conn::perform`] and waits as [`Output::Wait`] says in its own way (poll(2),
+//! or a reactor). Dropping a `Conn` before the core said [`Output::Done`] still
+//! accounts for the connection (FAULT-5).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+use plug_core::connection::{ConnectFailure, Connection, Output, Transfer};
+use plug_core::relay::Side;
+
+use crate::sockets::{self, ConnectError};
+use crate::splice::Pipe;
+use crate::Context;
+
+/// One accepted client, on its way through plug.
+#[derive(Debug)]
+pub struct Conn {
+    ctx: Arc<Context>,
+    core: Connection,
+}
+
+/// The pipe of each direction ([`Direction::index`]) while the core holds one.
+pub type Pipes = [Option<Pipe>; 2];
+
+impl Conn {
+    pub(crate) fn new(ctx: Arc<Context>, core: Connection) -> Self {
+        Conn { ctx, core }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.core.peer()
+    }
+
+    /// True when `-k` asks for SO_KEEPALIVE on both sockets (CONN-7).
+    pub fn keepalive(&self) -> bool {
+        self.ctx.config().keepalive
+    }
+
+    /// The core machine, for the inputs a driver reports.
+    pub fn core(&mut self) -> &mut Connection {
+        &mut self.core
+    }
+
+    /// The next output a driver must carry out at `now`. What needs no socket is
+    /// done here: [`Output::Sync`] with the shared state, log and session lines
+    /// to the writer thread.
+    pub fn next(&mut self, now: Instant) -> Output {
+        loop {
+            match self.core.poll_output(now) {
+                Output::Sync => self.sync(now),
+                Output::Log(record) => self.ctx.writer.log(record),
+                Output::Session(record) => self.ctx.writer.session(record),
+                other => return other,
+            }
+        }
+    }
+
+    fn sync(&mut self, now: Instant) {
+        let mut forwarder = self.ctx.forwarder();
+        self.core.sync(now, &mut forwarder);
+        if self.core.is_done() && forwarder.open() == 0 {
+            self.ctx.drained.notify_all();
+        }
+    }
+
+    /// Carries out an I/O output on the sockets and pipes and reports its result
+    /// to the core. `dest` is the destination socket once a connect has started.
+    /// Returns false for an output that is not I/O on an open socket (the driver
+    /// handles those: connect, wait, yield, close, done).
+    pub fn perform(
+        &mut self,
+        now: Instant,
+        out: &Output,
+        client: &TcpStream,
+        dest: Option<&TcpStream>,
+        pipes: &mut Pipes,
+    ) -> bool {
+        let socket = |side: Side| match side {
+            Side::Client => Some(client),
+            Side::Destination => dest,
+        };
+        let core = &mut self.core;
+        match *out {
+            Output::Read(dir) => {
+                let result = match socket(dir.source()) {
+                    Some(mut s) => s.read(core.read_space(dir)),
+                    None => Err(missing()),
+                };
+                core.handle_transfer(now, Transfer::from(result));
+            }
+            Output::Write(dir) => {
+                let result = match socket(dir.sink()) {
+                    Some(mut s) => s.write(core.write_data(dir)),
+                    None => Err(missing()),
+                };
+                core.handle_transfer(now, Transfer::from(result));
+            }
+            Output::SpliceIn { dir, max } => {
+                let result = match (&pipes[dir.index()], socket(dir.source())) {
+                    (Some(pipe), Some(s)) => pipe.fill_from(s, max),
+                    _ => Err(missing()),
+                };
+                core.handle_transfer(now, Transfer::from(result));
+            }
+            Output::SpliceOut { dir, max } => {
+                let result = match (&pipes[dir.index()], socket(dir.sink())) {
+                    (Some(pipe), Some(s)) => pipe.drain_to(s, max),
+                    _ => Err(missing()),
+                };
+                core.handle_transfer(now, Transfer::from(result));
+            }
+            Output::ShutdownWrite(dir) => {
+                let result = match socket(dir.sink()) {
+                    Some(s) => s.shutdown(Shutdown::Write).map_err(|e| e.to_string()),
+                    None => Err(missing().to_string()),
+                };
+                core.handle_shutdown(now, result);
+            }
+            Output::OpenPipe(dir) => match Pipe::new() {
+                Ok(pipe) => pipes[dir.index()] = Some(pipe),
+                Err(_) => core.handle_pipe_failed(now, dir),
+            },
+            Output::ClosePipe(dir) => pipes[dir.index()] = None,
+            Output::FinishConnect => {
+                let result = match dest.map(TcpStream::take_error) {
+                    Some(Ok(None)) => {
+                        if let Some(s) = dest {
+                            sockets::prepare(s, self.ctx.config().keepalive);
+                        }
+                        Ok(())
+                    }
+                    Some(Ok(Some(e)) | Err(e)) => Err(e.to_string()),
+                    None => Err(missing().to_string()),
+                };
+                core.handle_connect_result(now, result);
+            }
+            Output::LocalAddr => {
+                let result = client.local_addr().map_err(|e| e.to_string());
+                core.handle_local_addr(now, result);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Starts the connect [`Output::Connect`] asks for, reports how it started,
+    /// and returns the new socket.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        bind: Option<SocketAddr>,
+    ) -> Option<TcpStream> {
+        match sockets::begin_connect(addr, bind) {
+            Ok(s) => {
+                self.core.handle_connect_started(now, Ok(()));
+                Some(s)
+            }
+            Err(e) => {
+                let failure = match e {
+                    ConnectError::Local(e) => ConnectFailure::Local(e.to_string()),
+                    ConnectError::Remote(e) => ConnectFailure::Remote(e.to_string()),
+                };
+                self.core.handle_connect_started(now, Err(failure));
+                None
+            }
+        }
+    }
+
+    /// Reports that a socket the driver made for the connect could not be
+    /// registered with its reactor: plug's own failure, not the destination's.
+    pub fn connect_failed_locally(&mut self, now: Instant, error: &std::io::Error) {
+        let failure = ConnectFailure::Local(error.to_string());
+        self.core.handle_connect_started(now, Err(failure));
+    }
+}
+
+fn missing() -> std::io::Error {
+    std::io::Error::other("no such socket or pipe")
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.core.is_done() {
+            return;
+        }
+        // The driver could not carry the connection to its end (its thread or task
+        // never ran, or it panicked): it still ends, with its records and counts.
+        let now = Instant::now();
+        self.core.abandon(now);
+        for _ in 0..64 {
+            match self.next(now) {
+                Output::Done => return,
+                _ => continue,
+            }
+        }
+    }
+}

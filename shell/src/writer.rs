@@ -1,0 +1,114 @@
+//! One thread writes every log and session line (FAULT-4): connections and the
+//! accept loop only put lines on a bounded queue, so a slow disk or syslog never
+//! stalls relaying or accepting. When the queue is full a line is dropped and
+//! counted, and the count is written as soon as there is room.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use plug_core::log::{LogLevel, LogRecord};
+use plug_core::session::SessionRecord;
+
+use crate::log::Logger;
+use crate::session_file::SessionWriter;
+use crate::sys;
+
+/// Lines that may wait for the writer: enough for bursts of thousands of closing
+/// connections, bounded so a stuck disk cannot grow plug without limit.
+pub const QUEUE: usize = 16 * 1024;
+
+/// How long an exiting plug waits for queued lines to be written.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
+
+enum Line {
+    Log(LogRecord),
+    Session(SessionRecord, SystemTime),
+    Flush(SyncSender<()>),
+}
+
+/// The sending end, shared by every connection.
+#[derive(Debug)]
+pub struct Writer {
+    queue: SyncSender<Line>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Starts the writer thread with where lines go: `logger` for log records,
+    /// `sessions` for session lines, stamped `plug[pid]`.
+    pub fn start(
+        logger: Arc<Logger>,
+        sessions: Option<SessionWriter>,
+        pid: u32,
+    ) -> io::Result<Writer> {
+        let (queue, lines) = mpsc::sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&dropped);
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || write_lines(&lines, &logger, sessions.as_ref(), pid, &counted))?;
+        Ok(Writer { queue, dropped })
+    }
+
+    fn send(&self, line: Line) {
+        match self.queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues a log record; never blocks.
+    pub fn log(&self, record: LogRecord) {
+        self.send(Line::Log(record));
+    }
+
+    /// Queues a session record closed now; never blocks.
+    pub fn session(&self, record: SessionRecord) {
+        self.send(Line::Session(record, SystemTime::now()));
+    }
+
+    /// Waits (a little) until every line queued so far is written: before exit.
+    pub fn flush(&self) {
+        let (done, written) = mpsc::sync_channel(1);
+        if self.queue.send(Line::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(FLUSH_WAIT);
+        }
+    }
+}
+
+fn write_lines(
+    lines: &Receiver<Line>,
+    logger: &Logger,
+    sessions: Option<&SessionWriter>,
+    pid: u32,
+    dropped: &AtomicU64,
+) {
+    while let Ok(line) = lines.recv() {
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            logger.write(&LogRecord::new(
+                LogLevel::Error,
+                format!("{lost} log or session lines dropped: the writer could not keep up"),
+            ));
+        }
+        match line {
+            Line::Log(record) => logger.write(&record),
+            Line::Session(record, closed) => {
+                if let Some(sessions) = sessions {
+                    let text = record.line(sys::local_time(closed), pid);
+                    if let Err(e) = sessions.write(&text) {
+                        logger.error(&format!("cannot write session line: {e}"));
+                    }
+                }
+            }
+            Line::Flush(done) => {
+                let _ = done.try_send(());
+            }
+        }
+    }
+}
