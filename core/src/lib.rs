@@ -43,4 +43,6 @@ pub mod session;
 pub mod stats;
 
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod test_clock;
