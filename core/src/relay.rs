@@ -929,6 +929,8 @@ mod tests {
         sink: Vec<u8>,
         shutdowns: usize,
         shutdown_after: Option<usize>,
+        /// How much the sink had when an error ended the relay.
+        failed_at: Option<usize>,
     }
 
     #[derive(Debug, Clone)]
@@ -938,6 +940,7 @@ mod tests {
         Shutdown(Direction),
         Splice(Direction, Option<usize>),
         Release(Direction),
+        PipeFull(Direction),
         Error(Side),
     }
 
@@ -948,11 +951,13 @@ mod tests {
     fn step(errors: bool) -> impl Strategy<Value = Step> {
         let error_weight = if errors { 1 } else { 0 };
         prop_oneof![
-            6 => (dir(), 1usize..300).prop_map(|(d, n)| Step::Read(d, n)),
+            // Large reads too, so flows turn bulk and take the splice path.
+            6 => (dir(), prop_oneof![1usize..300, 2_000usize..70_000]).prop_map(|(d, n)| Step::Read(d, n)),
             6 => (dir(), 1usize..300).prop_map(|(d, n)| Step::Write(d, n)),
             2 => dir().prop_map(Step::Shutdown),
             1 => (dir(), proptest::option::of(1usize..200)).prop_map(|(d, p)| Step::Splice(d, p)),
             1 => dir().prop_map(Step::Release),
+            1 => dir().prop_map(Step::PipeFull),
             error_weight => prop_oneof![Just(Side::Client), Just(Side::Destination)].prop_map(Step::Error),
         ]
     }
@@ -1024,7 +1029,15 @@ mod tests {
                     r.half_mut(d).provide_buffer(buf);
                 }
             }
-            Step::Error(side) => r.handle_error(now, side),
+            Step::PipeFull(d) => r.handle_pipe_full(now, d),
+            Step::Error(side) => {
+                if !r.is_finished() && wires[0].failed_at.is_none() {
+                    for w in wires.iter_mut() {
+                        w.failed_at = Some(w.sink.len());
+                    }
+                }
+                r.handle_error(now, side)
+            }
         }
     }
 
@@ -1051,6 +1064,7 @@ mod tests {
             sink: vec![],
             shutdowns: 0,
             shutdown_after: None,
+            failed_at: None,
         };
         let mut down_source = leftover.clone();
         down_source.extend_from_slice(&down);
@@ -1097,7 +1111,7 @@ mod tests {
             up in proptest::collection::vec(any::<u8>(), 0..12_000),
             down in proptest::collection::vec(any::<u8>(), 0..12_000),
             leftover in proptest::collection::vec(any::<u8>(), 0..50),
-            buffer in prop_oneof![1usize..512, 4_000usize..9_000],
+            buffer in prop_oneof![1usize..512, 4_096usize..65_536],
             steps in proptest::collection::vec(step(false), 0..200),
         ) {
             let (r, wires) = run(up, down, leftover, buffer, &steps);
@@ -1120,9 +1134,9 @@ mod tests {
         /// direction is shut down before it delivered everything.
         #[test]
         fn errors_end_both_directions_without_reordering(
-            up in proptest::collection::vec(any::<u8>(), 0..2000),
-            down in proptest::collection::vec(any::<u8>(), 0..2000),
-            buffer in 1usize..256,
+            up in proptest::collection::vec(any::<u8>(), 0..20_000),
+            down in proptest::collection::vec(any::<u8>(), 0..20_000),
+            buffer in prop_oneof![1usize..256, 4_096usize..65_536],
             steps in proptest::collection::vec(step(true), 0..200),
         ) {
             let (r, wires) = run(up, down, vec![], buffer, &steps);
@@ -1140,6 +1154,15 @@ mod tests {
             if steps.iter().any(|s| matches!(s, Step::Error(_))) && out.end == RelayEnd::Finished {
                 // Only possible when both directions had already finished cleanly.
                 prop_assert!(wires.iter().all(|w| w.shutdowns == 1));
+            }
+            // An error that struck a live relay fails it, and nothing is delivered
+            // after it.
+            if wires[0].failed_at.is_some() {
+                let failed = matches!(out.end, RelayEnd::Failed { .. });
+                prop_assert!(failed);
+                for w in &wires {
+                    prop_assert_eq!(w.failed_at, Some(w.sink.len()));
+                }
             }
         }
     }
