@@ -801,6 +801,13 @@ impl Connection {
                 });
             }
             if half.wants_shutdown() {
+                let other = Direction::BOTH[(dir.index() + 1) % 2];
+                if relay.half(other).is_done() {
+                    // The last direction to end: closing both sockets sends the
+                    // same FIN, so no shutdown(2) of its own.
+                    relay.handle_shutdown(now, dir);
+                    return None;
+                }
                 self.pending = Pending::Shutdown(dir);
                 return Some(Output::ShutdownWrite(dir));
             }

@@ -390,8 +390,13 @@ impl Sim {
                 }
                 Output::Session(record) => self.sessions.push(record),
                 Output::Yield => {}
-                Output::Close { .. } => {
+                Output::Close { reset } => {
                     assert_eq!(self.closes, 0, "closed twice");
+                    if !reset {
+                        // A clean close sends FIN to both peers.
+                        self.client.shut_by_plug = true;
+                        self.dest.shut_by_plug = true;
+                    }
                     self.closes += 1;
                     self.reached = self.conn.reached().is_some();
                     // The adapter closes the sockets and pipes.
@@ -815,9 +820,7 @@ proptest! {
     /// end.
     #[test]
     fn whole_connections_keep_every_promise(s in scenario()) {
-        let mut sim = Sim::new(s);
-        sim.run();
-
+        Sim::new(s).run();
     }
 }
 

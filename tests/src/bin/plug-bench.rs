@@ -2,8 +2,11 @@
 //!
 //! ```sh
 //! cargo build --release --workspace
-//! cargo run --release -p plug-tests --bin plug-bench -- [--quick] [--rounds N] [--mode bulk|crr|rr|idle]... [--only a,b]
+//! cargo run --release -p plug-tests --bin plug-bench -- [--quick] [--rounds N] [--mode bulk|crr|rr|idle]... [--only a,b] [--with NAME=PATH]...
 //! ```
+//!
+//! `--with NAME=PATH` adds another plug binary as a candidate, e.g. a build of an
+//! earlier commit, so before and after are measured in the same run.
 //!
 //! Candidates: direct (no forwarder), plug-std, plug-smol, plug-async-std, and, when
 //! installed, haproxy (tcp mode, splice) and pen as references. Candidates are
@@ -524,7 +527,17 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|l| l.split(',').map(str::to_string).collect());
-    let cands: Vec<Candidate> = candidates()
+    let mut all = candidates();
+    for w in args.windows(2).filter(|w| w[0] == "--with") {
+        if let Some((name, path)) = w[1].split_once('=') {
+            all.push(Candidate {
+                name: name.to_string(),
+                kind: Kind::Plug(PathBuf::from(path)),
+                reference: false,
+            });
+        }
+    }
+    let cands: Vec<Candidate> = all
         .into_iter()
         .filter(|c| only.as_ref().is_none_or(|o| o.contains(&c.name)))
         .collect();
