@@ -221,3 +221,105 @@ impl Forwarder {
         &self.balancer
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Action;
+    use crate::connection::Output;
+    use crate::test_clock::t0;
+    use std::ffi::OsString;
+
+    fn forwarder(words: &[&str]) -> Forwarder {
+        let argv = words.iter().map(OsString::from).collect();
+        let Ok(Action::Run(config)) = cli::parse(argv) else {
+            panic!("bad command line");
+        };
+        let runtime = Runtime {
+            pipe_capacity: Some(1 << 20),
+            buffer_release_after: Duration::ZERO,
+        };
+        Forwarder::new(&config, None, 1024, runtime)
+    }
+
+    use crate::cli;
+
+    fn client(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last], 40_000))
+    }
+
+    #[test]
+    fn refusals_are_rate_limited_per_kind_fault_4() {
+        let now = t0();
+        let mut f = forwarder(&["-l", "-a", "192.168.0.0/16", "8080", "127.0.0.1:9000"]);
+        for _ in 0..25 {
+            assert!(f.handle_accepted(now, client(1)).is_none());
+        }
+        let mut lines = Vec::new();
+        while let Some(r) = f.poll_log(now) {
+            lines.push(r.text);
+        }
+        assert_eq!(lines.len(), 10, "{lines:?}");
+        assert!(lines
+            .iter()
+            .all(|l| l == "(8080): Connect from 10.0.0.1 Refused."));
+        assert_eq!(f.poll_timeout(), Some(now + Duration::from_secs(1)));
+        // A second later the count of what was held back comes out, once.
+        let later = now + Duration::from_secs(1);
+        let summary = f.poll_log(later).map(|r| r.text);
+        assert_eq!(summary.as_deref(), Some("15 similar messages suppressed"));
+        assert_eq!(f.poll_log(later), None);
+        assert_eq!(
+            f.report(later).last().unwrap(),
+            "summary open 0 accepted 0 refused 25 failed 0"
+        );
+    }
+
+    #[test]
+    fn one_open_count_back_to_zero_whatever_ended_it_fault_5() {
+        let now = t0();
+        let mut f = forwarder(&["--max-conns", "2", "8080", "127.0.0.1:9000"]);
+        let mut a = f.handle_accepted(now, client(1)).unwrap();
+        let mut b = f.handle_accepted(now, client(2)).unwrap();
+        assert!(
+            f.handle_accepted(now, client(3)).is_none(),
+            "over --max-conns"
+        );
+        assert_eq!(f.open(), 2);
+        // One gives up while connecting, the other is abandoned by its driver.
+        assert!(matches!(a.poll_output(now), Output::Connect { .. }));
+        a.handle_connect_started(
+            now,
+            Err(crate::connection::ConnectFailure::Remote("refused".into())),
+        );
+        b.abandon(now);
+        for conn in [&mut a, &mut b] {
+            for _ in 0..20 {
+                match conn.poll_output(now) {
+                    Output::Sync => conn.sync(now, &mut f),
+                    Output::Done => break,
+                    _ => {}
+                }
+            }
+            assert!(conn.is_done());
+        }
+        assert_eq!(f.open(), 0);
+        assert_eq!(
+            f.report(now).last().unwrap(),
+            "summary open 0 accepted 2 refused 1 failed 2"
+        );
+    }
+
+    #[test]
+    fn a_non_blocking_listener_is_waited_on_not_retried_fault_1() {
+        let now = t0();
+        let mut f = forwarder(&["8080", "127.0.0.1:9000"]);
+        let next = f.handle_accept_failed(now, AcceptFailure::WouldBlock, "EAGAIN");
+        assert_eq!(next, AcceptNext::WaitReadable);
+        let next = f.handle_accept_failed(now, AcceptFailure::ClientGone, "ECONNABORTED");
+        assert_eq!(next, AcceptNext::Retry);
+        let next = f.handle_accept_failed(now, AcceptFailure::OutOfDescriptors, "EMFILE");
+        assert!(matches!(next, AcceptNext::Pause(_)));
+        assert!(f.poll_log(now).is_some(), "exhaustion is logged");
+    }
+}
