@@ -299,6 +299,38 @@ pub struct Launch {
     pub via: Option<(String, Vec<String>)>,
 }
 
+/// What systemd does for a socket unit: bind and listen, pass the socket as
+/// descriptor 3, name the process in LISTEN_PID, exec the service. `NONBLOCK` is
+/// replaced by `True` for `NonBlocking=yes`.
+const ACTIVATE: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["ACTIVATE_PORT"])))
+s.listen(128)
+if NONBLOCK:
+    s.setblocking(False)
+fd = s.detach()
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.set_inheritable(3, True)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+
+/// A launch as systemd's socket activation (OPT-7) on 127.0.0.1:`port`, with a
+/// non-blocking listener when `nonblocking` (`NonBlocking=yes`); python3 stands in
+/// for systemd.
+pub fn socket_activation(port: u16, nonblocking: bool) -> Launch {
+    let script = ACTIVATE.replace("NONBLOCK", if nonblocking { "True" } else { "False" });
+    Launch {
+        env: vec![("ACTIVATE_PORT".into(), port.to_string())],
+        via: Some(("python3".into(), vec!["-c".into(), script])),
+    }
+}
+
 /// Runs `bin` to completion with `args`, `{port}` replaced by a free port, and
 /// returns the port and the output; tries another port if that one was taken
 /// between choosing and binding (ports are a shared resource between test
@@ -831,15 +863,6 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Descriptors a plug may keep open beyond its baseline after a burst: the async
-/// runtimes pool up to 4 empty pipes (2 descriptors each) per thread.
-pub fn pooled_fd_allowance(pid: u32) -> usize {
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or(1);
-    4 * 2 * threads
 }
 
 /// A process's resident memory in KiB (VmRSS).

@@ -155,36 +155,13 @@ fn the_idle_timeout_holds_after_a_half_close_fault_2() {
     });
 }
 
-/// systemd with `NonBlocking=yes`: the passed listener is non-blocking.
-const ACTIVATE_NONBLOCKING: &str = r#"
-import os, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(os.environ["ACTIVATE_PORT"])))
-s.listen(128)
-s.setblocking(False)
-fd = s.detach()
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.set_inheritable(3, True)
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.execv(sys.argv[1], sys.argv[1:])
-"#;
-
 #[test]
 fn a_non_blocking_activated_listener_does_not_spin_fault_1() {
     each_binary(|bin| {
         let backend = Backend::start(Behaviour::Echo);
         let activated = free_port();
-        let launch = Launch {
-            env: vec![("ACTIVATE_PORT".into(), activated.to_string())],
-            via: Some((
-                "python3".into(),
-                vec!["-c".into(), ACTIVATE_NONBLOCKING.into()],
-            )),
-        };
+        // systemd with `NonBlocking=yes`: the passed listener is non-blocking.
+        let launch = socket_activation(activated, true);
         let plug = Plug::start_with(bin, &launch, &["{port}", &backend.dest()]);
         let used = ticks_while_quiet(&plug);
         eprintln!("[{}] CPU with no client: {used} ticks", bin.label);

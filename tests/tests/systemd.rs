@@ -30,33 +30,12 @@ fn ready_and_stopping_are_notified_opt_7() {
     });
 }
 
-/// What systemd does for a socket unit: bind and listen, pass the socket as
-/// descriptor 3, name the process in LISTEN_PID, exec the service.
-const ACTIVATE: &str = r#"
-import os, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(os.environ["ACTIVATE_PORT"])))
-s.listen(128)
-fd = s.detach()
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.set_inheritable(3, True)
-os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.execv(sys.argv[1], sys.argv[1:])
-"#;
-
 #[test]
 fn socket_activation_serves_the_passed_socket_opt_7() {
     each_binary(|bin| {
         let backend = Backend::start(Behaviour::Echo);
         let activated = free_port();
-        let launch = Launch {
-            env: vec![("ACTIVATE_PORT".into(), activated.to_string())],
-            via: Some(("python3".into(), vec!["-c".into(), ACTIVATE.into()])),
-        };
+        let launch = socket_activation(activated, false);
         let plug = Plug::start_with(bin, &launch, &["-l", "{port}", &backend.dest()]);
         let listening = format!("listening on 127.0.0.1:{activated}");
         assert!(
