@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::addr::{Destination, Source};
 use crate::admission::PipeBudget;
@@ -178,6 +178,10 @@ pub enum Output {
     OpenPipe(Direction),
     /// Close `dir`'s splice pipe (it is empty).
     ClosePipe(Direction),
+    /// A copy buffer this connection no longer needs (its direction is quiet or
+    /// over): keep it for a later [`Connection::lend_buffer`], or drop it. Saves
+    /// allocating and zeroing a buffer for every burst.
+    ReturnBuffer(BytesMut),
     /// Read from `dir`'s source into [`Connection::read_space`]; report
     /// [`Connection::handle_transfer`].
     Read(Direction),
@@ -205,8 +209,9 @@ pub enum Output {
     ShutdownWrite(Direction),
     /// Write this line to the log.
     Log(LogRecord),
-    /// Append this record's line to the session file (SPEC §4).
-    Session(SessionRecord),
+    /// Append this record's line to the session file (SPEC §4). Boxed: it is
+    /// large and given once per connection, and every output moves through here.
+    Session(Box<SessionRecord>),
     /// Wait for readiness or the deadline; report [`Connection::handle_ready`]
     /// (or just call [`Connection::poll_output`] again at the deadline).
     Wait(Wait),
@@ -614,6 +619,13 @@ impl Connection {
     /// Ends the connection: queues its records and moves to closing. `outcome` is
     /// the relay's, when one ran.
     fn finish(&mut self, now: Instant, outcome: Option<RelayOutcome>) {
+        if let Phase::Relaying(relay) = &mut self.phase {
+            for dir in Direction::BOTH {
+                if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
+                    self.queue.push_back(Output::ReturnBuffer(buffer));
+                }
+            }
+        }
         let end = outcome.map(|o| o.end);
         let status = CloseStatus::of(self.reached.is_some(), end);
         if let Some(o) = outcome {
@@ -626,14 +638,7 @@ impl Connection {
             });
         }
         if let (true, Some((_, destination))) = (self.settings.sessions, &self.reached) {
-            let relayed = outcome.unwrap_or(RelayOutcome {
-                from_client: 0,
-                from_destination: 0,
-                spliced: 0,
-                end: RelayEnd::Failed {
-                    side: Side::Destination,
-                },
-            });
+            let relayed = outcome.unwrap_or(no_relay(Side::Destination));
             let record = SessionRecord::new(
                 self.settings.source,
                 self.peer.ip(),
@@ -641,7 +646,7 @@ impl Connection {
                 &relayed,
                 now.saturating_duration_since(self.accepted_at),
             );
-            self.queue.push_back(Output::Session(record));
+            self.queue.push_back(Output::Session(Box::new(record)));
         }
         let source = self.settings.source;
         self.log(LogLevel::Connection, || log::complete(&source, status));
@@ -669,15 +674,7 @@ impl Connection {
                 let outcome = relay.outcome();
                 self.finish(now, outcome);
             }
-            Phase::Dialing(_) => self.finish(
-                now,
-                Some(RelayOutcome {
-                    from_client: 0,
-                    from_destination: 0,
-                    spliced: 0,
-                    end: RelayEnd::Failed { side: Side::Client },
-                }),
-            ),
+            Phase::Dialing(_) => self.finish(now, Some(no_relay(Side::Client))),
         }
         self.sync = false;
         self.queue.retain(|o| !matches!(o, Output::Sync));
@@ -839,20 +836,34 @@ impl Connection {
             }
         }
         // Nothing can move now: hand back what quiet directions hold, then wait.
-        let quiet_since = *self.quiet_since.get_or_insert(now);
-        let quiet_for = now.saturating_duration_since(quiet_since);
-        for dir in Direction::BOTH {
-            let half = relay.half_mut(dir);
-            if !half.is_idle() {
-                continue;
-            }
-            if half.has_buffer() && quiet_for >= self.settings.runtime.buffer_release_after {
-                drop(half.release_idle_buffer());
-            }
-            if self.pipes[dir.index()] && quiet_for >= PIPE_IDLE {
-                self.pipes[dir.index()] = false;
-                self.settings.pipes.give_back();
-                return Some(Output::ClosePipe(dir));
+        let holds = |relay: &Relay, dir: Direction, pipes: &[bool; 2]| {
+            let half = relay.half(dir);
+            half.is_idle() && (half.has_buffer() || pipes[dir.index()])
+        };
+        let holding = Direction::BOTH
+            .iter()
+            .any(|&dir| holds(relay, dir, &self.pipes));
+        let mut quiet_since = None;
+        if holding {
+            let since = *self.quiet_since.get_or_insert(now);
+            quiet_since = Some(since);
+            let quiet_for = now.saturating_duration_since(since);
+            for dir in Direction::BOTH {
+                let half = relay.half_mut(dir);
+                if !half.is_idle() {
+                    continue;
+                }
+                let due = quiet_for >= self.settings.runtime.buffer_release_after;
+                if half.has_buffer() && due {
+                    if let Some(buffer) = half.release_idle_buffer() {
+                        return Some(Output::ReturnBuffer(buffer));
+                    }
+                }
+                if self.pipes[dir.index()] && quiet_for >= PIPE_IDLE {
+                    self.pipes[dir.index()] = false;
+                    self.settings.pipes.give_back();
+                    return Some(Output::ClosePipe(dir));
+                }
             }
         }
         let mut watch = [Watch::default(); 2];
@@ -869,7 +880,8 @@ impl Connection {
             watch[side.index()].errors = !self.sockets[side.index()].hung_up;
         }
         let relay_deadline = relay.poll_timeout();
-        let deadline = earliest(relay_deadline, self.release_deadline_at(quiet_since));
+        let release = quiet_since.and_then(|since| self.release_deadline_at(since));
+        let deadline = earliest(relay_deadline, release);
         Some(Output::Wait(Wait { watch, deadline }))
     }
 
@@ -916,6 +928,28 @@ impl Connection {
                 _ => &mut [],
             },
             Phase::Closing { .. } => &mut [],
+        }
+    }
+
+    /// The buffer size `dir` needs before the [`Output::Read`] just given, when it
+    /// holds none: a driver with a spare buffer of that size may
+    /// [`Connection::lend_buffer`] it; otherwise the read allocates one.
+    pub fn wants_buffer(&self, dir: Direction) -> Option<usize> {
+        match &self.phase {
+            Phase::Relaying(relay) => {
+                let half = relay.half(dir);
+                (!half.has_buffer() && half.wants_read() == Some(ReadInto::Buffer))
+                    .then(|| half.planned_buffer_size())
+            }
+            _ => None,
+        }
+    }
+
+    /// Lends `buffer` to `dir` for its next reads (see [`Connection::wants_buffer`]).
+    /// Its old contents are never sent; ignored when `dir` already has a buffer.
+    pub fn lend_buffer(&mut self, dir: Direction, buffer: BytesMut) {
+        if let Phase::Relaying(relay) = &mut self.phase {
+            relay.half_mut(dir).provide_buffer(buffer);
         }
     }
 
@@ -1017,15 +1051,7 @@ impl Connection {
                     LogLevel::Error,
                     format!("cannot learn the local address for the PROXY header: {e}"),
                 );
-                self.finish(
-                    now,
-                    Some(RelayOutcome {
-                        from_client: 0,
-                        from_destination: 0,
-                        spliced: 0,
-                        end: RelayEnd::Failed { side: Side::Client },
-                    }),
-                );
+                self.finish(now, Some(no_relay(Side::Client)));
             }
         }
     }
@@ -1173,6 +1199,16 @@ impl Connection {
             Ok(()) => relay.handle_shutdown(now, dir),
             Err(_) => relay.handle_error(now, dir.sink()),
         }
+    }
+}
+
+/// The outcome of a connection that failed on `side` before any byte was relayed.
+fn no_relay(side: Side) -> RelayOutcome {
+    RelayOutcome {
+        from_client: 0,
+        from_destination: 0,
+        spliced: 0,
+        end: RelayEnd::Failed { side },
     }
 }
 

@@ -450,6 +450,11 @@ impl Half {
         }
     }
 
+    /// The size of buffer this direction would allocate for its next read.
+    pub fn planned_buffer_size(&self) -> usize {
+        self.buffer_size()
+    }
+
     /// True when this direction holds a buffer.
     pub fn has_buffer(&self) -> bool {
         !self.storage.is_empty()

@@ -219,6 +219,8 @@ struct Sim {
     blocked: Option<Output>,
     /// What the last wait reported, until the core does something.
     last_report: Option<[Ready; 2]>,
+    /// Buffers given back, lent again to later reads.
+    spare: Vec<bytes::BytesMut>,
     scenario: Scenario,
 }
 
@@ -280,6 +282,7 @@ impl Sim {
             reached: false,
             blocked: None,
             last_report: None,
+            spare: Vec::new(),
             scenario: s,
         }
     }
@@ -388,7 +391,7 @@ impl Sim {
                         self.connects_logged += 1;
                     }
                 }
-                Output::Session(record) => self.sessions.push(record),
+                Output::Session(record) => self.sessions.push(*record),
                 Output::Yield => {}
                 Output::Close { reset } => {
                     assert_eq!(self.closes, 0, "closed twice");
@@ -496,7 +499,7 @@ impl Sim {
             self.conn.handle_transfer(now, Transfer::Interrupted);
             return None;
         }
-        match *out {
+        match out.clone() {
             Output::Connect { .. } => {
                 let attempt = self.attempts.pop_front().unwrap_or(Attempt::RefuseAtOnce);
                 self.current = Some(attempt);
@@ -558,7 +561,19 @@ impl Sim {
                 assert!(pipe.is_empty(), "a pipe closed with bytes in it");
                 Some(true)
             }
+            Output::ReturnBuffer(mut buffer) => {
+                // Dirty it: a lent buffer's old bytes must never be sent.
+                buffer.fill(0xEE);
+                self.spare.push(buffer);
+                None
+            }
             Output::Read(dir) => {
+                if let Some(size) = self.conn.wants_buffer(dir) {
+                    if let Some(i) = self.spare.iter().position(|b| b.len() == size) {
+                        let buffer = self.spare.swap_remove(i);
+                        self.conn.lend_buffer(dir, buffer);
+                    }
+                }
                 let max = self.rng.upto(8000);
                 let space = self.conn.read_space(dir).len();
                 assert!(space > 0, "a read with no space would look like EOF");

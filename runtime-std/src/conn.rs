@@ -18,8 +18,9 @@ pub fn serve(mut conn: Conn, client: TcpStream) {
     let mut client = Some(client);
     let mut dest: Option<TcpStream> = None;
     let mut pipes: Pipes = [None, None];
+    // The clock is read once per wake-up: the work in between takes microseconds.
+    let mut now = Instant::now();
     loop {
-        let now = Instant::now();
         let out = conn.next(now);
         let (Some(c), false) = (&client, out == Output::Done) else {
             return;
@@ -29,7 +30,9 @@ pub fn serve(mut conn: Conn, client: TcpStream) {
         }
         match out {
             Output::Connect { addr, bind } => dest = conn.connect(now, addr, bind),
-            Output::Wait(wait) => wait_for(&mut conn, &wait, [Some(c), dest.as_ref()]),
+            Output::Wait(wait) => {
+                now = wait_for(&mut conn, &wait, [Some(c), dest.as_ref()]);
+            }
             Output::Close { reset } => {
                 for s in [client.as_ref(), dest.as_ref()].into_iter().flatten() {
                     if reset {
@@ -47,9 +50,10 @@ pub fn serve(mut conn: Conn, client: TcpStream) {
 }
 
 /// Polls the sockets as `wait` says until one is ready or its deadline passes,
-/// and reports what poll(2) said. A socket watched for nothing but errors is still
-/// polled (events 0): poll(2) always reports errors and hang-ups (FAULT-1).
-fn wait_for(conn: &mut Conn, wait: &Wait, socks: [Option<&TcpStream>; 2]) {
+/// and reports what poll(2) said; returns the time it woke. A socket watched for
+/// nothing but errors is still polled (events 0): poll(2) always reports errors
+/// and hang-ups (FAULT-1).
+fn wait_for(conn: &mut Conn, wait: &Wait, socks: [Option<&TcpStream>; 2]) -> Instant {
     let mut fds = [PollFd {
         fd: -1,
         events: 0,
@@ -66,12 +70,11 @@ fn wait_for(conn: &mut Conn, wait: &Wait, socks: [Option<&TcpStream>; 2]) {
         .deadline
         .map(|d| d.saturating_duration_since(Instant::now()));
     // EINTR and timeouts need no report: the core checks its deadlines itself.
-    if let Ok(n) = sys::poll(&mut fds, timeout) {
-        if n == 0 {
-            return;
-        }
-    }
+    let polled = sys::poll(&mut fds, timeout);
     let now = Instant::now();
+    if matches!(polled, Ok(0) | Err(_)) {
+        return now;
+    }
     for (side, f) in [Side::Client, Side::Destination].into_iter().zip(fds) {
         if f.fd >= 0 && f.revents != 0 {
             let ready = Ready {
@@ -83,4 +86,5 @@ fn wait_for(conn: &mut Conn, wait: &Wait, socks: [Option<&TcpStream>; 2]) {
             conn.core().handle_ready(now, side, ready);
         }
     }
+    now
 }

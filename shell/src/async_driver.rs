@@ -87,8 +87,9 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
     let mut pipes: Pipes = [None, None];
     // Made only when a wait has a deadline: most never need one.
     let mut timer: Option<Timer> = None;
+    // The clock is read once per wake-up: the work in between takes microseconds.
+    let mut now = Instant::now();
     loop {
-        let now = Instant::now();
         let out = conn.next(now);
         let (Some(c), false) = (&client, out == Output::Done) else {
             return;
@@ -109,9 +110,12 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
             }
             Output::Wait(wait) => {
                 let socks = [Some(c), dest.as_ref()];
-                wait_for(&mut conn, &wait, socks, &mut timer).await;
+                now = wait_for(&mut conn, &wait, socks, &mut timer).await;
             }
-            Output::Yield => future::yield_now().await,
+            Output::Yield => {
+                future::yield_now().await;
+                now = Instant::now();
+            }
             Output::Close { reset } => {
                 for s in [client.as_ref(), dest.as_ref()].into_iter().flatten() {
                     if reset {
@@ -128,7 +132,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
 }
 
 /// Waits until a socket is ready as `wait` says, or its deadline; reports what
-/// the reactor said. The reactor reports only what was asked: errors on a socket
+/// the reactor said and returns the time it woke. The reactor reports only what was asked: errors on a socket
 /// nothing waits on are found at the next read or write, or by a deadline
 /// (FAULT-1's exception).
 async fn wait_for(
@@ -136,9 +140,12 @@ async fn wait_for(
     wait: &Wait,
     socks: [Option<&Async<TcpStream>>; 2],
     timer: &mut Option<Timer>,
-) {
-    if let Some(deadline) = wait.deadline {
-        timer.get_or_insert_with(Timer::never).set_at(deadline);
+) -> Instant {
+    match wait.deadline {
+        Some(deadline) => timer.get_or_insert_with(Timer::never).set_at(deadline),
+        // A timer left registered (the connect deadline) would only wake the task
+        // for nothing later, and cost the reactor on every turn.
+        None => *timer = None,
     }
     future::poll_fn(|cx| {
         let mut ready = [Ready::default(); 2];
@@ -157,8 +164,13 @@ async fn wait_for(
             (Some(_), Some(t)) => Pin::new(t).poll(cx).is_ready(),
             _ => false,
         };
-        let now = Instant::now();
         let mut any = expired;
+        // Only read when something is to be reported.
+        let now = if expired || ready.iter().any(|r| *r != Ready::default()) {
+            Instant::now()
+        } else {
+            return Poll::Pending;
+        };
         for (side, r) in [Side::Client, Side::Destination].into_iter().zip(ready) {
             if r != Ready::default() {
                 conn.core().handle_ready(now, side, r);
@@ -166,10 +178,10 @@ async fn wait_for(
             }
         }
         if any {
-            Poll::Ready(())
+            Poll::Ready(now)
         } else {
             Poll::Pending
         }
     })
-    .await;
+    .await
 }

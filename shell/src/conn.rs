@@ -57,6 +57,7 @@ impl Conn {
             match self.core.poll_output(now) {
                 Output::Sync => self.sync(now),
                 Output::Log(record) => self.ctx.writer.log(record),
+                Output::ReturnBuffer(buffer) => buffers::put(buffer),
                 Output::Session(record) => self.ctx.writer.session(record),
                 other => return other,
             }
@@ -90,6 +91,9 @@ impl Conn {
         let core = &mut self.core;
         match *out {
             Output::Read(dir) => {
+                if let Some(buffer) = core.wants_buffer(dir).and_then(buffers::take) {
+                    core.lend_buffer(dir, buffer);
+                }
                 let result = match socket(dir.source()) {
                     Some(mut s) => s.read(core.read_space(dir)),
                     None => Err(missing()),
@@ -180,6 +184,40 @@ impl Conn {
     pub fn connect_failed_locally(&mut self, now: Instant, error: &std::io::Error) {
         let failure = ConnectFailure::Local(error.to_string());
         self.core.handle_connect_started(now, Err(failure));
+    }
+}
+
+/// Copy buffers given back by quiet connections, kept per thread for the next
+/// read of any connection on it: a burst then costs no allocation and no zeroing.
+mod buffers {
+    use std::cell::RefCell;
+
+    use plug_core::bytes::BytesMut;
+
+    /// Buffers kept per thread.
+    const KEPT: usize = 32;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A spare buffer of exactly `size` bytes, if this thread has one.
+    pub fn take(size: usize) -> Option<BytesMut> {
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            let i = spare.iter().rposition(|b| b.len() == size)?;
+            Some(spare.swap_remove(i))
+        })
+    }
+
+    /// Keeps `buffer` for a later [`take`], unless enough are kept already.
+    pub fn put(buffer: BytesMut) {
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < KEPT {
+                spare.push(buffer);
+            }
+        });
     }
 }
 

@@ -25,7 +25,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 enum Line {
     Log(LogRecord),
-    Session(SessionRecord, SystemTime),
+    Session(Box<SessionRecord>, SystemTime),
     Flush(SyncSender<()>),
 }
 
@@ -68,7 +68,7 @@ impl Writer {
     }
 
     /// Queues a session record closed now; never blocks.
-    pub fn session(&self, record: SessionRecord) {
+    pub fn session(&self, record: Box<SessionRecord>) {
         self.send(Line::Session(record, SystemTime::now()));
     }
 
