@@ -61,6 +61,9 @@ pub struct Runtime {
     pub pipe_capacity: Option<usize>,
     /// How long a quiet direction keeps its copy buffer before giving it back.
     pub buffer_release_after: Duration,
+    /// True when the runtime keeps given-back buffers for other connections
+    /// ([`Output::ReturnBuffer`]); false when they are simply freed.
+    pub reuse_buffers: bool,
 }
 
 /// What every connection of a listener needs to know, made once at start-up.
@@ -621,7 +624,8 @@ impl Connection {
     fn finish(&mut self, now: Instant, outcome: Option<RelayOutcome>) {
         if let Phase::Relaying(relay) = &mut self.phase {
             for dir in Direction::BOTH {
-                if let Some(buffer) = relay.half_mut(dir).release_idle_buffer() {
+                let buffer = relay.half_mut(dir).release_idle_buffer();
+                if let (Some(buffer), true) = (buffer, self.settings.runtime.reuse_buffers) {
                     self.queue.push_back(Output::ReturnBuffer(buffer));
                 }
             }
@@ -856,7 +860,9 @@ impl Connection {
                 let due = quiet_for >= self.settings.runtime.buffer_release_after;
                 if half.has_buffer() && due {
                     if let Some(buffer) = half.release_idle_buffer() {
-                        return Some(Output::ReturnBuffer(buffer));
+                        if self.settings.runtime.reuse_buffers {
+                            return Some(Output::ReturnBuffer(buffer));
+                        }
                     }
                 }
                 if self.pipes[dir.index()] && quiet_for >= PIPE_IDLE {

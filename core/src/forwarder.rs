@@ -238,6 +238,7 @@ mod tests {
         let runtime = Runtime {
             pipe_capacity: Some(1 << 20),
             buffer_release_after: Duration::ZERO,
+            reuse_buffers: true,
         };
         Forwarder::new(&config, None, 1024, runtime)
     }

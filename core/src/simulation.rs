@@ -245,6 +245,7 @@ fn forwarder(s: &Scenario) -> Forwarder {
     };
     let runtime = Runtime {
         pipe_capacity: s.splice,
+        reuse_buffers: s.release_immediately,
         buffer_release_after: if s.release_immediately {
             Duration::ZERO
         } else {

@@ -11,10 +11,12 @@ use plug_core::connection::Runtime;
 use plug_shell::splice::PIPE_CAPACITY;
 
 /// What this runtime offers the core: splicing, and buffers kept through a quiet
-/// second (a connection thread has nowhere better to put them).
+/// second, then freed: a thread serves one connection at a time, so a buffer kept
+/// on it for others would sit there while thousands of threads wait idle.
 pub const RUNTIME: Runtime = Runtime {
     pipe_capacity: Some(PIPE_CAPACITY),
     buffer_release_after: Duration::from_secs(1),
+    reuse_buffers: false,
 };
 
 /// Runs plug on std threads with the process's arguments; never returns.

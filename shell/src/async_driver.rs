@@ -23,10 +23,12 @@ use crate::splice::PIPE_CAPACITY;
 use crate::{sockets, Context};
 
 /// What the async runtimes offer the core: splicing, and buffers given back as
-/// soon as a direction is quiet (thousands of idle tasks then hold none).
+/// soon as a direction is quiet (thousands of idle tasks then hold none), to a
+/// per-thread pool that the next busy connection on the thread takes them from.
 pub const RUNTIME: Runtime = Runtime {
     pipe_capacity: Some(PIPE_CAPACITY),
     buffer_release_after: Duration::ZERO,
+    reuse_buffers: true,
 };
 
 /// How a runtime starts a connection's task.
