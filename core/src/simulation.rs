@@ -860,10 +860,7 @@ fn the_issue_case_a_client_half_close_then_reset_ends_the_connection_fault_1() {
         dest_end: Ending::Fin,
         attempts: vec![Attempt::Accept],
     };
-    let mut sim = Sim::new(s);
-    // The destination never sends EOF: it is quiet for good.
-    sim.scenario.dest_end = Ending::Fin;
-    sim.run_until_quiet_destination();
+    Sim::new(s).run_until_quiet_destination();
 }
 
 impl Sim {

@@ -34,11 +34,7 @@ pub fn serve(mut conn: Conn, client: TcpStream) {
                 now = wait_for(&mut conn, &wait, [Some(c), dest.as_ref()]);
             }
             Output::Close { reset } => {
-                for s in [client.as_ref(), dest.as_ref()].into_iter().flatten() {
-                    if reset {
-                        sockets::reset_on_close(s);
-                    }
-                }
+                sockets::before_close(reset, [client.as_ref(), dest.as_ref()]);
                 client = None;
                 dest = None;
                 pipes = [None, None];
@@ -72,8 +68,16 @@ fn wait_for(conn: &mut Conn, wait: &Wait, socks: [Option<&TcpStream>; 2]) -> Ins
     // EINTR and timeouts need no report: the core checks its deadlines itself.
     let polled = sys::poll(&mut fds, timeout);
     let now = Instant::now();
-    if matches!(polled, Ok(0) | Err(_)) {
-        return now;
+    match polled {
+        Ok(0) => return now,
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return now,
+        // poll(2) itself failing (out of memory) would fail again at once: this
+        // driver cannot go on with the connection, which still ends accounted for.
+        Err(_) => {
+            conn.core().abandon(now);
+            return now;
+        }
     }
     for (side, f) in [Side::Client, Side::Destination].into_iter().zip(fds) {
         if f.fd >= 0 && f.revents != 0 {

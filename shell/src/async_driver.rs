@@ -119,11 +119,8 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
                 now = Instant::now();
             }
             Output::Close { reset } => {
-                for s in [client.as_ref(), dest.as_ref()].into_iter().flatten() {
-                    if reset {
-                        sockets::reset_on_close(s.get_ref());
-                    }
-                }
+                let socks = [client.as_ref(), dest.as_ref()].map(|s| s.map(Async::get_ref));
+                sockets::before_close(reset, socks);
                 client = None;
                 dest = None;
                 pipes = [None, None];

@@ -93,10 +93,17 @@ pub fn prepare(stream: &TcpStream, keepalive: bool) {
     }
 }
 
-/// Makes closing `socket` reset the connection (SO_LINGER 0), after an abortive end
-/// (CONN-6): a stream cut short never looks complete to the surviving peer.
-pub fn reset_on_close(socket: &TcpStream) {
-    let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
+/// Before a connection's sockets are dropped for [`Output::Close`]: with `reset`
+/// (an abortive end, CONN-6) closing them resets the connections (SO_LINGER 0), so
+/// a stream cut short never looks complete to the surviving peer.
+///
+/// [`Output::Close`]: plug_core::connection::Output::Close
+pub fn before_close(reset: bool, sockets: [Option<&TcpStream>; 2]) {
+    if reset {
+        for socket in sockets.into_iter().flatten() {
+            let _ = socket2::SockRef::from(socket).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
 }
 
 /// What an accept error means, for the core to decide what follows (SPEC §5).
