@@ -13,6 +13,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub enum AddrError {
     /// The port is not a whole number from 1 to 65535.
     BadPort(String),
+    /// The port part of a word (`addr:port`) is not a whole number from 1 to
+    /// 65535; the whole word is kept so the message names what the user wrote.
+    BadPortIn {
+        /// The port part.
+        port: String,
+        /// The whole word.
+        word: String,
+    },
     /// The address is not a numeric IPv4 or IPv6 address.
     BadAddress(String),
     /// The host is neither a numeric address nor a well-formed host name.
@@ -27,6 +35,13 @@ impl fmt::Display for AddrError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AddrError::BadPort(w) => write!(f, "bad port '{w}': expected a number from 1 to 65535"),
+            AddrError::BadPortIn { port, word } if port.is_empty() => {
+                write!(f, "bad port in '{word}': the port after ':' is missing")
+            }
+            AddrError::BadPortIn { port, word } => write!(
+                f,
+                "bad port '{port}' in '{word}': expected a number from 1 to 65535"
+            ),
             AddrError::BadAddress(w) => {
                 write!(f, "bad address '{w}': expected a numeric IPv4 or IPv6 address (plug does no DNS lookups)")
             }
@@ -87,6 +102,14 @@ pub fn parse_ip(word: &str) -> Result<IpAddr, AddrError> {
     }
 }
 
+/// Parses the port part `port` of `word` (CLI-7: the message names the word).
+fn parse_port_in(port: &str, word: &str) -> Result<u16, AddrError> {
+    parse_port(port).map_err(|_| AddrError::BadPortIn {
+        port: port.to_string(),
+        word: word.to_string(),
+    })
+}
+
 /// Splits `host[:port]`, `[v6][:port]` or a bare IPv6 address into host text and
 /// optional port text, without judging either.
 fn split_host_port(word: &str) -> Result<(&str, Option<&str>), AddrError> {
@@ -118,7 +141,7 @@ pub fn parse_socket_addr(word: &str, default_port: u16) -> Result<SocketAddr, Ad
     let (host, port) = split_host_port(word)?;
     let ip = parse_ip(host).map_err(|_| AddrError::BadAddress(word.to_string()))?;
     let port = match port {
-        Some(p) => parse_port(p)?,
+        Some(p) => parse_port_in(p, word)?,
         None => default_port,
     };
     Ok(SocketAddr::new(ip, port))
@@ -173,7 +196,7 @@ impl Destination {
     pub fn parse(word: &str, default_port: u16, allow_names: bool) -> Result<Self, AddrError> {
         let (host, port) = split_host_port(word)?;
         let port = match port {
-            Some(p) => parse_port(p)?,
+            Some(p) => parse_port_in(p, word)?,
             None => default_port,
         };
         let host = match parse_ip(host) {
@@ -221,7 +244,7 @@ impl Source {
         if let Some(port) = word.strip_prefix("*:").or_else(|| word.strip_prefix(':')) {
             return Ok(Source {
                 addr: None,
-                port: parse_port(port)?,
+                port: parse_port_in(port, word)?,
             });
         }
         if word.bytes().all(|b| b.is_ascii_digit()) {
@@ -237,7 +260,7 @@ impl Source {
         let ip = parse_ip(host).map_err(|_| AddrError::BadAddress(word.to_string()))?;
         Ok(Source {
             addr: Some(ip),
-            port: parse_port(port)?,
+            port: parse_port_in(port, word)?,
         })
     }
 

@@ -95,6 +95,54 @@ pub enum ProxyProtocol {
     V2,
 }
 
+/// The account of `--user USER[:GROUP]` (PROC-9), as written: names or numeric
+/// IDs, looked up by the adapter (the core reads no user database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    /// The user name or numeric UID.
+    pub user: String,
+    /// The group name or numeric GID; `None`: the user's primary group.
+    pub group: Option<String>,
+}
+
+impl UserSpec {
+    /// Parses `USER[:GROUP]`: each part non-empty, without spaces, control
+    /// characters or a second colon.
+    pub fn parse(word: &str) -> Result<Self, CliError> {
+        let bad = || {
+            CliError::new(format!(
+                "bad value '{word}' for --user: expected USER or USER:GROUP"
+            ))
+        };
+        let ok = |part: &str| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| !c.is_control() && !c.is_whitespace() && c != ':' && c != '/')
+        };
+        let (user, group) = match word.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (word, None),
+        };
+        if !ok(user) || group.is_some_and(|g| !ok(g)) {
+            return Err(bad());
+        }
+        Ok(UserSpec {
+            user: user.to_string(),
+            group: group.map(str::to_string),
+        })
+    }
+}
+
+impl fmt::Display for UserSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            Some(g) => write!(f, "{}:{g}", self.user),
+            None => f.write_str(&self.user),
+        }
+    }
+}
+
 /// A validated command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -136,6 +184,8 @@ pub struct Config {
     pub proxy_auth_file: Option<PathBuf>,
     /// `--drain-timeout` (OPT-8).
     pub drain_timeout: Option<Duration>,
+    /// `--user` (PROC-9).
+    pub user: Option<UserSpec>,
 }
 
 impl Config {
@@ -156,6 +206,80 @@ impl Config {
             idle_timeout: self.idle_timeout,
         }
     }
+
+    /// The configuration as `-dd` shows it at start, one line per topic;
+    /// `max_conns` is the `--max-conns` in force (derived when not given).
+    pub fn describe(&self, max_conns: usize) -> Vec<String> {
+        fn secs(d: Option<Duration>) -> String {
+            d.map_or("off".to_string(), |d| format!("{}s", d.as_secs()))
+        }
+        fn or_none<T: fmt::Display>(v: Option<&T>) -> String {
+            v.map_or("none".to_string(), ToString::to_string)
+        }
+        let dests: Vec<String> = self.destinations.iter().map(ToString::to_string).collect();
+        let order = match self.select.order {
+            Order::RoundRobin => "round robin",
+            Order::FirstHealthy => "first healthy (-o)",
+        };
+        let sticky = match self.select.sticky {
+            Some(s) => format!("{}s, at most {} clients", s.timeout.as_secs(), s.capacity),
+            None => "off".to_string(),
+        };
+        let retry = match self.select.retry {
+            Some(r) => format!("after {}s", r.as_secs()),
+            None => "once all have failed".to_string(),
+        };
+        let session = match &self.session {
+            None => "none".to_string(),
+            Some(SessionTarget::Stdout) => "stdout".to_string(),
+            Some(SessionTarget::File(p)) => p.display().to_string(),
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("none".into(), |p| p.display().to_string())
+        };
+        let protocol = match self.proxy_protocol {
+            None => "off",
+            Some(ProxyProtocol::V1) => "v1",
+            Some(ProxyProtocol::V2) => "v2",
+        };
+        vec![
+            format!(
+                "config: listen {} (tag {}), destinations {}",
+                self.source.bind_addr(),
+                self.source.log_tag(),
+                dests.join(" ")
+            ),
+            format!("config: order {order}, sticky {sticky}, retry a failed destination {retry}"),
+            format!(
+                "config: connect timeout {}s, idle timeout {}, drain timeout {}",
+                self.connect_timeout.as_secs(),
+                secs(self.idle_timeout),
+                secs(self.drain_timeout)
+            ),
+            format!(
+                "config: max conns {max_conns}, per ip {}, accept rules {}",
+                or_none(self.max_conns_per_ip.as_ref()),
+                match self.rules.rules() {
+                    [] => "none (every client)".to_string(),
+                    rules => rules.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                }
+            ),
+            format!(
+                "config: proxy {}, proxy auth file {}, bind {}, proxy protocol {protocol}, keepalive {}",
+                or_none(self.proxy.as_ref()),
+                path(&self.proxy_auth_file),
+                or_none(self.bind.as_ref()),
+                if self.keepalive { "on" } else { "off" }
+            ),
+            format!(
+                "config: session file {session}, pid file {}, user {}, syslog {}",
+                path(&self.pid_file),
+                or_none(self.user.as_ref()),
+                if self.log_connections { "on" } else { "off" }
+            ),
+        ]
+    }
 }
 
 /// What the command line asks for.
@@ -173,7 +297,7 @@ pub enum Action {
 pub fn usage(program: &str) -> String {
     let pad = " ".repeat(program.len());
     format!(
-        "usage: {program} -V\n       {program} [-nklfod...] [-P pidfile] [-S sessionfile] [-i listenaddr] [-p bindaddr]\n       {pad} [-a rule]... [-h proxy[:port]] [-t seconds] [-r seconds] [--option value]...\n       {pad} source dest[:port] [dest[:port]]...\n"
+        "usage: {program} -V\n       {program} [-nklfod...] [-P pidfile] [-S sessionfile] [-i listenaddr] [-p bindaddr]\n       {pad} [-a net[/bits]]... [-h proxy[:port]] [-t seconds] [-r seconds] [--option value]...\n       {pad} source dest[:port] [dest[:port]]...\n"
     )
 }
 
@@ -194,6 +318,7 @@ dest:         addr[:port] or [v6addr][:port]; the port defaults to the source po
   -t secs     sticky timeout (3600)           -r secs   retry a dead destination after secs\n\
   --connect-timeout secs (10)   --idle-timeout secs   --drain-timeout secs\n\
   --max-conns n   --max-conns-per-ip n   --proxy-protocol v1|v2   --proxy-auth-file file\n\
+  --user user[:group]  drop root for this account once listening\n\
   --help      print this help and exit\n",
         usage(program)
     )
@@ -244,6 +369,7 @@ fn long_key(name: &str) -> Option<&'static str> {
         "proxy-protocol" => Some("--proxy-protocol"),
         "proxy-auth-file" => Some("--proxy-auth-file"),
         "drain-timeout" => Some("--drain-timeout"),
+        "user" => Some("--user"),
         _ => None,
     }
 }
@@ -502,6 +628,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         .last("--proxy-auth-file")?
         .map(|w| path("--proxy-auth-file", w))
         .transpose()?;
+    let user = c.last("--user")?.map(|w| UserSpec::parse(&w)).transpose()?;
 
     let foreground_flag = c.count("-n") > 0;
     let debug = u8::try_from(c.count("-d")).unwrap_or(u8::MAX);
@@ -592,6 +719,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         proxy_protocol,
         proxy_auth_file,
         drain_timeout,
+        user,
     })))
 }
 
@@ -760,6 +888,12 @@ mod tests {
             (&["--frobnicate", "80", "10.0.0.5"], "--frobnicate"),
             (&["80", "10.0.0.5", "-P"], "-P"),
             (&["-t", "99999999999", "80", "10.0.0.5"], "99999999999"),
+            // The word the user wrote, not just its empty or bad port part.
+            (&["8080", "127.0.0.1:"], "'127.0.0.1:'"),
+            (&["8080", "127.0.0.1:80x"], "'127.0.0.1:80x'"),
+            (&[":", "127.0.0.1"], "':'"),
+            (&["127.0.0.1:0", "127.0.0.1"], "'127.0.0.1:0'"),
+            (&["-h", "127.0.0.1:", "80", "x.example"], "'127.0.0.1:'"),
         ] {
             let msg = err(words);
             assert!(msg.contains(bad), "{words:?}: {msg}");

@@ -33,9 +33,9 @@ use bytes::{Bytes, BytesMut};
 use crate::addr::{Destination, Source};
 use crate::admission::PipeBudget;
 use crate::cli::ProxyProtocol;
-use crate::dial::{DialOptions, DialStep, Dialer};
+use crate::dial::{DialStep, Dialer};
 use crate::forwarder::Forwarder;
-use crate::log::{self, CloseStatus, LogLevel, LogRecord, LogSettings};
+use crate::log::{self, CloseStatus, LogKind, LogLevel, LogRecord, LogSettings};
 use crate::proxy_protocol;
 use crate::relay::{
     Direction, ReadInto, Relay, RelayEnd, RelayOptions, RelayOutcome, Side, WriteFrom,
@@ -71,8 +71,6 @@ pub struct Runtime {
 pub struct Settings {
     /// The listener (log tag, FROM field).
     pub source: Source,
-    /// How destinations are reached.
-    pub dial: DialOptions,
     /// Buffer size and idle timeout.
     pub relay: RelayOptions,
     /// `--proxy-protocol`.
@@ -523,21 +521,39 @@ impl Connection {
                     DialInput::ReplyEof => Some(d.dialer.handle_reply_eof(now, balancer)),
                     DialInput::Timeout => d.dialer.handle_timeout(now, balancer),
                 };
-                while let Some(event) = forwarder.balancer.poll_event() {
-                    let level = match event {
-                        SelectEvent::StickyTableFull { .. } => LogLevel::Notice,
-                        _ => LogLevel::Debug(1),
-                    };
-                    self.log(level, || event.to_string());
-                }
-                let mut failures = Vec::new();
+                // A client's failed attempts first, then what they did to the
+                // destinations' health: both at the normal level, so an operator
+                // sees which destination failed, for whom and why (FAULT-4
+                // limits them).
+                let mut lines = Vec::new();
                 if let Phase::Dialing(d) = &mut self.phase {
                     while let Some(event) = d.dialer.poll_event() {
-                        failures.push(event.to_string());
+                        let record = LogRecord::limited(
+                            LogKind::DestinationFailed,
+                            LogLevel::Notice,
+                            event.to_string(),
+                        );
+                        lines.push(record);
                     }
                 }
-                for text in failures {
-                    self.queue_log(LogLevel::Debug(1), text);
+                while let Some(event) = forwarder.balancer.poll_event() {
+                    let text = event.to_string();
+                    lines.push(match event {
+                        SelectEvent::Down { .. }
+                        | SelectEvent::Up { .. }
+                        | SelectEvent::AllReset => {
+                            LogRecord::limited(LogKind::Health, LogLevel::Notice, text)
+                        }
+                        SelectEvent::StickyTableFull { .. } => {
+                            LogRecord::new(LogLevel::Notice, text)
+                        }
+                        SelectEvent::Retrying { .. } => LogRecord::new(LogLevel::Debug(1), text),
+                    });
+                }
+                for record in lines {
+                    if self.settings.log.wants(record.level) {
+                        self.queue.push_back(Output::Log(record));
+                    }
                 }
                 // `None`: the deadline had not passed after all; carry on.
                 if let Some(step) = step {
@@ -688,13 +704,6 @@ impl Connection {
         if self.settings.log.wants(level) {
             self.queue
                 .push_back(Output::Log(LogRecord::new(level, text())));
-        }
-    }
-
-    fn queue_log(&mut self, level: LogLevel, text: String) {
-        if self.settings.log.wants(level) {
-            self.queue
-                .push_back(Output::Log(LogRecord::new(level, text)));
         }
     }
 
@@ -1053,10 +1062,9 @@ impl Connection {
             }
             (Ok(_), None) => self.start_relay(now, &leftover, &[]),
             (Err(e), _) => {
-                self.queue_log(
-                    LogLevel::Error,
-                    format!("cannot learn the local address for the PROXY header: {e}"),
-                );
+                let text = format!("cannot learn the local address for the PROXY header: {e}");
+                let record = LogRecord::limited(LogKind::ClientError, LogLevel::Error, text);
+                self.queue.push_back(Output::Log(record));
                 self.finish(now, Some(no_relay(Side::Client)));
             }
         }
@@ -1105,6 +1113,19 @@ impl Connection {
                             relay.handle_spliced_in(now, dir, n);
                         } else {
                             relay.handle_read(now, dir, n);
+                        }
+                        if self.settings.log.debug >= 2 {
+                            // -dd: every read, as 2.5.5's extra -d showed.
+                            let from = match source {
+                                Side::Client => "client",
+                                Side::Destination => "destination",
+                            };
+                            let text = match n {
+                                0 => format!("{}: end of stream from the {from}", self.peer),
+                                n => format!("{}: {n} bytes from the {from}", self.peer),
+                            };
+                            let record = LogRecord::new(LogLevel::Debug(2), text);
+                            self.queue.push_back(Output::Log(record));
                         }
                         if n > 0 {
                             self.quiet_since = None;

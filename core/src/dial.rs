@@ -215,7 +215,7 @@ impl Dialer {
         dest: DestId,
         failure: DialFailure,
     ) {
-        balancer.handle_connect_failed(now, dest);
+        balancer.handle_connect_failed(now, dest, &failure.to_string());
         if let Some(d) = balancer.destination(dest) {
             self.events.push_back(DialEvent {
                 dest: d.clone(),

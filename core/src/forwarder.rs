@@ -18,8 +18,9 @@ use crate::admission::{pipe_budget, Admission, PipeBudget, Refusal};
 use crate::cli::Config;
 use crate::connect::ProxyCredentials;
 use crate::connection::{Connection, Runtime, Settings};
+use crate::dial::DialOptions;
 use crate::dial::Dialer;
-use crate::log::{self, LogLevel, LogRecord, LogSettings, RateLimit};
+use crate::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
 use crate::relay::RelayOutcome;
 use crate::select::{Balancer, DestId};
 use crate::stats::Stats;
@@ -43,8 +44,8 @@ pub struct Forwarder {
     admission: Admission,
     pub(crate) stats: Stats,
     backoff: AcceptBackoff,
-    refusals: RateLimit,
-    over_limit: RateLimit,
+    /// How new connections dial; the credentials change on SIGHUP (PROC-8).
+    dial: DialOptions,
     logs: VecDeque<LogRecord>,
 }
 
@@ -70,7 +71,6 @@ impl Forwarder {
         };
         let settings = Settings {
             source: config.source,
-            dial: config.dial_options(credentials),
             relay: config.relay_options(),
             proxy_protocol: config.proxy_protocol,
             log: LogSettings {
@@ -87,8 +87,7 @@ impl Forwarder {
             admission,
             stats: Stats::new(config.destinations.len()),
             backoff: AcceptBackoff::new(),
-            refusals: RateLimit::default(),
-            over_limit: RateLimit::default(),
+            dial: config.dial_options(credentials),
             logs: VecDeque::new(),
         }
     }
@@ -110,13 +109,19 @@ impl Forwarder {
 
     /// Decides about a client accepted at `now` (CONN-1, OPT-3). `Some`: its
     /// connection, already past its first [`Connection::sync`]; `None`: refused
-    /// (close it at once, contacting no destination; the log line, rate-limited,
-    /// comes from [`Forwarder::poll_log`]).
+    /// (close it at once, contacting no destination; the log line, of a kind
+    /// that is rate-limited, comes from [`Forwarder::poll_log`]).
     pub fn handle_accepted(&mut self, now: Instant, peer: SocketAddr) -> Option<Connection> {
         match self.admission.admit(peer.ip()) {
             Ok(()) => {
                 self.stats.handle_accepted();
-                let dialer = Dialer::new(&self.balancer, peer.ip(), self.settings.dial.clone());
+                if self.settings.log.wants(LogLevel::Debug(2)) {
+                    self.push_log(LogRecord::new(
+                        LogLevel::Debug(2),
+                        format!("accepted {peer}"),
+                    ));
+                }
+                let dialer = Dialer::new(&self.balancer, peer.ip(), self.dial.clone());
                 let mut conn = Connection::new(Arc::clone(&self.settings), peer, now, dialer);
                 conn.sync(now, self);
                 Some(conn)
@@ -124,35 +129,48 @@ impl Forwarder {
             Err(refusal) => {
                 self.stats.handle_refused();
                 let source = self.settings.source;
-                let (limit, level, text) = match refusal {
-                    Refusal::Rules => (
-                        &mut self.refusals,
+                let record = match refusal {
+                    Refusal::Rules => LogRecord::limited(
+                        LogKind::Refused,
                         LogLevel::Connection,
                         log::refused(&source, peer.ip()),
                     ),
-                    over => (
-                        &mut self.over_limit,
+                    over => LogRecord::limited(
+                        LogKind::OverLimit,
                         LogLevel::Notice,
                         log::over_limit(&source, peer.ip(), &over),
                     ),
                 };
-                let summary = limit.poll_suppressed(now);
-                let allowed = limit.allow(now);
-                if let Some(summary) = summary {
-                    self.push_log(level, summary);
-                }
-                if allowed {
-                    self.push_log(level, text);
-                }
+                self.push_log(record);
                 None
             }
         }
     }
 
-    fn push_log(&mut self, level: LogLevel, text: String) {
-        if self.settings.log.wants(level) {
-            self.logs.push_back(LogRecord::new(level, text));
+    fn push_log(&mut self, record: LogRecord) {
+        if self.settings.log.wants(record.level) {
+            self.logs.push_back(record);
         }
+    }
+
+    /// Takes new proxy credentials after SIGHUP re-read `--proxy-auth-file`
+    /// (PROC-8): `Ok` replaces them for every CONNECT from now on; `Err` (the file
+    /// could not be read or is malformed, said how) keeps the old ones. Either
+    /// way the reload is logged.
+    pub fn handle_reload(
+        &mut self,
+        _now: Instant,
+        credentials: Option<Result<ProxyCredentials, String>>,
+    ) {
+        match credentials {
+            Some(Ok(c)) => self.dial.credentials = Some(c),
+            Some(Err(why)) => self.push_log(LogRecord::new(
+                LogLevel::Error,
+                format!("{why}; keeping the previous proxy credentials"),
+            )),
+            None => {}
+        }
+        self.push_log(LogRecord::new(LogLevel::Notice, log::reloaded()));
     }
 
     /// Decides what to do after accept failed at `now` with `failure` (`detail`: the
@@ -166,7 +184,7 @@ impl Forwarder {
     ) -> AcceptNext {
         let action = self.backoff.handle_failure(now, failure, detail);
         if let Some(line) = action.log {
-            self.push_log(LogLevel::Error, line);
+            self.push_log(LogRecord::new(LogLevel::Error, line));
         }
         match (failure, action.pause) {
             (AcceptFailure::WouldBlock, _) => AcceptNext::WaitReadable,
@@ -187,28 +205,10 @@ impl Forwarder {
         self.stats.handle_closed(reached, outcome);
     }
 
-    /// The next log line of the shared state, oldest first; also the
-    /// `N similar messages suppressed` lines once their second has passed.
+    /// The next log line of the shared state, oldest first.
     #[must_use]
-    pub fn poll_log(&mut self, now: Instant) -> Option<LogRecord> {
-        if self.logs.is_empty() {
-            if let Some(summary) = self.refusals.poll_suppressed(now) {
-                self.push_log(LogLevel::Connection, summary);
-            }
-            if let Some(summary) = self.over_limit.poll_suppressed(now) {
-                self.push_log(LogLevel::Notice, summary);
-            }
-        }
+    pub fn poll_log(&mut self, _now: Instant) -> Option<LogRecord> {
         self.logs.pop_front()
-    }
-
-    /// When [`Forwarder::poll_log`] will have a suppressed-count line to give.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.refusals.poll_timeout(), self.over_limit.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
     }
 
     /// The SIGUSR1 state dump at `now` (OPT-6).
@@ -250,30 +250,76 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_rate_limited_per_kind_fault_4() {
+    fn refusals_are_limited_per_kind_fault_4() {
         let now = t0();
-        let mut f = forwarder(&["-l", "-a", "192.168.0.0/16", "8080", "127.0.0.1:9000"]);
-        for _ in 0..25 {
-            assert!(f.handle_accepted(now, client(1)).is_none());
+        let mut f = forwarder(&[
+            "-l",
+            "--max-conns-per-ip",
+            "1",
+            "-a",
+            "10.0.0.0/31",
+            "8080",
+            "127.0.0.1:9000",
+        ]);
+        let _held = f.handle_accepted(now, client(1)).unwrap();
+        let mut limiter = crate::log::Limiter::new();
+        let mut written = Vec::new();
+        for k in 0..25 {
+            assert!(
+                f.handle_accepted(now, client(1)).is_none(),
+                "over the limit"
+            );
+            assert!(
+                f.handle_accepted(now, client(2 + k % 2)).is_none(),
+                "by the rules"
+            );
+            while let Some(r) = f.poll_log(now) {
+                written.extend(limiter.handle_record(now, r));
+            }
         }
-        let mut lines = Vec::new();
-        while let Some(r) = f.poll_log(now) {
-            lines.push(r.text);
-        }
-        assert_eq!(lines.len(), 10, "{lines:?}");
-        assert!(lines
+        let refused = written
             .iter()
-            .all(|l| l == "(8080): Connect from 10.0.0.1 Refused."));
-        assert_eq!(f.poll_timeout(), Some(now + Duration::from_secs(1)));
-        // A second later the count of what was held back comes out, once.
+            .filter(|r| r.text.ends_with("Refused."))
+            .count();
+        let over = written
+            .iter()
+            .filter(|r| r.text.contains("--max-conns-per-ip"))
+            .count();
+        assert_eq!((refused, over, written.len()), (10, 10, 20), "{written:?}");
+        assert_eq!(limiter.poll_timeout(), Some(now + Duration::from_secs(1)));
         let later = now + Duration::from_secs(1);
-        let summary = f.poll_log(later).map(|r| r.text);
-        assert_eq!(summary.as_deref(), Some("15 similar messages suppressed"));
-        assert_eq!(f.poll_log(later), None);
+        let summaries: Vec<_> = std::iter::from_fn(|| limiter.poll_record(later)).collect();
+        assert_eq!(summaries.len(), 2, "one per kind");
+        assert!(summaries
+            .iter()
+            .all(|r| r.text == "15 similar messages suppressed"));
         assert_eq!(
             f.report(later).last().unwrap(),
-            "summary open 0 accepted 0 refused 25 failed 0"
+            "summary open 1 accepted 1 refused 50 failed 0"
         );
+    }
+
+    #[test]
+    fn sighup_replaces_credentials_or_keeps_them_proc_8() {
+        let now = t0();
+        let mut f = forwarder(&["-h", "127.0.0.1:3128", "8080", "example.org:22"]);
+        let first = ProxyCredentials::from_file_contents(b"a:b\n").unwrap();
+        f.handle_reload(now, Some(Ok(first)));
+        assert_eq!(f.poll_log(now).unwrap().text, "reloaded");
+        let header = |f: &Forwarder| f.dial.credentials.as_ref().map(|c| c.header_value());
+        assert_eq!(header(&f).as_deref(), Some("Basic YTpi"));
+        f.handle_reload(now, Some(Err("cannot read /x: gone".into())));
+        let lines: Vec<_> = std::iter::from_fn(|| f.poll_log(now))
+            .map(|r| r.text)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "cannot read /x: gone; keeping the previous proxy credentials",
+                "reloaded"
+            ]
+        );
+        assert_eq!(header(&f).as_deref(), Some("Basic YTpi"), "kept");
     }
 
     #[test]

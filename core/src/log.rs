@@ -9,17 +9,61 @@ use std::time::{Duration, Instant};
 use crate::addr::{canonical_ip, Destination, Source};
 use crate::relay::RelayEnd;
 
-/// Where a log line belongs; the adapter's logger routes it (syslog, stderr).
+/// Where a log line belongs; [`LogTargets::route`] says where that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
     /// A connection line of `-l` (PROC-5): syslog with `-l`, stderr with `-d`.
     Connection,
-    /// Something the operator should know: stderr in the foreground, syslog detached.
+    /// Something the operator should know (a destination failed, went down or
+    /// came back): stderr in the foreground, syslog with `-l` or once detached.
     Notice,
-    /// Something went wrong in plug itself.
+    /// Something went wrong in plug itself: like [`LogLevel::Notice`], at error
+    /// priority.
     Error,
     /// Detail shown when `-d` was given at least this many times.
     Debug(u8),
+}
+
+/// The kinds of line a client can cause as often as it likes, each rate-limited
+/// on its own (FAULT-4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogKind {
+    /// A client refused by the accept rules (`-a`).
+    Refused,
+    /// A client closed because of `--max-conns` or `--max-conns-per-ip`.
+    OverLimit,
+    /// A destination that failed for a client.
+    DestinationFailed,
+    /// A destination going down or coming back, and the all-down reset.
+    Health,
+    /// Any other error that one connection met.
+    ClientError,
+    /// A session line that could not be written.
+    SessionFile,
+}
+
+impl LogKind {
+    /// Every kind, in the order of [`LogKind::index`].
+    pub const ALL: [LogKind; 6] = [
+        LogKind::Refused,
+        LogKind::OverLimit,
+        LogKind::DestinationFailed,
+        LogKind::Health,
+        LogKind::ClientError,
+        LogKind::SessionFile,
+    ];
+
+    /// The position in [`LogKind::ALL`], for arrays indexed by kind.
+    pub fn index(self) -> usize {
+        match self {
+            LogKind::Refused => 0,
+            LogKind::OverLimit => 1,
+            LogKind::DestinationFailed => 2,
+            LogKind::Health => 3,
+            LogKind::ClientError => 4,
+            LogKind::SessionFile => 5,
+        }
+    }
 }
 
 /// One line for the log, made by the core and written by the adapter.
@@ -27,15 +71,27 @@ pub enum LogLevel {
 pub struct LogRecord {
     /// Where it goes.
     pub level: LogLevel,
+    /// The rate limit it is subject to; `None` for lines no client can repeat.
+    pub kind: Option<LogKind>,
     /// The text, without the program name prefix or newline.
     pub text: String,
 }
 
 impl LogRecord {
-    /// A record at `level` with `text`.
+    /// A record at `level` with `text`, not rate-limited.
     pub fn new(level: LogLevel, text: impl Into<String>) -> Self {
         LogRecord {
             level,
+            kind: None,
+            text: text.into(),
+        }
+    }
+
+    /// A record of a kind clients can repeat: [`Limiter`] lets ten a second through.
+    pub fn limited(kind: LogKind, level: LogLevel, text: impl Into<String>) -> Self {
+        LogRecord {
+            level,
+            kind: Some(kind),
             text: text.into(),
         }
     }
@@ -60,6 +116,109 @@ impl LogSettings {
             LogLevel::Debug(n) => self.debug >= n,
         }
     }
+}
+
+/// A syslog severity plug uses (RFC 5424 numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// 3: errors of plug itself.
+    Error,
+    /// 5: connection lines and notices, as 2.5.5 logged them.
+    Notice,
+}
+
+impl Severity {
+    /// The RFC 5424 severity number.
+    pub fn code(self) -> u8 {
+        match self {
+            Severity::Error => 3,
+            Severity::Notice => 5,
+        }
+    }
+}
+
+/// Where one line goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Send it to syslog at this severity.
+    pub syslog: Option<Severity>,
+    /// Write it on stderr.
+    pub stderr: bool,
+}
+
+/// The process's log destinations: whether it left the terminal, `-l` and `-d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogTargets {
+    /// True once the process has detached (stderr is /dev/null).
+    pub detached: bool,
+    /// `-l`: lines go to syslog.
+    pub syslog: bool,
+    /// `-d` count (implies the foreground).
+    pub debug: u8,
+}
+
+impl LogTargets {
+    /// Where a line at `level` goes. Connection lines go to syslog with `-l`;
+    /// notices and errors go to syslog with `-l` or once detached, and otherwise
+    /// to stderr; `-d` puts a copy of everything on stderr; debug lines go to
+    /// stderr only.
+    pub fn route(&self, level: LogLevel) -> Route {
+        let debugging = !self.detached && self.debug > 0;
+        match level {
+            LogLevel::Debug(n) => Route {
+                syslog: None,
+                stderr: !self.detached && self.debug >= n,
+            },
+            LogLevel::Connection => Route {
+                syslog: self.syslog.then_some(Severity::Notice),
+                stderr: debugging,
+            },
+            LogLevel::Notice | LogLevel::Error => {
+                let to_syslog = self.syslog || self.detached;
+                let severity = match level {
+                    LogLevel::Error => Severity::Error,
+                    _ => Severity::Notice,
+                };
+                Route {
+                    syslog: to_syslog.then_some(severity),
+                    stderr: !self.detached && (!to_syslog || debugging),
+                }
+            }
+        }
+    }
+
+    /// True when a line that syslog did not take (no /dev/log, nobody reading
+    /// it) should go to stderr instead: in the foreground, where someone sees it.
+    pub fn falls_back_to_stderr(&self, route: Route) -> bool {
+        !self.detached && !route.stderr
+    }
+}
+
+/// The facility plug logs as: daemon (PROC-5).
+pub const SYSLOG_FACILITY_DAEMON: u8 = 3;
+
+/// The datagram sent to /dev/log for one line, in the form the C library's
+/// syslog(3) sends: `<PRI>Mmm dd HH:MM:SS IDENT[PID]: TEXT`, with PRI the daemon
+/// facility and `severity`, and the time local.
+pub fn syslog_datagram(
+    severity: Severity,
+    time: &crate::session::WallTime,
+    ident: &str,
+    pid: u32,
+    text: &str,
+) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS
+        .get(usize::from(time.month.saturating_sub(1)))
+        .copied()
+        .unwrap_or("Jan");
+    let pri = u16::from(SYSLOG_FACILITY_DAEMON) * 8 + u16::from(severity.code());
+    format!(
+        "<{pri}>{month} {:>2} {:02}:{:02}:{:02} {ident}[{pid}]: {text}",
+        time.day, time.hour, time.minute, time.second
+    )
 }
 
 /// At most this many lines of one kind per [`RATE_WINDOW`] (FAULT-4).
@@ -127,6 +286,57 @@ impl RateLimit {
             return None;
         }
         self.window_start.and_then(|s| s.checked_add(RATE_WINDOW))
+    }
+}
+
+/// The rate limits of every [`LogKind`] (FAULT-4), as one machine for whoever
+/// writes the lines: feed it each record with [`Limiter::handle_record`], and at
+/// [`Limiter::poll_timeout`] drain [`Limiter::poll_record`] for the
+/// `N similar messages suppressed` lines, so they come out when their second
+/// ends even if nothing else is logged.
+#[derive(Debug, Clone, Default)]
+pub struct Limiter {
+    limits: [RateLimit; LogKind::ALL.len()],
+    /// The level of the last line of each kind, for its summary.
+    levels: [Option<LogLevel>; LogKind::ALL.len()],
+}
+
+impl Limiter {
+    /// A limiter that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decides about `record` at `now`: `Some` to write it (lines without a kind
+    /// always pass), `None` when its kind is over the limit. Drain
+    /// [`Limiter::poll_record`] first so a count comes before newer lines.
+    #[must_use]
+    pub fn handle_record(&mut self, now: Instant, record: LogRecord) -> Option<LogRecord> {
+        let Some(kind) = record.kind else {
+            return Some(record);
+        };
+        let i = kind.index();
+        self.levels[i] = Some(record.level);
+        self.limits[i].allow(now).then_some(record)
+    }
+
+    /// The next `N similar messages suppressed` line that is due at `now`.
+    #[must_use]
+    pub fn poll_record(&mut self, now: Instant) -> Option<LogRecord> {
+        for kind in LogKind::ALL {
+            let i = kind.index();
+            if let Some(text) = self.limits[i].poll_suppressed(now) {
+                let level = self.levels[i].unwrap_or(LogLevel::Notice);
+                return Some(LogRecord::limited(kind, level, text));
+            }
+        }
+        None
+    }
+
+    /// When the next suppressed count is due, if anything is held back.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.limits.iter().filter_map(RateLimit::poll_timeout).min()
     }
 }
 
@@ -223,6 +433,11 @@ pub fn over_limit(source: &Source, peer: IpAddr, reason: &crate::admission::Refu
     )
 }
 
+/// `reloaded`: SIGHUP was handled (PROC-8).
+pub fn reloaded() -> String {
+    "reloaded".to_string()
+}
+
 /// `TAG: Complete.` or `TAG: Complete, status=N.`
 pub fn complete(source: &Source, status: CloseStatus) -> String {
     match status.code() {
@@ -272,6 +487,97 @@ mod tests {
             complete(&s, CloseStatus::ConnectFailed),
             "(192.168.0.14 119): Complete, status=2."
         );
+    }
+
+    fn targets(detached: bool, syslog: bool, debug: u8) -> LogTargets {
+        LogTargets {
+            detached,
+            syslog,
+            debug,
+        }
+    }
+
+    #[test]
+    fn lines_go_where_the_operator_looks_proc_5() {
+        let both = |syslog: Option<Severity>, stderr| Route { syslog, stderr };
+        let notice = Some(Severity::Notice);
+        // Foreground without -l: notices and errors on stderr; connection lines
+        // only exist with -l or -d.
+        let t = targets(false, false, 0);
+        assert_eq!(t.route(LogLevel::Notice), both(None, true));
+        assert_eq!(t.route(LogLevel::Error), both(None, true));
+        assert_eq!(t.route(LogLevel::Debug(1)), both(None, false));
+        // -n -l: syslog, and stderr only if syslog does not take the line.
+        let t = targets(false, true, 0);
+        assert_eq!(t.route(LogLevel::Connection), both(notice, false));
+        assert_eq!(t.route(LogLevel::Notice), both(notice, false));
+        assert_eq!(t.route(LogLevel::Error), both(Some(Severity::Error), false));
+        assert!(t.falls_back_to_stderr(t.route(LogLevel::Connection)));
+        // Detached: syslog only, never a fallback to the /dev/null stderr.
+        let t = targets(true, false, 0);
+        assert_eq!(t.route(LogLevel::Notice), both(notice, false));
+        assert_eq!(t.route(LogLevel::Connection), both(None, false));
+        assert!(!t.falls_back_to_stderr(t.route(LogLevel::Notice)));
+        // -d -l: a copy of everything on stderr; -dd lines need two.
+        let t = targets(false, true, 1);
+        assert_eq!(t.route(LogLevel::Connection), both(notice, true));
+        assert_eq!(t.route(LogLevel::Notice), both(notice, true));
+        assert_eq!(t.route(LogLevel::Debug(1)), both(None, true));
+        assert_eq!(t.route(LogLevel::Debug(2)), both(None, false));
+        assert!(!t.falls_back_to_stderr(t.route(LogLevel::Notice)));
+    }
+
+    #[test]
+    fn syslog_datagram_is_what_syslog_3_sends_proc_5() {
+        let time = crate::session::WallTime {
+            year: 2026,
+            month: 12,
+            day: 2,
+            hour: 7,
+            minute: 5,
+            second: 9,
+        };
+        assert_eq!(
+            syslog_datagram(Severity::Notice, &time, "plug", 42, "(80): Complete."),
+            "<29>Dec  2 07:05:09 plug[42]: (80): Complete."
+        );
+        let time = crate::session::WallTime { day: 12, ..time };
+        assert_eq!(
+            syslog_datagram(Severity::Error, &time, "plug-smol", 7, "x"),
+            "<27>Dec 12 07:05:09 plug-smol[7]: x"
+        );
+    }
+
+    #[test]
+    fn limiter_passes_ten_a_second_per_kind_and_counts_the_rest_fault_4() {
+        let now = crate::test_clock::t0();
+        let mut l = Limiter::new();
+        let refused = || LogRecord::limited(LogKind::Refused, LogLevel::Connection, "r");
+        let failed = || LogRecord::limited(LogKind::DestinationFailed, LogLevel::Notice, "f");
+        let passed = (0..30)
+            .filter(|_| l.handle_record(now, refused()).is_some())
+            .count();
+        assert_eq!(passed, 10);
+        assert_eq!(l.poll_timeout(), Some(now + RATE_WINDOW));
+        // Another kind has its own budget; unlimited lines always pass.
+        assert!(l.handle_record(now, failed()).is_some());
+        for _ in 0..1000 {
+            assert!(l
+                .handle_record(now, LogRecord::new(LogLevel::Error, "e"))
+                .is_some());
+        }
+        assert_eq!(l.poll_record(now + Duration::from_millis(999)), None);
+        let due = now + RATE_WINDOW;
+        let summary = l.poll_record(due).unwrap();
+        assert_eq!(summary.text, "20 similar messages suppressed");
+        assert_eq!(summary.level, LogLevel::Connection, "where its kind goes");
+        assert_eq!(l.poll_record(due), None);
+        assert_eq!(l.poll_timeout(), None);
+        // A new window: ten more pass.
+        let passed = (0..12)
+            .filter(|_| l.handle_record(due, refused()).is_some())
+            .count();
+        assert_eq!(passed, 10);
     }
 
     #[test]

@@ -70,12 +70,28 @@ impl Default for SelectPolicy {
 }
 
 /// What the balancer noticed, for the log; drained with [`Balancer::poll_event`].
+/// Destinations are named by address, as the operator wrote them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SelectEvent {
-    /// A destination failed a connect and is out of rotation (CONN-3).
-    MarkedUnhealthy(DestId),
+    /// A destination that was up failed a connect (or a CONNECT exchange, or a
+    /// health check) and is out of rotation (CONN-3). Reported once per outage,
+    /// not for every client that finds it still down.
+    Down {
+        /// The destination.
+        dest: Destination,
+        /// Why, as the failed attempt said.
+        reason: String,
+    },
+    /// A destination reported down was reached again.
+    Up {
+        /// The destination.
+        dest: Destination,
+    },
     /// A failed destination's `-r` time passed; it is being tried again.
-    Retrying(DestId),
+    Retrying {
+        /// The destination.
+        dest: Destination,
+    },
     /// Every destination was unhealthy, so all were marked healthy again (CONN-2).
     AllReset,
     /// The sticky table is full: new clients are balanced normally until it has room
@@ -168,6 +184,10 @@ pub struct Balancer {
     cursor: usize,
     policy: SelectPolicy,
     sticky: StickyTable,
+    /// What the log last said of each destination: up (true) or down. Health
+    /// flips back and forth with `-r` and the all-down reset without anything
+    /// proven; this changes only when a connect succeeds or fails.
+    reported_up: Vec<bool>,
     events: VecDeque<SelectEvent>,
 }
 
@@ -176,9 +196,11 @@ impl Balancer {
     /// rotation starting with the first.
     pub fn new(destinations: Vec<Destination>, policy: SelectPolicy) -> Self {
         let health = vec![Health::Healthy; destinations.len()];
+        let reported_up = vec![true; destinations.len()];
         Balancer {
             destinations,
             health,
+            reported_up,
             cursor: 0,
             policy,
             sticky: StickyTable::default(),
@@ -277,7 +299,9 @@ impl Balancer {
         };
         if let Health::Unhealthy { .. } = self.health[chosen] {
             self.health[chosen] = Health::Healthy;
-            self.events.push_back(SelectEvent::Retrying(DestId(chosen)));
+            if let Some(dest) = self.destinations.get(chosen).cloned() {
+                self.events.push_back(SelectEvent::Retrying { dest });
+            }
         }
         if let Some(policy) = sticky {
             if self
@@ -299,19 +323,37 @@ impl Balancer {
         Some(DestId(chosen))
     }
 
-    /// Records that a connect to `dest` (or its CONNECT exchange) failed at `now`:
-    /// it leaves rotation until `-r` passes or every destination has failed (CONN-3).
-    pub fn handle_connect_failed(&mut self, now: Instant, dest: DestId) {
-        if let Some(h) = self.health.get_mut(dest.0) {
-            *h = Health::Unhealthy { since: now };
-            self.events.push_back(SelectEvent::MarkedUnhealthy(dest));
+    /// Records that a connect to `dest` (or its CONNECT exchange) failed at `now`
+    /// because of `reason`: it leaves rotation until `-r` passes or every
+    /// destination has failed (CONN-3). The first failure of an outage is
+    /// reported as [`SelectEvent::Down`].
+    pub fn handle_connect_failed(&mut self, now: Instant, dest: DestId, reason: &str) {
+        let i = dest.0;
+        let Some(h) = self.health.get_mut(i) else {
+            return;
+        };
+        *h = Health::Unhealthy { since: now };
+        if let (Some(up @ true), Some(d)) = (self.reported_up.get_mut(i), self.destinations.get(i))
+        {
+            *up = false;
+            self.events.push_back(SelectEvent::Down {
+                dest: d.clone(),
+                reason: reason.to_string(),
+            });
         }
     }
 
-    /// Records that a connection to `dest` was established: it is healthy.
+    /// Records that a connection to `dest` was established: it is healthy, and
+    /// if it was reported down, [`SelectEvent::Up`] says it is back.
     pub fn handle_connected(&mut self, _now: Instant, dest: DestId) {
-        if let Some(h) = self.health.get_mut(dest.0) {
+        let i = dest.0;
+        if let Some(h) = self.health.get_mut(i) {
             *h = Health::Healthy;
+        }
+        if let (Some(up @ false), Some(d)) = (self.reported_up.get_mut(i), self.destinations.get(i))
+        {
+            *up = true;
+            self.events.push_back(SelectEvent::Up { dest: d.clone() });
         }
     }
 
@@ -325,12 +367,11 @@ impl Balancer {
 impl fmt::Display for SelectEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SelectEvent::MarkedUnhealthy(d) => {
-                write!(f, "destination #{} marked unhealthy", d.0 + 1)
-            }
-            SelectEvent::Retrying(d) => write!(f, "retrying destination #{}", d.0 + 1),
+            SelectEvent::Down { dest, reason } => write!(f, "destination {dest} down: {reason}"),
+            SelectEvent::Up { dest } => write!(f, "destination {dest} up"),
+            SelectEvent::Retrying { dest } => write!(f, "retrying destination {dest}"),
             SelectEvent::AllReset => {
-                f.write_str("all destinations were unhealthy; all marked healthy again")
+                f.write_str("all destinations are down; trying every one again")
             }
             SelectEvent::StickyTableFull { capacity } => {
                 write!(
@@ -383,16 +424,61 @@ mod tests {
     fn unhealthy_destinations_are_skipped_conn_2_conn_3() {
         let now = t0();
         let mut b = Balancer::new(dests(3), SelectPolicy::default());
-        b.handle_connect_failed(now, DestId(1));
+        b.handle_connect_failed(now, DestId(1), "refused");
         let picks: Vec<_> = (0..4)
             .map(|k| pick(&mut b, now, client(k)).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 0, 2]);
         assert_eq!(
-            b.poll_event(),
-            Some(SelectEvent::MarkedUnhealthy(DestId(1)))
+            b.poll_event().map(|e| e.to_string()).as_deref(),
+            Some("destination 127.0.0.11:9000 down: refused")
         );
         assert_eq!(b.poll_event(), None);
+    }
+
+    #[test]
+    fn health_changes_are_reported_once_per_outage_by_address_conn_3() {
+        let now = t0();
+        let policy = SelectPolicy {
+            retry: Some(Duration::from_secs(5)),
+            order: Order::FirstHealthy,
+            ..SelectPolicy::default()
+        };
+        let mut b = Balancer::new(dests(2), policy);
+        let events = |b: &mut Balancer| {
+            std::iter::from_fn(|| b.poll_event())
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        b.handle_connect_failed(now, DestId(0), "Connection refused");
+        // Still down when retried and failing again: nothing new to say.
+        let later = now + Duration::from_secs(6);
+        assert_eq!(pick(&mut b, later, client(1)), Some(0));
+        b.handle_connect_failed(later, DestId(0), "Connection refused");
+        // A success while up is no news either.
+        b.handle_connected(later, DestId(1));
+        assert_eq!(
+            events(&mut b),
+            [
+                "destination 127.0.0.10:9000 down: Connection refused",
+                "retrying destination 127.0.0.10:9000",
+            ]
+        );
+        let back = later + Duration::from_secs(6);
+        assert_eq!(pick(&mut b, back, client(2)), Some(0));
+        b.handle_connected(back, DestId(0));
+        assert_eq!(
+            events(&mut b),
+            [
+                "retrying destination 127.0.0.10:9000",
+                "destination 127.0.0.10:9000 up"
+            ]
+        );
+        b.handle_connect_failed(back, DestId(0), "timed out after 10s");
+        assert_eq!(
+            events(&mut b),
+            ["destination 127.0.0.10:9000 down: timed out after 10s"]
+        );
     }
 
     #[test]
@@ -405,7 +491,7 @@ mod tests {
         let mut b = Balancer::new(dests(3), policy);
         assert_eq!(pick(&mut b, now, client(1)), Some(0));
         assert_eq!(pick(&mut b, now, client(2)), Some(0));
-        b.handle_connect_failed(now, DestId(0));
+        b.handle_connect_failed(now, DestId(0), "refused");
         assert_eq!(pick(&mut b, now, client(3)), Some(1));
         assert_eq!(pick(&mut b, now, client(4)), Some(1));
     }
@@ -415,7 +501,7 @@ mod tests {
         let now = t0();
         let mut b = Balancer::new(dests(3), SelectPolicy::default());
         for i in 0..3 {
-            b.handle_connect_failed(now, DestId(i));
+            b.handle_connect_failed(now, DestId(i), "refused");
         }
         while b.poll_event().is_some() {}
         // The reset happens only now, when a client needs a destination.
@@ -434,7 +520,7 @@ mod tests {
             ..SelectPolicy::default()
         };
         let mut b = Balancer::new(dests(2), policy);
-        b.handle_connect_failed(now, DestId(0));
+        b.handle_connect_failed(now, DestId(0), "refused");
         assert_eq!(
             pick(&mut b, now + Duration::from_secs(4), client(1)),
             Some(1)
@@ -448,14 +534,19 @@ mod tests {
             pick(&mut b, now + Duration::from_secs(5), client(3)),
             Some(0)
         );
-        assert_eq!(b.poll_event(), Some(SelectEvent::Retrying(DestId(0))));
+        assert_eq!(
+            b.poll_event(),
+            Some(SelectEvent::Retrying {
+                dest: dests(2)[0].clone()
+            })
+        );
     }
 
     #[test]
     fn without_retry_a_dead_destination_stays_out_conn_3() {
         let now = t0();
         let mut b = Balancer::new(dests(2), SelectPolicy::default());
-        b.handle_connect_failed(now, DestId(0));
+        b.handle_connect_failed(now, DestId(0), "refused");
         let later = now + Duration::from_secs(100_000);
         assert!((0..5).all(|k| pick(&mut b, later, client(k)) == Some(1)));
     }
@@ -468,7 +559,7 @@ mod tests {
         let mut tried = vec![];
         while let Some(d) = b.next_attempt(now, &mut plan) {
             tried.push(d.index());
-            b.handle_connect_failed(now, d);
+            b.handle_connect_failed(now, d, "refused");
         }
         assert_eq!(tried, [0, 1, 2]);
         assert_eq!(plan.attempts(), 3);
@@ -480,17 +571,17 @@ mod tests {
     fn fail_over_skips_unhealthy_and_resets_when_needed_conn_4() {
         let now = t0();
         let mut b = Balancer::new(dests(3), SelectPolicy::default());
-        b.handle_connect_failed(now, DestId(1));
-        b.handle_connect_failed(now, DestId(2));
+        b.handle_connect_failed(now, DestId(1), "refused");
+        b.handle_connect_failed(now, DestId(2), "refused");
         let mut plan = b.plan(client(1));
         assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(0)));
-        b.handle_connect_failed(now, DestId(0));
+        b.handle_connect_failed(now, DestId(0), "refused");
         // Nothing is eligible: reset, and the first destination this client has not
         // tried is used.
         assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(1)));
-        b.handle_connect_failed(now, DestId(1));
+        b.handle_connect_failed(now, DestId(1), "refused");
         assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(2)));
-        b.handle_connect_failed(now, DestId(2));
+        b.handle_connect_failed(now, DestId(2), "refused");
         assert_eq!(b.next_attempt(now, &mut plan), None);
     }
 
@@ -544,7 +635,7 @@ mod tests {
             },
         );
         assert_eq!(pick(&mut b, now, client(1)), Some(0));
-        b.handle_connect_failed(now, DestId(0));
+        b.handle_connect_failed(now, DestId(0), "refused");
         assert_eq!(pick(&mut b, now, client(1)), Some(1));
         assert_eq!(pick(&mut b, now, client(1)), Some(1));
     }
@@ -591,7 +682,7 @@ mod tests {
     fn no_destinations_never_panics() {
         let mut b = Balancer::new(vec![], SelectPolicy::default());
         assert_eq!(pick(&mut b, t0(), client(1)), None);
-        b.handle_connect_failed(t0(), DestId(3));
+        b.handle_connect_failed(t0(), DestId(3), "refused");
         assert_eq!(b.poll_event(), None);
     }
 
@@ -731,7 +822,7 @@ mod tests {
                     Op::Fail(k) if !flying.is_empty() => {
                         let k = k % flying.len();
                         let (mut plan, mut tried, c, d) = flying.swap_remove(k);
-                        real.handle_connect_failed(at, DestId(d));
+                        real.handle_connect_failed(at, DestId(d), "refused");
                         model.up[d] = false;
                         model.down_at[d] = now;
                         let got = real.next_attempt(at, &mut plan).map(DestId::index);

@@ -131,7 +131,7 @@ mod tests {
         };
         s.handle_closed(Some(DestId(0)), Some(&out));
         s.handle_closed(None, None);
-        b.handle_connect_failed(now, DestId(1));
+        b.handle_connect_failed(now, DestId(1), "refused");
         assert_eq!(
             s.report(now + Duration::from_secs(42), &b, 2),
             [
