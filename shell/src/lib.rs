@@ -4,11 +4,15 @@
 //! connection driver consults the core ([`Conn`]). With the `async` feature, the
 //! connection driver over async-io that both async runtimes use.
 //!
-//! Start-up order (PROC-1/2/3): parse and validate → read the proxy credentials →
-//! raise the descriptor limit → bind the listener (still on the terminal, so failures
-//! print and exit 4) → check the session file → detach with a readiness pipe (while
-//! single-threaded) → pid file → block signals → the writer thread → the adapter
-//! starts its threads or runtime and calls [`Boot::serve`].
+//! Start-up order (PROC-1/2/3/6/7/9), single-threaded throughout: block the
+//! signals plug handles → parse and validate → close inherited descriptors →
+//! make relative paths absolute → read the proxy credentials → look up `--user`
+//! → raise the descriptor limit → lock the pid file → bind the listener → connect
+//! to syslog (everything so far still on the terminal, so failures print and exit
+//! 4) → detach with a readiness pipe → write the pid file → switch to `--user` →
+//! check the session file → the writer thread → the adapter starts its threads
+//! or runtime and calls [`Boot::serve`]. Failures after detaching reach the
+//! waiting parent, which prints them and exits 4.
 
 #[cfg(feature = "async")]
 pub mod async_driver;
@@ -19,7 +23,9 @@ pub mod session_file;
 pub mod sockets;
 pub mod splice;
 pub mod sys;
+pub mod syslog;
 pub mod systemd;
+pub mod user;
 pub mod writer;
 
 use std::ffi::OsString;
@@ -34,7 +40,7 @@ use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
 use plug_core::connect::ProxyCredentials;
 use plug_core::connection::Runtime;
 use plug_core::forwarder::{AcceptNext, Forwarder};
-use plug_core::log::{self as core_log, LogLevel, LogRecord};
+use plug_core::log::{self as core_log, LogLevel, LogRecord, LogTargets};
 
 pub use conn::Conn;
 use daemon::{ParentOutcome, PidFile, Readiness};
@@ -42,6 +48,8 @@ use log::Logger;
 /// The core, re-exported so adapters name the same types.
 pub use plug_core;
 use session_file::SessionWriter;
+use syslog::Syslog;
+use user::Account;
 use writer::Writer;
 
 /// Prints `PROG: message` on stderr and exits with `status`.
@@ -132,17 +140,37 @@ fn fail(ctx: &Context, readiness: &mut Readiness, message: &str) -> ! {
     ctx.exit(EXIT_FATAL)
 }
 
+/// Reads `--proxy-auth-file` (OPT-5): at start-up, and again on SIGHUP (PROC-8).
+fn read_credentials(path: &std::path::Path) -> Result<ProxyCredentials, String> {
+    let contents = std::fs::read(path)
+        .map_err(|e| format!("cannot read proxy credentials {}: {e}", path.display()))?;
+    ProxyCredentials::from_file_contents(&contents).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The path made absolute against the directory plug started in, so it keeps
+/// its meaning after detaching moves plug to `/` (PROC-7).
+fn absolute(path: &mut std::path::PathBuf) {
+    if let Ok(abs) = std::path::absolute(&*path) {
+        *path = abs;
+    }
+}
+
 /// Starts the process from argv: returns only in the process that will serve.
 /// `-V`, `--help`, usage errors (exit 5) and start-up failures (exit 4) end here.
 /// `runtime` says what the adapter offers the core (splicing, buffer release).
 pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot {
+    // Before anything else, so a signal that arrives during start-up waits for
+    // the signal thread instead of killing plug half-started (PROC-8), and every
+    // thread started later inherits the mask.
+    sys::ignore_sigpipe();
+    let blocked = sys::block_signals(&sys::signal::HANDLED);
     let mut argv = argv.into_iter();
     let argv0 = argv
         .next()
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
     let program = core_log::program_name(&argv0).to_string();
-    let config = match cli::parse(argv.collect()) {
+    let mut config = match cli::parse(argv.collect()) {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Version) => {
             println!("{}", core_log::version(&program));
@@ -157,135 +185,142 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
             std::process::exit(e.status())
         }
     };
+    let fatal = |message: &str| -> ! { die(&program, message, EXIT_FATAL) };
+    if let Err(e) = blocked {
+        fatal(&format!("cannot set up signals: {e}"))
+    }
 
-    let credentials = match &config.proxy_auth_file {
-        None => None,
-        Some(path) => {
-            let contents = std::fs::read(path).unwrap_or_else(|e| {
-                die(
-                    &program,
-                    &format!("cannot read proxy credentials {}: {e}", path.display()),
-                    EXIT_FATAL,
-                )
-            });
-            match ProxyCredentials::from_file_contents(&contents) {
-                Ok(c) => Some(c),
-                Err(e) => die(&program, &format!("{}: {e}", path.display()), EXIT_FATAL),
-            }
-        }
-    };
+    // Nothing inherited stays open but stdio and a listener systemd passed
+    // (PROC-7), so `x=$(plug ...)` returns and no descriptor leaks into the daemon.
+    let passed_fd = systemd::passed_fd();
+    if let Err(e) = sys::ensure_stdio_open() {
+        fatal(&format!("cannot open /dev/null: {e}"))
+    }
+    sys::close_inherited_fds(passed_fd);
+    if let Some(path) = config.pid_file.as_mut() {
+        absolute(path);
+    }
+    if let Some(cli::SessionTarget::File(path)) = config.session.as_mut() {
+        absolute(path);
+    }
+    if let Some(path) = config.proxy_auth_file.as_mut() {
+        absolute(path);
+    }
+
+    let credentials = config
+        .proxy_auth_file
+        .as_deref()
+        .map(|path| read_credentials(path).unwrap_or_else(|e| fatal(&e)));
+    let account = config
+        .user
+        .as_ref()
+        .map(|spec| Account::look_up(spec).unwrap_or_else(|e| fatal(&e)));
 
     // Connections need descriptors; the hard limit is what the operator allowed.
     // The default --max-conns and the pipe budget follow from it (OPT-3, FAULT-3).
     let nofile = sys::raise_nofile_limit().unwrap_or(1024);
 
+    // Locked before binding: a second plug on the same pid file says the first
+    // is running, even when it would also find the port taken (PROC-6).
+    let mut pid_file = config
+        .pid_file
+        .as_deref()
+        .map(|path| PidFile::lock(path).unwrap_or_else(|e| fatal(&e.to_string())));
+
     // With systemd socket activation the passed socket is served and nothing is
     // bound; the source argument still names the listener in logs (OPT-7).
     let notifier = systemd::Notifier::from_env();
-    let passed = systemd::passed_listener().unwrap_or_else(|e| {
-        die(
-            &program,
-            &format!("cannot use the socket systemd passed: {e}"),
-            EXIT_FATAL,
-        )
-    });
-    let listener = match passed {
-        Some(listener) => listener,
+    let listener = match passed_fd {
+        Some(fd) => systemd::adopt(fd)
+            .unwrap_or_else(|e| fatal(&format!("cannot use the socket systemd passed: {e}"))),
         None => {
             let addr = config.source.bind_addr();
-            sockets::bind(addr).unwrap_or_else(|e| {
-                die(
-                    &program,
-                    &format!("cannot listen on {addr}: {e}"),
-                    EXIT_FATAL,
-                )
-            })
+            sockets::bind(addr).unwrap_or_else(|e| fatal(&format!("cannot listen on {addr}: {e}")))
         }
     };
     sockets::prepare_listener(&listener, config.keepalive);
-    let sessions = config.session.as_ref().map(|target| {
-        SessionWriter::open(target.clone()).unwrap_or_else(|e| {
-            die(
-                &program,
-                &format!("cannot open session file: {e}"),
-                EXIT_FATAL,
-            )
-        })
-    });
+    // Opened while plug may still be root (PROC-9); a missing /dev/log is not an
+    // error: each line tries again, and a foreground plug falls back to stderr.
+    let syslog_socket = syslog::connect().ok();
+
     let mut readiness = if config.foreground {
         Readiness::none()
     } else {
         match daemon::detach() {
             Ok(Ok(readiness)) => readiness,
             Ok(Err(ParentOutcome::Ready)) => std::process::exit(EXIT_OK),
-            Ok(Err(ParentOutcome::Failed(msg))) => die(&program, &msg, EXIT_FATAL),
-            Err(e) => die(&program, &format!("cannot detach: {e}"), EXIT_FATAL),
+            Ok(Err(ParentOutcome::Failed(msg))) => fatal(&msg),
+            Err(e) => fatal(&format!("cannot detach: {e}")),
         }
     };
-    sys::openlog(&program);
+    let pid = std::process::id();
+    let targets = LogTargets {
+        detached: !config.foreground,
+        syslog: config.log_connections,
+        debug: config.debug,
+    };
     let logger = Arc::new(Logger::new(
         &program,
-        !config.foreground,
-        config.debug,
-        config.log_connections,
+        targets,
+        Syslog::new(&program, pid, syslog_socket),
     ));
-    let pid = std::process::id();
-    // Before any thread exists, so that every thread inherits the mask and only the
-    // signal thread receives them.
-    if let Err(e) = sys::block_signals(&[sys::signal::TERM, sys::signal::INT, sys::signal::USR1]) {
-        let message = format!("cannot set up signals: {e}");
-        if !readiness.failed(&message) {
-            logger.error(&message);
+    // Until the writer thread runs: to the waiting parent, else the log.
+    let mut early_failure = |message: &str| -> ! {
+        if !readiness.failed(message) {
+            logger.error(message);
         }
         std::process::exit(EXIT_FATAL)
+    };
+    if let Some(file) = pid_file.as_mut() {
+        if let Err(e) = file.write(pid) {
+            early_failure(&e.to_string())
+        }
     }
+    if let Some(account) = &account {
+        if let Err(e) = account.switch() {
+            early_failure(&e)
+        }
+    }
+    // As the account plug now runs as: it must be able to write the file.
+    let sessions = match config.session.clone() {
+        None => None,
+        Some(target) => match SessionWriter::open(target) {
+            Ok(w) => Some(w),
+            Err(e) => early_failure(&format!("cannot open session file {e}")),
+        },
+    };
     let writer = match Writer::start(Arc::clone(&logger), sessions, pid) {
         Ok(writer) => writer,
-        Err(e) => {
-            let message = format!("cannot start the log writer: {e}");
-            if !readiness.failed(&message) {
-                logger.error(&message);
-            }
-            std::process::exit(EXIT_FATAL)
-        }
+        Err(e) => early_failure(&format!("cannot start the log writer: {e}")),
     };
     let forwarder = Forwarder::new(&config, credentials, nofile, runtime);
+    let described = config.describe(forwarder.max_conns());
     let ctx = Arc::new(Context {
         program,
         log: logger,
         writer,
         forwarder: Mutex::new(forwarder),
         drained: Condvar::new(),
-        pid_file: Mutex::new(None),
+        pid_file: Mutex::new(pid_file),
         pid,
         stopping: AtomicBool::new(false),
         notifier,
         config,
     });
-    let mut boot = Boot {
-        ctx,
-        listener,
-        readiness,
-    };
-
-    if let Some(path) = boot.ctx.config.pid_file.clone() {
-        match PidFile::write(&path, pid) {
-            Ok(file) => *lock(&boot.ctx.pid_file) = Some(file),
-            Err(e) => {
-                let message = format!("cannot write pid file {}: {e}", path.display());
-                fail(&boot.ctx, &mut boot.readiness, &message)
-            }
-        }
-    }
-    let ctx = &boot.ctx;
     ctx.log(LogLevel::Connection, core_log::started(&ctx.config.source));
-    let local = boot
-        .listener
+    let local = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
+    for line in described {
+        ctx.log(LogLevel::Debug(2), line);
+    }
     ctx.log(LogLevel::Debug(1), format!("listening on {local}"));
-    boot
+    Boot {
+        ctx,
+        listener,
+        readiness,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,7 +393,8 @@ impl Context {
     }
 
     fn remove_pid_file(&self) {
-        if let Some(file) = lock(&self.pid_file).take() {
+        let file = lock(&self.pid_file).take();
+        if let Some(file) = file {
             file.remove();
         }
     }
@@ -422,9 +458,23 @@ impl Context {
         }
     }
 
-    /// Starts the thread that receives SIGTERM, SIGINT and SIGUSR1: the first
-    /// SIGTERM/SIGINT begins the graceful stop and calls `close_listener`, the
-    /// second exits at once (PROC-4); SIGUSR1 writes the state dump (OPT-6).
+    /// Handles SIGHUP (PROC-8): re-reads `--proxy-auth-file` for the next CONNECT
+    /// (an unreadable file keeps the old credentials, and says why) and logs
+    /// `reloaded`. Serving goes on.
+    pub fn reload(&self) {
+        let now = Instant::now();
+        let credentials = self.config.proxy_auth_file.as_deref().map(read_credentials);
+        let mut forwarder = self.forwarder();
+        forwarder.handle_reload(now, credentials);
+        while let Some(record) = forwarder.poll_log(now) {
+            self.writer.log(record);
+        }
+    }
+
+    /// Starts the thread that receives SIGTERM, SIGINT, SIGUSR1 and SIGHUP: the
+    /// first SIGTERM/SIGINT begins the graceful stop and calls `close_listener`,
+    /// the second exits at once (PROC-4); SIGUSR1 writes the state dump (OPT-6);
+    /// SIGHUP reloads (PROC-8).
     pub fn spawn_signal_thread(
         self: &Arc<Self>,
         mut close_listener: impl FnMut() + Send + 'static,
@@ -433,9 +483,9 @@ impl Context {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
-                let signals = [sys::signal::TERM, sys::signal::INT, sys::signal::USR1];
-                match sys::wait_signal(&signals) {
+                match sys::wait_signal(&sys::signal::HANDLED) {
                     Ok(sys::signal::USR1) => ctx.report_state(),
+                    Ok(sys::signal::HUP) => ctx.reload(),
                     Ok(_) if ctx.begin_stop() => close_listener(),
                     Ok(_) => ctx.exit(EXIT_OK),
                     Err(e) => {

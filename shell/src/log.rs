@@ -1,29 +1,29 @@
-//! Where plug's lines go: syslog for `-l` and for errors once detached (PROC-5),
-//! stderr in the foreground, and `-d` debug lines on stderr.
+//! Where plug's lines go (PROC-5): the core's [`LogTargets::route`] decides
+//! between syslog and stderr; this writes them there, and puts a line that
+//! syslog did not take on stderr instead while plug runs in the foreground.
 
 use std::io::Write;
 
-use plug_core::log::{LogLevel, LogRecord};
+use plug_core::log::{LogLevel, LogRecord, LogTargets};
 
-use crate::sys::{self, Priority};
+use crate::syslog::Syslog;
 
 /// Sends log lines to the right place for this process's mode.
 #[derive(Debug)]
 pub struct Logger {
     program: String,
-    detached: bool,
-    debug: u8,
-    log_connections: bool,
+    targets: LogTargets,
+    syslog: Syslog,
 }
 
 impl Logger {
-    /// Creates the logger; `detached` is true once the process has left the terminal.
-    pub fn new(program: &str, detached: bool, debug: u8, log_connections: bool) -> Self {
+    /// Creates the logger for `targets` (detached, `-l`, `-d`), sending syslog
+    /// lines through `syslog`.
+    pub fn new(program: &str, targets: LogTargets, syslog: Syslog) -> Self {
         Logger {
             program: program.to_string(),
-            detached,
-            debug,
-            log_connections,
+            targets,
+            syslog,
         }
     }
 
@@ -33,55 +33,21 @@ impl Logger {
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
-    /// A connection line of PROC-5 (`-l`): to syslog, and to stderr with `-d`.
-    pub fn connection(&self, line: &str) {
-        if self.log_connections {
-            sys::syslog(Priority::Notice, line);
-        }
-        if self.debug > 0 {
-            self.stderr(line);
-        }
-    }
-
-    /// An error or notice the operator must see: stderr in the foreground, syslog
-    /// once detached.
-    pub fn error(&self, message: &str) {
-        if self.detached {
-            sys::syslog(Priority::Err, message);
-        } else {
-            self.stderr(message);
-        }
-    }
-
-    /// An operational notice (a destination failed, the sticky table is full): like
-    /// [`Logger::error`] but at notice priority.
-    pub fn notice(&self, message: &str) {
-        if self.detached {
-            sys::syslog(Priority::Notice, message);
-        } else {
-            self.stderr(message);
-        }
-    }
-
-    /// A debug line, shown when `-d` was given at least `level` times.
-    pub fn debug(&self, level: u8, message: &str) {
-        if self.debug >= level {
-            self.stderr(message);
-        }
-    }
-
-    /// True when debug lines of `level` are shown (to skip formatting otherwise).
-    pub fn debugging(&self, level: u8) -> bool {
-        self.debug >= level
-    }
-
     /// Writes a record the core made, where its level says.
     pub fn write(&self, record: &LogRecord) {
-        match record.level {
-            LogLevel::Connection => self.connection(&record.text),
-            LogLevel::Notice => self.notice(&record.text),
-            LogLevel::Error => self.error(&record.text),
-            LogLevel::Debug(n) => self.debug(n, &record.text),
+        let route = self.targets.route(record.level);
+        let mut taken = true;
+        if let Some(severity) = route.syslog {
+            taken = self.syslog.send(severity, &record.text);
         }
+        if route.stderr || (!taken && self.targets.falls_back_to_stderr(route)) {
+            self.stderr(&record.text);
+        }
+    }
+
+    /// An error the operator must see: stderr in the foreground, syslog with `-l`
+    /// or once detached.
+    pub fn error(&self, message: &str) {
+        self.write(&LogRecord::new(LogLevel::Error, message));
     }
 }

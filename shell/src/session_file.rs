@@ -31,12 +31,24 @@ impl SessionWriter {
         })
     }
 
+    /// Opens the file for one line, never through a symbolic link (PROC-6): a
+    /// link put in its place is an error naming the path, not a write elsewhere.
     fn open_file(path: &PathBuf) -> io::Result<std::fs::File> {
         OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
+            .map_err(|e| {
+                let why = match e.raw_os_error() {
+                    Some(libc::ELOOP) => {
+                        "it is a symbolic link, which plug does not follow".to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                io::Error::new(e.kind(), format!("{}: {why}", path.display()))
+            })
     }
 
     /// Appends one line (newline included) in a single write.

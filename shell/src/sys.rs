@@ -2,7 +2,7 @@
 //! the adapters with `unsafe`; every block says why it is sound.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -113,45 +113,6 @@ pub fn wait_signal(signals: &[i32]) -> io::Result<i32> {
     Ok(sig)
 }
 
-/// Opens the syslog connection: facility daemon, ident = `ident`, with the PID.
-pub fn openlog(ident: &str) {
-    let ident = CString::new(ident.replace('\0', "")).unwrap_or_default();
-    // openlog keeps the pointer for the life of the process, so the string is leaked
-    // on purpose (once per process).
-    let ident: &'static std::ffi::CStr = Box::leak(ident.into_boxed_c_str());
-    // SAFETY: `ident` lives forever; the flags and facility are plain integers.
-    unsafe {
-        libc::openlog(
-            ident.as_ptr(),
-            libc::LOG_PID | libc::LOG_NDELAY,
-            libc::LOG_DAEMON,
-        )
-    };
-}
-
-/// Syslog priorities plug uses.
-#[derive(Debug, Clone, Copy)]
-pub enum Priority {
-    /// Errors.
-    Err,
-    /// Connection logging and notices.
-    Notice,
-}
-
-/// Sends one message to syslog.
-pub fn syslog(priority: Priority, message: &str) {
-    let pri = match priority {
-        Priority::Err => libc::LOG_ERR,
-        Priority::Notice => libc::LOG_NOTICE,
-    };
-    let Ok(msg) = CString::new(message.replace('\0', "")) else {
-        return;
-    };
-    // SAFETY: the format is a literal "%s" and `msg` is a valid C string, so syslog
-    // reads exactly one string argument.
-    unsafe { libc::syslog(pri, c"%s".as_ptr(), msg.as_ptr()) };
-}
-
 /// Breaks down `time` as local time (the session line's clock).
 pub fn local_time(time: SystemTime) -> WallTime {
     let secs = time
@@ -221,6 +182,246 @@ pub mod signal {
     pub const INT: i32 = libc::SIGINT;
     /// State dump (OPT-6).
     pub const USR1: i32 = libc::SIGUSR1;
+    /// Reload (PROC-8).
+    pub const HUP: i32 = libc::SIGHUP;
+    /// Every signal the signal thread waits for.
+    pub const HANDLED: [i32; 4] = [TERM, INT, USR1, HUP];
+}
+
+/// Ignores SIGPIPE, so a write to a closed socket or pipe fails with EPIPE instead
+/// of killing plug (PROC-8). (Rust programs start so; this does not depend on it.)
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN involves no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were not), so
+/// that no file plug opens later lands on one and receives stray output.
+pub fn ensure_stdio_open() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only queries the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // The lowest free descriptor is `fd`: open hands it out.
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            use std::os::fd::IntoRawFd;
+            let got = null.into_raw_fd();
+            if got != fd {
+                // SAFETY: `got` is the descriptor just opened; dup2 replaces `fd`.
+                unsafe {
+                    libc::dup2(got, fd);
+                    libc::close(got);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Closes every descriptor above 2 except `keep` (a listener systemd passed),
+/// so none that plug inherited stays open in the daemon (PROC-7). Call while
+/// single-threaded, before plug opens anything of its own.
+pub fn close_inherited_fds(keep: Option<RawFd>) {
+    let ranges: &[(u32, u32)] = match keep {
+        Some(3) => &[(4, u32::MAX)],
+        _ => &[(3, u32::MAX)],
+    };
+    let mut done = true;
+    for &(first, last) in ranges {
+        // SAFETY: close_range only closes descriptors; none of them is owned by
+        // anything in this process yet (start-up, single-threaded).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        done &= rc == 0;
+    }
+    if done {
+        return;
+    }
+    // Kernels before 5.9: close what /proc lists (the listing's own descriptor is
+    // closed when it is dropped, before the loop).
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in open {
+        if fd > 2 && Some(fd) != keep {
+            // SAFETY: as above; a descriptor already closed only yields EBADF.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Changes the working directory to `/`, so a detached plug keeps no directory
+/// busy (PROC-7).
+pub fn chdir_root() -> io::Result<()> {
+    std::env::set_current_dir("/")
+}
+
+/// Takes an exclusive advisory lock on `fd` without waiting: `Ok(false)` when
+/// another process holds it.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: flock on a descriptor has no memory effects.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(e)
+}
+
+/// An account from the user database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    /// The login name.
+    pub name: String,
+    /// The user ID.
+    pub uid: u32,
+    /// The primary group ID.
+    pub gid: u32,
+}
+
+/// Grows a buffer for a `get*_r` call until it fits (ERANGE), up to 1 MiB.
+fn with_buffer<T>(
+    mut call: impl FnMut(&mut [libc::c_char]) -> (i32, Option<T>),
+) -> io::Result<Option<T>> {
+    let mut size = 1024;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        match call(&mut buf) {
+            (0, found) => return Ok(found),
+            (libc::ERANGE, _) if size < (1 << 20) => size *= 4,
+            (rc, _) => return Err(io::Error::from_raw_os_error(rc)),
+        }
+    }
+}
+
+fn passwd_from(pw: &libc::passwd) -> Passwd {
+    // SAFETY: getpwnam_r/getpwuid_r filled `pw_name` with a C string inside the
+    // buffer, which outlives this call.
+    let name = unsafe { CStr::from_ptr(pw.pw_name) }
+        .to_string_lossy()
+        .into_owned();
+    Passwd {
+        name,
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+    }
+}
+
+/// Looks up a user by name; `None` when there is no such user.
+pub fn user_by_name(name: &str) -> io::Result<Option<Passwd>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    with_buffer(|buf| {
+        // SAFETY: `pw` and `result` are writable; `buf` is a writable buffer of the
+        // length given; `cname` is a valid C string.
+        unsafe {
+            let mut pw: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            );
+            (rc, (!result.is_null()).then(|| passwd_from(&pw)))
+        }
+    })
+}
+
+/// Looks up a user by ID; `None` when there is no such user.
+pub fn user_by_id(uid: u32) -> io::Result<Option<Passwd>> {
+    with_buffer(|buf| {
+        // SAFETY: as in [`user_by_name`].
+        unsafe {
+            let mut pw: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result);
+            (rc, (!result.is_null()).then(|| passwd_from(&pw)))
+        }
+    })
+}
+
+/// Looks up a group's ID by name; `None` when there is no such group.
+pub fn group_by_name(name: &str) -> io::Result<Option<u32>> {
+    let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    with_buffer(|buf| {
+        // SAFETY: `gr` and `result` are writable; `buf` is a writable buffer of the
+        // length given; `cname` is a valid C string.
+        unsafe {
+            let mut gr: libc::group = std::mem::zeroed();
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let rc = libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            );
+            (rc, (!result.is_null()).then_some(gr.gr_gid))
+        }
+    })
+}
+
+/// The real, effective and saved user IDs, then the same for groups.
+pub fn ids() -> ([u32; 3], [u32; 3]) {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    let (mut rg, mut eg, mut sg) = (0, 0, 0);
+    // SAFETY: each pointer is to a writable u32 (uid_t and gid_t are u32 on Linux).
+    unsafe {
+        libc::getresuid(&mut r, &mut e, &mut s);
+        libc::getresgid(&mut rg, &mut eg, &mut sg);
+    }
+    ([r, e, s], [rg, eg, sg])
+}
+
+fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+/// Becomes `uid`:`gid` with the supplementary groups of `name` (or only `gid`
+/// when `name` is `None`), for the whole process: initgroups or setgroups,
+/// setgid, setuid, in that order (PROC-9). Needs root.
+pub fn switch_ids(name: Option<&str>, uid: u32, gid: u32) -> io::Result<()> {
+    match name {
+        Some(name) => {
+            let cname =
+                CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: `cname` is a valid C string; initgroups reads the group database.
+            check(
+                unsafe { libc::initgroups(cname.as_ptr(), gid) },
+                "initgroups",
+            )?;
+        }
+        None => {
+            let groups = [gid];
+            // SAFETY: `groups` is a valid array of one gid_t.
+            check(unsafe { libc::setgroups(1, groups.as_ptr()) }, "setgroups")?;
+        }
+    }
+    // SAFETY: setgid and setuid take plain integers; glibc applies them to every
+    // thread of the process.
+    check(unsafe { libc::setgid(gid) }, "setgid")?;
+    // SAFETY: as above.
+    check(unsafe { libc::setuid(uid) }, "setuid")
+}
+
+/// True when the process can become root again (setuid(0) succeeds): a switch
+/// that left this possible has dropped nothing. Undoes nothing if it can; the
+/// caller exits.
+pub fn can_regain_root() -> bool {
+    // SAFETY: setuid and setgid take plain integers.
+    unsafe { libc::setuid(0) == 0 || libc::setgid(0) == 0 }
 }
 
 /// Takes ownership of descriptor `fd` as a listening TCP socket (socket

@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::net::TcpListener;
+use std::os::fd::RawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
@@ -43,22 +44,27 @@ impl Notifier {
     }
 }
 
-/// The listening socket systemd passed to this process, if `LISTEN_PID` names it
-/// and `LISTEN_FDS` passes at least one descriptor.
-pub fn passed_listener() -> io::Result<Option<TcpListener>> {
+/// The descriptor of the listening socket systemd passed to this process, if
+/// `LISTEN_PID` names it and `LISTEN_FDS` passes at least one (the first, 3, is
+/// the one served). Reads only the environment: call before closing inherited
+/// descriptors, which keeps this one (PROC-7).
+pub fn passed_fd() -> Option<RawFd> {
     let pid = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok());
     let fds = std::env::var("LISTEN_FDS")
         .ok()
         .and_then(|n| n.parse::<u32>().ok());
-    if pid != Some(std::process::id()) || fds.unwrap_or(0) < 1 {
-        return Ok(None);
-    }
-    let listener = sys::adopt_listener(FIRST_PASSED_FD)?;
+    (pid == Some(std::process::id()) && fds.unwrap_or(0) >= 1).then_some(FIRST_PASSED_FD)
+}
+
+/// Takes the descriptor [`passed_fd`] named as the listener, after checking that
+/// it is a listening socket.
+pub fn adopt(fd: RawFd) -> io::Result<TcpListener> {
+    let listener = sys::adopt_listener(fd)?;
     // Not for anything this process might start.
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_FDNAMES");
-    Ok(Some(listener))
+    Ok(listener)
 }

@@ -2,14 +2,18 @@
 //! accept loop only put lines on a bounded queue, so a slow disk or syslog never
 //! stalls relaying or accepting. When the queue is full a line is dropped and
 //! counted, and the count is written as soon as there is room.
+//!
+//! The thread also carries out the core's rate limits of client-caused lines
+//! ([`Limiter`]): it passes ten a second of each kind and wakes when a second
+//! ends to write `N similar messages suppressed`, even if nothing else comes.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use plug_core::log::{LogLevel, LogRecord};
+use plug_core::log::{Limiter, LogKind, LogLevel, LogRecord};
 use plug_core::session::SessionRecord;
 
 use crate::log::Logger;
@@ -88,7 +92,21 @@ fn write_lines(
     pid: u32,
     dropped: &AtomicU64,
 ) {
-    while let Ok(line) = lines.recv() {
+    let mut limiter = Limiter::new();
+    loop {
+        let next = match limiter.poll_timeout() {
+            None => lines.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(due) => lines.recv_timeout(due.saturating_duration_since(Instant::now())),
+        };
+        let now = Instant::now();
+        while let Some(summary) = limiter.poll_record(now) {
+            logger.write(&summary);
+        }
+        let line = match next {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
             logger.write(&LogRecord::new(
@@ -97,12 +115,22 @@ fn write_lines(
             ));
         }
         match line {
-            Line::Log(record) => logger.write(&record),
+            Line::Log(record) => {
+                if let Some(record) = limiter.handle_record(now, record) {
+                    logger.write(&record);
+                }
+            }
             Line::Session(record, closed) => {
-                if let Some(sessions) = sessions {
-                    let text = record.line(sys::local_time(closed), pid);
-                    if let Err(e) = sessions.write(&text) {
-                        logger.error(&format!("cannot write session line: {e}"));
+                let Some(sessions) = sessions else { continue };
+                let text = record.line(sys::local_time(closed), pid);
+                if let Err(e) = sessions.write(&text) {
+                    let record = LogRecord::limited(
+                        LogKind::SessionFile,
+                        LogLevel::Error,
+                        format!("cannot write session line: {e}"),
+                    );
+                    if let Some(record) = limiter.handle_record(now, record) {
+                        logger.write(&record);
                     }
                 }
             }
