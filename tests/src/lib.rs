@@ -289,6 +289,61 @@ pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 254, (n / 250) as u8, (n % 250 + 1) as u8], 19_999))
 }
 
+/// True when `program` can be run (found on the PATH or as a path). When it
+/// cannot, the test that needs it says so loudly and passes, so that
+/// `cargo test --workspace` works on a machine with only Rust and python3,
+/// unless `PLUG_TEST_REQUIRE_ALL=1` (set by `.ci/run`, which installs every
+/// program): then a missing one fails the test.
+pub fn optional_program(program: &str, package: &str) -> bool {
+    let found = if program.contains('/') {
+        Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
+        })
+    };
+    if !found {
+        skip_or_fail(&format!(
+            "{program} is not installed (apt-get install {package})"
+        ));
+    }
+    found
+}
+
+/// Says loudly that a test is skipped for `why`; fails it instead when
+/// `PLUG_TEST_REQUIRE_ALL=1`.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("PLUG_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("{why}, and PLUG_TEST_REQUIRE_ALL=1 requires it");
+    }
+    eprintln!("\n!!! SKIPPED: {why}: this test checks nothing here !!!\n");
+}
+
+/// True when the tests run as root (needed to test `--user` and to give plug a
+/// private /dev/log in a mount namespace); says loudly when not, as for a
+/// missing program.
+pub fn running_as_root(what: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    if !root {
+        skip_or_fail(&format!("{what} needs root"));
+    }
+    root
+}
+
+/// The lines of `/proc/PID/status`, such as `Uid:` and `Groups:`, by name.
+pub fn proc_status(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+}
+
 /// How to launch plug beyond its arguments.
 #[derive(Debug, Clone, Default)]
 pub struct Launch {
@@ -329,6 +384,42 @@ pub fn socket_activation(port: u16, nonblocking: bool) -> Launch {
         env: vec![("ACTIVATE_PORT".into(), port.to_string())],
         via: Some(("python3".into(), vec!["-c".into(), script])),
     }
+}
+
+/// A `/dev` of plug's own, seen only by plug: a private mount namespace
+/// (`unshare -m`) in which `dir` holds the `null` device (bound from the real one)
+/// and, when the test bound one there, the `log` socket plug's syslog lines go to.
+/// The test then reads the very datagrams a syslog daemon would. This needs root
+/// (mounting), which `.ci/run` has; [`private_dev`] says loudly when it is not
+/// available. Why a namespace: plug's syslog path is fixed (/dev/log, as every
+/// syslog(3) client's), so the real path must be the test's socket, without
+/// touching the machine's /dev and without a test-only switch in plug.
+pub fn private_dev_launch(dir: &Path) -> Launch {
+    let d = dir.to_string_lossy();
+    let script = format!(
+        "touch '{d}/null' && mount --bind /dev/null '{d}/null' && mount --rbind '{d}' /dev \
+         && exec \"$0\" \"$@\""
+    );
+    Launch {
+        env: vec![],
+        via: Some((
+            "unshare".into(),
+            vec![
+                "--mount".into(),
+                "--propagation".into(),
+                "private".into(),
+                "/bin/sh".into(),
+                "-c".into(),
+                script,
+            ],
+        )),
+    }
+}
+
+/// True when plug can be given a private /dev (see [`private_dev_launch`]):
+/// root, and `unshare` installed. Says loudly when not, as for a missing program.
+pub fn private_dev(what: &str) -> bool {
+    running_as_root(what) && optional_program("unshare", "util-linux")
 }
 
 /// Runs `bin` to completion with `args`, `{port}` replaced by a free port, and
@@ -415,6 +506,62 @@ impl Plug {
             let lines = plug.stderr.all();
             let _ = plug.child.kill();
             let _ = plug.child.wait();
+            if !lines.iter().any(|l| l.contains("cannot listen")) {
+                panic!("{} did not start: {lines:?}", bin.name);
+            }
+        }
+        panic!("{}: no free port after 5 tries", bin.name);
+    }
+
+    /// Starts `bin` with exactly `args` (no `-d`), with `{port}` replaced by a free
+    /// port, and returns once it is serving, learnt as systemd would: the
+    /// `READY=1` it sends to `NOTIFY_SOCKET` (OPT-7). For tests of what plug logs
+    /// at the normal level, without the `-d` that [`Plug::start`] adds.
+    pub fn start_quiet(bin: &Binary, args: &[&str]) -> Plug {
+        Plug::start_quiet_with(bin, &Launch::default(), args)
+    }
+
+    /// Like [`Plug::start_quiet`], launched as `launch` says.
+    pub fn start_quiet_with(bin: &Binary, launch: &Launch, args: &[&str]) -> Plug {
+        let dir = TempDir::new("ready");
+        let path = dir.path("notify");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut env = launch.env.clone();
+        env.push((
+            "NOTIFY_SOCKET".to_string(),
+            path.to_string_lossy().into_owned(),
+        ));
+        for _ in 0..5 {
+            let port = free_port();
+            let words: Vec<String> = args
+                .iter()
+                .map(|a| a.replace("{port}", &port.to_string()))
+                .collect();
+            let mut plug = match &launch.via {
+                None => Plug::spawn_env(bin, &words, &env, port),
+                Some((program, leading)) => {
+                    let mut wrapped = leading.clone();
+                    wrapped.push(bin.path.to_string_lossy().into_owned());
+                    wrapped.extend(words);
+                    let wrapper = Binary {
+                        name: bin.name,
+                        label: bin.label.clone(),
+                        path: program.into(),
+                    };
+                    Plug::spawn_env(&wrapper, &wrapped, &env, port)
+                }
+            };
+            let mut buf = [0u8; 256];
+            if sock
+                .recv(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"READY=1"))
+            {
+                return plug;
+            }
+            let _ = plug.child.kill();
+            plug.stderr.wait_closed();
+            let lines = plug.stderr.all();
             if !lines.iter().any(|l| l.contains("cannot listen")) {
                 panic!("{} did not start: {lines:?}", bin.name);
             }

@@ -357,3 +357,52 @@ fn proxy_credentials_from_a_file_opt_5() {
         assert!(!String::from_utf8_lossy(&cmdline).contains("s3cret"));
     });
 }
+
+#[test]
+fn sighup_rereads_the_proxy_credentials_proc_8_opt_5() {
+    each_binary(|bin| {
+        let proxy = FakeProxy::start(|_| Reply::Tunnel(OK));
+        let dir = TempDir::new("reauth");
+        let file = dir.path("auth");
+        std::fs::write(&file, "alice:one\n").unwrap();
+        let plug = Plug::start(
+            bin,
+            &[
+                "-h",
+                &proxy.addr.to_string(),
+                "--proxy-auth-file",
+                file.to_str().unwrap(),
+                "{port}",
+                "backend.example:22",
+            ],
+        );
+        let login = |n: usize| {
+            assert_eq!(exchange(connect(plug.addr()), b"x".to_vec()), b"x");
+            let requests = proxy.requests();
+            assert_eq!(requests.len(), n);
+            requests[n - 1]
+                .lines()
+                .find_map(|l| l.strip_prefix("Proxy-Authorization: Basic "))
+                .map(str::to_string)
+        };
+        assert_eq!(login(1).as_deref(), Some("YWxpY2U6b25l"), "alice:one");
+        std::fs::write(&file, "bob:two\n").unwrap();
+        plug.signal(libc::SIGHUP);
+        plug.stderr.expect(|l| l.ends_with(": reloaded"));
+        assert_eq!(login(2).as_deref(), Some("Ym9iOnR3bw=="), "bob:two");
+        // An unreadable file keeps the credentials plug has, and says why.
+        std::fs::remove_file(&file).unwrap();
+        plug.signal(libc::SIGHUP);
+        assert_eq!(
+            plug.stderr
+                .wait_for_count(2, |l| l.ends_with(": reloaded"))
+                .len(),
+            2
+        );
+        let why = plug
+            .stderr
+            .expect(|l| l.contains("keeping the previous proxy credentials"));
+        assert!(why.contains(file.to_str().unwrap()), "{why}");
+        assert_eq!(login(3).as_deref(), Some("Ym9iOnR3bw=="));
+    });
+}
