@@ -289,20 +289,19 @@ pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 254, (n / 250) as u8, (n % 250 + 1) as u8], 19_999))
 }
 
-/// True when `program` can be run (found on the PATH or as a path). When it
-/// cannot, the test that needs it says so loudly and passes, so that
+/// Where `program` is: on the PATH, or in /usr/sbin or /sbin (where nginx and
+/// other daemons live, outside a normal user's PATH). When it is not installed,
+/// the test that needs it says so loudly and passes, so that
 /// `cargo test --workspace` works on a machine with only Rust and python3,
 /// unless `PLUG_TEST_REQUIRE_ALL=1` (set by `.ci/run`, which installs every
 /// program): then a missing one fails the test.
-pub fn optional_program(program: &str, package: &str) -> bool {
-    let found = if program.contains('/') {
-        Path::new(program).is_file()
-    } else {
-        std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-        })
-    };
-    if !found {
+pub fn optional_program(program: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file());
+    if found.is_none() {
         skip_or_fail(&format!(
             "{program} is not installed (apt-get install {package})"
         ));
@@ -370,6 +369,11 @@ if fd != 3:
     os.dup2(fd, 3)
     os.close(fd)
 os.set_inheritable(3, True)
+if AS_UID is not None:
+    # systemd's DynamicUser=yes with no capabilities: an unprivileged account.
+    os.setgroups([])
+    os.setgid(AS_UID)
+    os.setuid(AS_UID)
 os.environ["LISTEN_PID"] = str(os.getpid())
 os.environ["LISTEN_FDS"] = "1"
 os.execv(sys.argv[1], sys.argv[1:])
@@ -379,7 +383,15 @@ os.execv(sys.argv[1], sys.argv[1:])
 /// non-blocking listener when `nonblocking` (`NonBlocking=yes`); python3 stands in
 /// for systemd.
 pub fn socket_activation(port: u16, nonblocking: bool) -> Launch {
-    let script = ACTIVATE.replace("NONBLOCK", if nonblocking { "True" } else { "False" });
+    socket_activation_as(port, nonblocking, None)
+}
+
+/// [`socket_activation`], with plug then run as user and group `uid` (needs
+/// root), as systemd runs a `DynamicUser=yes` service.
+pub fn socket_activation_as(port: u16, nonblocking: bool, uid: Option<u32>) -> Launch {
+    let script = ACTIVATE
+        .replace("NONBLOCK", if nonblocking { "True" } else { "False" })
+        .replace("AS_UID", &uid.map_or("None".to_string(), |u| u.to_string()));
     Launch {
         env: vec![("ACTIVATE_PORT".into(), port.to_string())],
         via: Some(("python3".into(), vec!["-c".into(), script])),
@@ -416,10 +428,55 @@ pub fn private_dev_launch(dir: &Path) -> Launch {
     }
 }
 
+/// A socket standing in for the system logger at `dir/log`, with every datagram
+/// it received.
+pub struct SyslogReceiver {
+    socket: std::os::unix::net::UnixDatagram,
+    /// Every datagram received so far, in order.
+    pub seen: Vec<String>,
+}
+
+impl SyslogReceiver {
+    /// Binds the socket as `log` in `dir` (see [`private_dev_launch`]), writable by
+    /// anyone, as /dev/log is.
+    pub fn bind(dir: &TempDir) -> SyslogReceiver {
+        let socket = std::os::unix::net::UnixDatagram::bind(dir.path("log")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path("log"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        SyslogReceiver {
+            socket,
+            seen: vec![],
+        }
+    }
+
+    /// Waits for a datagram satisfying `pred`.
+    pub fn expect(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(d) = self.seen.iter().find(|d| pred(d)) {
+                return d.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such datagram: {:?}",
+                self.seen
+            );
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                self.seen
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    }
+}
+
 /// True when plug can be given a private /dev (see [`private_dev_launch`]):
 /// root, and `unshare` installed. Says loudly when not, as for a missing program.
 pub fn private_dev(what: &str) -> bool {
-    running_as_root(what) && optional_program("unshare", "util-linux")
+    running_as_root(what) && optional_program("unshare", "util-linux").is_some()
 }
 
 /// Runs `bin` to completion with `args`, `{port}` replaced by a free port, and
@@ -527,6 +584,13 @@ impl Plug {
         let path = dir.path("notify");
         let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(DEADLINE)).unwrap();
+        // A plug started as another user (as systemd's DynamicUser) reports too.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let open = std::fs::Permissions::from_mode(0o777);
+            std::fs::set_permissions(&dir.0, open.clone()).unwrap();
+            std::fs::set_permissions(&path, open).unwrap();
+        }
         let mut env = launch.env.clone();
         env.push((
             "NOTIFY_SOCKET".to_string(),

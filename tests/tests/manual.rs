@@ -68,10 +68,10 @@ fn manual_page_covers_every_option_cli_9() {
 fn manual_page_renders_cleanly() {
     let page = page();
     assert!(page.is_ascii(), "plug.1 must be plain ASCII roff");
-    if !optional_program("groff", "groff-base") {
+    let Some(groff) = optional_program("groff", "groff-base") else {
         return;
-    }
-    let render = Command::new("groff")
+    };
+    let render = Command::new(groff)
         .args(["-man", "-Tutf8", "-ww", "-z", "plug.1"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
