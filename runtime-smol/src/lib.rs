@@ -2,7 +2,6 @@
 //! more as [`async_driver::executor_threads`] says (`SMOL_THREADS`, else one per
 //! two cores). The connection driver is plug-shell's, futures over async-io.
 
-use std::convert::Infallible;
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
@@ -53,5 +52,8 @@ pub fn main() -> ! {
     if let Err(e) = drain {
         ctx.fatal(&format!("cannot start the drain thread: {e}"))
     }
-    match smol::block_on(executor.run(smol::future::pending::<Infallible>())) {}
+    // The drain thread exits the process; until then this thread runs tasks.
+    loop {
+        smol::block_on(executor.run(smol::future::pending::<()>()));
+    }
 }
