@@ -906,6 +906,48 @@ mod tests {
     }
 
     #[test]
+    fn user_and_group_proc_9() {
+        let c = run(&["--user", "nobody:nogroup", "80", "10.0.0.5"]);
+        let spec = c.user.unwrap();
+        assert_eq!(
+            (spec.user.as_str(), spec.group.as_deref()),
+            ("nobody", Some("nogroup"))
+        );
+        assert_eq!(spec.to_string(), "nobody:nogroup");
+        let c = run(&["--user=65534", "80", "10.0.0.5"]);
+        assert_eq!(c.user.unwrap().group, None);
+        for bad in ["", ":", "a:", ":b", "a:b:c", "a b", "a/b", "a\nb"] {
+            let msg = err(&["--user", bad, "80", "10.0.0.5"]);
+            assert!(msg.contains("--user"), "{bad:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn dd_describes_the_configuration_cli_2() {
+        let c = run(&[
+            "-f",
+            "-r",
+            "30",
+            "-a",
+            "10.1.2.3/8",
+            "8080",
+            "10.0.0.5",
+            "[::1]:81",
+        ]);
+        let lines = c.describe(441);
+        assert_eq!(
+            lines[0],
+            "config: listen 0.0.0.0:8080 (tag (8080)), destinations 10.0.0.5:8080 [::1]:81"
+        );
+        assert_eq!(
+            lines[1],
+            "config: order round robin, sticky 3600s, at most 16384 clients, retry a failed destination after 30s"
+        );
+        assert!(lines[3].starts_with("config: max conns 441, per ip none, accept rules 10.0.0.0/8"));
+        assert!(lines.iter().all(|l| l.starts_with("config: ")));
+    }
+
+    #[test]
     fn ipv6_everywhere_cli_8() {
         let c = run(&[
             "-i",

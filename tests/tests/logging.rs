@@ -5,49 +5,8 @@
 
 use plug_tests::*;
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A socket standing in for the system logger at `dir/log`, with every datagram
-/// it received.
-struct SyslogReceiver {
-    socket: UnixDatagram,
-    seen: Vec<String>,
-}
-
-impl SyslogReceiver {
-    fn bind(dir: &TempDir) -> SyslogReceiver {
-        let socket = UnixDatagram::bind(dir.path("log")).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        SyslogReceiver {
-            socket,
-            seen: vec![],
-        }
-    }
-
-    /// Waits for a datagram satisfying `pred`.
-    fn expect(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(d) = self.seen.iter().find(|d| pred(d)) {
-                return d.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such datagram: {:?}",
-                self.seen
-            );
-            let mut buf = [0u8; 4096];
-            if let Ok(n) = self.socket.recv(&mut buf) {
-                self.seen
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-    }
-}
 
 /// Checks `datagram` is what syslog(3) sends: `<PRI>Mmm dd HH:MM:SS IDENT[PID]: `
 /// with the daemon facility, and returns the priority and the text after it.
