@@ -43,7 +43,7 @@ impl fmt::Display for AddrError {
                 "bad port '{port}' in '{word}': expected a number from 1 to 65535"
             ),
             AddrError::BadAddress(w) => {
-                write!(f, "bad address '{w}': expected a numeric IPv4 or IPv6 address (plug does no DNS lookups)")
+                write!(f, "bad address '{w}': expected a numeric IPv4 or IPv6 address (plug looks up host names only with --resolve, or through -h)")
             }
             AddrError::BadHost(w) => write!(
                 f,

@@ -186,6 +186,12 @@ pub struct Config {
     pub drain_timeout: Option<Duration>,
     /// `--user` (PROC-9).
     pub user: Option<UserSpec>,
+    /// `--resolve` (OPT-11): host-name destinations, looked up this often.
+    pub resolve: Option<Duration>,
+    /// `--health-check` (OPT-10): every destination probed this often.
+    pub health_check: Option<Duration>,
+    /// `--metrics` (OPT-9): where `/metrics` is served.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -222,6 +228,7 @@ impl Config {
             Order::FirstHealthy => "first healthy (-o)",
         };
         let sticky = match self.select.sticky {
+            Some(_) if self.select.hash => "by rendezvous hash of the client address".to_string(),
             Some(s) => format!("{}s, at most {} clients", s.timeout.as_secs(), s.capacity),
             None => "off".to_string(),
         };
@@ -273,6 +280,12 @@ impl Config {
                 if self.keepalive { "on" } else { "off" }
             ),
             format!(
+                "config: metrics {}, health checks {}, resolve names {}",
+                or_none(self.metrics.as_ref()),
+                secs(self.health_check),
+                secs(self.resolve)
+            ),
+            format!(
                 "config: session file {session}, pid file {}, user {}, syslog {}",
                 path(&self.pid_file),
                 or_none(self.user.as_ref()),
@@ -319,6 +332,10 @@ dest:         addr[:port] or [v6addr][:port]; the port defaults to the source po
   --connect-timeout secs (10)   --idle-timeout secs   --drain-timeout secs\n\
   --max-conns n   --max-conns-per-ip n   --proxy-protocol v1|v2   --proxy-auth-file file\n\
   --user user[:group]  drop root for this account once listening\n\
+  --hash      with -f: choose by a hash of the client address, the same in every plug\n\
+  --resolve secs  destinations may be host names, looked up now and every secs\n\
+  --health-check secs  probe every destination this often (a connect, or CONNECT with -h)\n\
+  --metrics addr:port  serve Prometheus metrics at http://addr:port/metrics\n\
   --help      print this help and exit\n",
         usage(program)
     )
@@ -370,6 +387,9 @@ fn long_key(name: &str) -> Option<&'static str> {
         "proxy-auth-file" => Some("--proxy-auth-file"),
         "drain-timeout" => Some("--drain-timeout"),
         "user" => Some("--user"),
+        "resolve" => Some("--resolve"),
+        "health-check" => Some("--health-check"),
+        "metrics" => Some("--metrics"),
         _ => None,
     }
 }
@@ -391,11 +411,18 @@ fn pre_pass(words: &[String]) -> Result<PrePass, CliError> {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
-            if name == "help" {
+            if name == "help" || name == "hash" {
                 if inline.is_some() {
-                    return Err(CliError::new("option --help takes no value"));
+                    return Err(CliError::new(format!("option --{name} takes no value")));
                 }
-                return Ok(PrePass::Early(Action::Help));
+                if name == "help" {
+                    return Ok(PrePass::Early(Action::Help));
+                }
+                opts.push(Opt {
+                    key: "--hash",
+                    value: None,
+                });
+                continue;
             }
             let key = long_key(name)
                 .ok_or_else(|| CliError::new(format!("unknown option '--{name}'")))?;
@@ -602,6 +629,22 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         .last("--idle-timeout")?
         .map(|w| seconds("--idle-timeout", &w, 1))
         .transpose()?;
+    let resolve = c
+        .last("--resolve")?
+        .map(|w| seconds("--resolve", &w, 1))
+        .transpose()?;
+    let health_check = c
+        .last("--health-check")?
+        .map(|w| seconds("--health-check", &w, 1))
+        .transpose()?;
+    let metrics = c
+        .last("--metrics")?
+        .map(|w| {
+            Source::parse(&w)
+                .map(|s| s.bind_addr())
+                .map_err(|e| CliError::new(format!("option --metrics: {e}")))
+        })
+        .transpose()?;
     let drain_timeout = c
         .last("--drain-timeout")?
         .map(|w| seconds("--drain-timeout", &w, 0))
@@ -636,6 +679,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
     let keepalive = c.count("-k") > 0;
     let sticky = c.count("-f") > 0;
     let first_healthy = c.count("-o") > 0;
+    let hash = c.count("--hash") > 0;
     let left = c.args.finish();
     if let Some(extra) = left.first() {
         return Err(CliError::new(format!(
@@ -659,8 +703,15 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
             _ => source.addr = Some(addr),
         }
     }
+    if resolve.is_some() && proxy.is_some() {
+        return Err(CliError::new(
+            "--resolve has nothing to do with -h: the proxy resolves the names",
+        ));
+    }
+    // Names only where something resolves them: the proxy, or --resolve (CLI-5).
+    let names = proxy.is_some() || resolve.is_some();
     let destinations = positionals
-        .map(|w| Destination::parse(&w, source.port, proxy.is_some()))
+        .map(|w| Destination::parse(&w, source.port, names))
         .collect::<Result<Vec<_>, _>>()?;
     if destinations.is_empty() {
         return Err(CliError::new("missing destination"));
@@ -686,6 +737,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         }
     }
 
+    if hash && !sticky {
+        return Err(CliError::new(
+            "--hash chooses sticky destinations: it needs -f",
+        ));
+    }
     let select = SelectPolicy {
         order: if first_healthy {
             Order::FirstHealthy
@@ -697,6 +753,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
             timeout: sticky_timeout.unwrap_or(DEFAULT_STICKY_TIMEOUT),
             capacity: DEFAULT_STICKY_CAPACITY,
         }),
+        hash,
     };
     let foreground = foreground_flag || debug > 0 || session == Some(SessionTarget::Stdout);
     Ok(Action::Run(Box::new(Config {
@@ -720,6 +777,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         proxy_auth_file,
         drain_timeout,
         user,
+        resolve,
+        health_check,
+        metrics,
     })))
 }
 
@@ -920,6 +980,38 @@ mod tests {
             let msg = err(&["--user", bad, "80", "10.0.0.5"]);
             assert!(msg.contains("--user"), "{bad:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn operability_options_opt_9_to_opt_12() {
+        let c = run(&[
+            "-f",
+            "--hash",
+            "--resolve=30",
+            "--health-check",
+            "5",
+            "--metrics",
+            "127.0.0.1:9100",
+            "80",
+            "web.example:8080",
+            "10.0.0.5",
+        ]);
+        assert!(c.select.hash && c.select.sticky.is_some());
+        assert_eq!(c.resolve, Some(Duration::from_secs(30)));
+        assert_eq!(c.health_check, Some(Duration::from_secs(5)));
+        assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.destinations[0].to_string(), "web.example:8080");
+        assert_eq!(
+            run(&["--metrics", "9100", "80", "10.0.0.5"]).metrics,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        assert!(err(&["--hash", "80", "10.0.0.5"]).contains("-f"));
+        assert!(err(&["--hash=yes", "-f", "80", "10.0.0.5"]).contains("takes no value"));
+        assert!(err(&["--resolve", "0", "80", "10.0.0.5"]).contains("'0'"));
+        assert!(err(&["--resolve", "5", "-h", "10.0.0.1:3128", "80", "x.example"]).contains("-h"));
+        // Without --resolve or -h, names stay a syntax error (CLI-5).
+        assert!(err(&["80", "web.example:8080"]).contains("--resolve"));
+        assert!(err(&["--metrics", "localhost:9100", "80", "10.0.0.5"]).contains("localhost"));
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::proxy_protocol;
 use crate::relay::{
     Direction, ReadInto, Relay, RelayEnd, RelayOptions, RelayOutcome, Side, WriteFrom,
 };
-use crate::select::{DestId, SelectEvent};
+use crate::select::DestId;
 use crate::session::SessionRecord;
 
 /// Bytes of the proxy's reply read at a time during the CONNECT exchange.
@@ -289,6 +289,8 @@ enum Phase {
     Closing {
         stage: CloseStage,
         outcome: Option<RelayOutcome>,
+        /// From accept to close, as the session line says.
+        duration: Duration,
     },
 }
 
@@ -528,6 +530,9 @@ impl Connection {
                 let mut lines = Vec::new();
                 if let Phase::Dialing(d) = &mut self.phase {
                     while let Some(event) = d.dialer.poll_event() {
+                        if !matches!(event.failure, crate::dial::DialFailure::Local(_)) {
+                            forwarder.stats.handle_connect_failed(event.dest_id);
+                        }
                         let record = LogRecord::limited(
                             LogKind::DestinationFailed,
                             LogLevel::Notice,
@@ -537,18 +542,7 @@ impl Connection {
                     }
                 }
                 while let Some(event) = forwarder.balancer.poll_event() {
-                    let text = event.to_string();
-                    lines.push(match event {
-                        SelectEvent::Down { .. }
-                        | SelectEvent::Up { .. }
-                        | SelectEvent::AllReset => {
-                            LogRecord::limited(LogKind::Health, LogLevel::Notice, text)
-                        }
-                        SelectEvent::StickyTableFull { .. } => {
-                            LogRecord::new(LogLevel::Notice, text)
-                        }
-                        SelectEvent::Retrying { .. } => LogRecord::new(LogLevel::Debug(1), text),
-                    });
+                    lines.push(crate::forwarder::event_record(&event));
                 }
                 for record in lines {
                     if self.settings.log.wants(record.level) {
@@ -560,11 +554,15 @@ impl Connection {
                     self.apply_step(now, step, forwarder);
                 }
             }
-            Phase::Closing { stage, outcome } => {
+            Phase::Closing {
+                stage,
+                outcome,
+                duration,
+            } => {
                 if *stage == CloseStage::Counts {
                     *stage = CloseStage::Done;
                     let dest = self.reached.as_ref().map(|(id, _)| *id);
-                    forwarder.handle_closed(self.peer, dest, outcome.as_ref());
+                    forwarder.handle_closed(self.peer, dest, outcome.as_ref(), *duration);
                 }
             }
             Phase::Relaying(_) => {}
@@ -657,6 +655,7 @@ impl Connection {
                 )
             });
         }
+        let duration = now.saturating_duration_since(self.accepted_at);
         if let (true, Some((_, destination))) = (self.settings.sessions, &self.reached) {
             let relayed = outcome.unwrap_or(no_relay(Side::Destination));
             let record = SessionRecord::new(
@@ -664,7 +663,7 @@ impl Connection {
                 self.peer.ip(),
                 destination.clone(),
                 &relayed,
-                now.saturating_duration_since(self.accepted_at),
+                duration,
             );
             self.queue.push_back(Output::Session(Box::new(record)));
         }
@@ -680,6 +679,7 @@ impl Connection {
         self.phase = Phase::Closing {
             stage: CloseStage::Sockets { reset },
             outcome,
+            duration,
         };
     }
 

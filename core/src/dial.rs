@@ -86,7 +86,7 @@ pub enum DialFailure {
     Timeout(Duration),
     /// The proxy did not open a tunnel.
     Proxy(ProxyFailure),
-    /// A named destination without `-h`; the command line never allows it.
+    /// A host name with no address known: `--resolve` found none (OPT-11).
     NoAddress,
     /// plug itself could not make a socket (out of descriptors or memory): not the
     /// destination's fault, so its health is left alone.
@@ -99,7 +99,7 @@ impl fmt::Display for DialFailure {
             DialFailure::Io(e) => f.write_str(e),
             DialFailure::Timeout(t) => write!(f, "timed out after {}s", t.as_secs_f64()),
             DialFailure::Proxy(p) => write!(f, "{p}"),
-            DialFailure::NoAddress => f.write_str("a host name needs an upstream proxy (-h)"),
+            DialFailure::NoAddress => f.write_str("no address known (its name did not resolve)"),
             DialFailure::Local(e) => write!(f, "cannot open an outgoing socket: {e}"),
         }
     }
@@ -110,6 +110,8 @@ impl fmt::Display for DialFailure {
 pub struct DialEvent {
     /// The destination that failed.
     pub dest: Destination,
+    /// Its place on the command line.
+    pub dest_id: DestId,
     /// The client it failed for.
     pub client: IpAddr,
     /// Why.
@@ -131,6 +133,8 @@ enum Phase {
     Idle,
     Connecting {
         dest: DestId,
+        /// Which of the destination's addresses is being tried (OPT-11).
+        address: usize,
         deadline: Option<Instant>,
     },
     Handshaking {
@@ -190,22 +194,34 @@ impl Dialer {
                 self.phase = Phase::GaveUp;
                 return DialStep::GiveUp;
             };
-            let target = match (self.options.proxy, balancer.destination(dest)) {
-                (Some(proxy), _) => Some(proxy),
-                (None, Some(d)) => d.socket_addr(),
-                (None, None) => None,
-            };
-            let Some(addr) = target else {
-                self.record_failure(now, balancer, dest, DialFailure::NoAddress);
-                continue;
-            };
-            self.phase = Phase::Connecting {
-                dest,
-                deadline: now.checked_add(self.options.connect_timeout),
-            };
-            let bind = self.options.bind.map(|ip| SocketAddr::new(ip, 0));
-            return DialStep::Connect { dest, addr, bind };
+            match self.connect_to(now, balancer, dest, 0) {
+                Some(step) => return step,
+                None => self.record_failure(now, balancer, dest, DialFailure::NoAddress),
+            }
         }
+    }
+
+    /// The connect to `dest`'s address number `address` (or to the proxy), or
+    /// `None` when it has no such address.
+    fn connect_to(
+        &mut self,
+        now: Instant,
+        balancer: &Balancer,
+        dest: DestId,
+        address: usize,
+    ) -> Option<DialStep> {
+        let addr = match self.options.proxy {
+            Some(proxy) if address == 0 => proxy,
+            Some(_) => return None,
+            None => *balancer.addresses(dest).get(address)?,
+        };
+        self.phase = Phase::Connecting {
+            dest,
+            address,
+            deadline: now.checked_add(self.options.connect_timeout),
+        };
+        let bind = self.options.bind.map(|ip| SocketAddr::new(ip, 0));
+        Some(DialStep::Connect { dest, addr, bind })
     }
 
     fn record_failure(
@@ -219,6 +235,7 @@ impl Dialer {
         if let Some(d) = balancer.destination(dest) {
             self.events.push_back(DialEvent {
                 dest: d.clone(),
+                dest_id: dest,
                 client: self.plan.client(),
                 failure,
             });
@@ -226,6 +243,13 @@ impl Dialer {
     }
 
     fn fail(&mut self, now: Instant, balancer: &mut Balancer, failure: DialFailure) -> DialStep {
+        // A name with several addresses: the next address of the same destination
+        // first (OPT-11); the destination fails when the last one has.
+        if let Phase::Connecting { dest, address, .. } = self.phase {
+            if let Some(step) = self.connect_to(now, balancer, dest, address + 1) {
+                return step;
+            }
+        }
         match self.current() {
             Some(dest) if !matches!(self.phase, Phase::Established { .. }) => {
                 self.record_failure(now, balancer, dest, failure);
@@ -305,6 +329,7 @@ impl Dialer {
             let failure = DialFailure::Local(error.to_string());
             self.events.push_back(DialEvent {
                 dest: d.clone(),
+                dest_id: dest,
                 client: self.plan.client(),
                 failure,
             });

@@ -14,16 +14,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::accept::{AcceptBackoff, AcceptFailure};
+use crate::addr::Host;
 use crate::admission::{pipe_budget, Admission, PipeBudget, Refusal};
 use crate::cli::Config;
+use crate::connect::connect_request;
 use crate::connect::ProxyCredentials;
 use crate::connection::{Connection, Runtime, Settings};
 use crate::dial::DialOptions;
 use crate::dial::Dialer;
+use crate::health::Probe;
 use crate::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
+use crate::metrics::Metrics;
 use crate::relay::RelayOutcome;
-use crate::select::{Balancer, DestId};
+use crate::resolve::Lookup;
+use crate::rounds::Rounds;
+use crate::select::{Balancer, DestId, SelectEvent};
 use crate::stats::Stats;
+
+/// The log line of what the balancer noticed: health changes at the normal
+/// level, limited as clients can cause them (FAULT-4), retries as debug detail.
+pub(crate) fn event_record(event: &SelectEvent) -> LogRecord {
+    let text = event.to_string();
+    match event {
+        SelectEvent::Down { .. } | SelectEvent::Up { .. } | SelectEvent::AllReset => {
+            LogRecord::limited(LogKind::Health, LogLevel::Notice, text)
+        }
+        SelectEvent::StickyTableFull { .. } | SelectEvent::Resolved { .. } => {
+            LogRecord::new(LogLevel::Notice, text)
+        }
+        SelectEvent::Retrying { .. } => LogRecord::new(LogLevel::Debug(1), text),
+    }
+}
 
 /// What the accept loop does after accept failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +67,12 @@ pub struct Forwarder {
     backoff: AcceptBackoff,
     /// How new connections dial; the credentials change on SIGHUP (PROC-8).
     dial: DialOptions,
+    /// `--resolve`: when the host names are looked up next (OPT-11).
+    resolve: Option<Rounds>,
+    /// `--health-check`: when the destinations are probed next (OPT-10), and
+    /// which have a probe under way (one at a time each).
+    health: Option<Rounds>,
+    probing: Vec<bool>,
     logs: VecDeque<LogRecord>,
 }
 
@@ -88,6 +115,9 @@ impl Forwarder {
             stats: Stats::new(config.destinations.len()),
             backoff: AcceptBackoff::new(),
             dial: config.dial_options(credentials),
+            resolve: config.resolve.map(Rounds::new),
+            health: config.health_check.map(Rounds::new),
+            probing: vec![false; config.destinations.len()],
             logs: VecDeque::new(),
         }
     }
@@ -127,7 +157,7 @@ impl Forwarder {
                 Some(conn)
             }
             Err(refusal) => {
-                self.stats.handle_refused();
+                self.stats.handle_refused(&refusal);
                 let source = self.settings.source;
                 let record = match refusal {
                     Refusal::Rules => LogRecord::limited(
@@ -200,15 +230,129 @@ impl Forwarder {
         peer: SocketAddr,
         reached: Option<DestId>,
         outcome: Option<&RelayOutcome>,
+        duration: Duration,
     ) {
         self.admission.release(peer.ip());
-        self.stats.handle_closed(reached, outcome);
+        self.stats.handle_closed(reached, outcome, duration);
     }
 
     /// The next log line of the shared state, oldest first.
     #[must_use]
     pub fn poll_log(&mut self, _now: Instant) -> Option<LogRecord> {
         self.logs.pop_front()
+    }
+
+    /// The host names to look up at `now` (OPT-11): every name among the
+    /// destinations once a round is due (at once, then every `--resolve`
+    /// seconds), else none. Report each with [`Forwarder::handle_resolved`].
+    pub fn poll_lookups(&mut self, now: Instant) -> Vec<Lookup> {
+        let Some(schedule) = self.resolve.as_mut() else {
+            return Vec::new();
+        };
+        if !schedule.poll(now) {
+            return Vec::new();
+        }
+        self.balancer
+            .destinations()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| match &d.host {
+                Host::Name(name) => Some(Lookup {
+                    dest: DestId(i),
+                    name: name.clone(),
+                    port: d.port,
+                }),
+                Host::Ip(_) => None,
+            })
+            .collect()
+    }
+
+    /// When the next round of lookups is due; `None` without `--resolve` or when
+    /// one is due at once.
+    #[must_use]
+    pub fn poll_lookup_timeout(&self) -> Option<Instant> {
+        self.resolve.as_ref().and_then(Rounds::poll_timeout)
+    }
+
+    /// Takes the result of a [`Lookup`]: the addresses in the order the resolver
+    /// gave them, or why there are none (the destination is then down, not the
+    /// process: OPT-11).
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        dest: DestId,
+        result: Result<Vec<std::net::IpAddr>, String>,
+    ) {
+        self.balancer.handle_resolved(now, dest, result);
+        self.drain_balancer_events();
+    }
+
+    fn drain_balancer_events(&mut self) {
+        while let Some(event) = self.balancer.poll_event() {
+            let record = event_record(&event);
+            self.push_log(record);
+        }
+    }
+
+    /// The health checks to start at `now` (OPT-10): one per destination that has
+    /// none under way, once a round is due (at once, then every
+    /// `--health-check` seconds), else none. Drive each [`Probe`] and report it
+    /// with [`Forwarder::handle_probe_result`].
+    pub fn poll_probes(&mut self, now: Instant) -> Vec<Probe> {
+        let Some(rounds) = self.health.as_mut() else {
+            return Vec::new();
+        };
+        if !rounds.poll(now) {
+            return Vec::new();
+        }
+        let bind = self.dial.bind.map(|ip| SocketAddr::new(ip, 0));
+        let mut probes = Vec::new();
+        for (i, dest) in self.balancer.destinations().iter().enumerate() {
+            let id = DestId(i);
+            if std::mem::replace(&mut self.probing[i], true) {
+                continue;
+            }
+            let (targets, request) = match self.dial.proxy {
+                Some(proxy) => (
+                    vec![proxy],
+                    Some(connect_request(dest, self.dial.credentials.as_ref())),
+                ),
+                None => (self.balancer.addresses(id).to_vec(), None),
+            };
+            let timeout = self.dial.connect_timeout;
+            probes.push(Probe::new(now, id, targets, bind, request, timeout));
+        }
+        probes
+    }
+
+    /// When the next round of health checks is due; `None` without
+    /// `--health-check` or when one is due at once.
+    #[must_use]
+    pub fn poll_probe_timeout(&self) -> Option<Instant> {
+        self.health.as_ref().and_then(Rounds::poll_timeout)
+    }
+
+    /// Takes the outcome of a probe of `dest` (OPT-10): a failure takes it out of
+    /// rotation (CONN-3) before any client pays for it; a success brings an
+    /// unhealthy one back at once, without waiting for `-r`. Changes are logged
+    /// (`destination ADDR:PORT down: REASON` / `up`).
+    pub fn handle_probe_result(&mut self, now: Instant, dest: DestId, result: Result<(), String>) {
+        if let Some(p) = self.probing.get_mut(dest.index()) {
+            *p = false;
+        }
+        match result {
+            Ok(()) => self.balancer.handle_connected(now, dest),
+            Err(reason) => self.balancer.handle_connect_failed(now, dest, &reason),
+        }
+        self.drain_balancer_events();
+    }
+
+    /// A copy of the counts `/metrics` shows (OPT-9), to render after letting go
+    /// of the lock.
+    pub fn metrics(&self) -> Metrics {
+        let names = self.balancer.destinations().iter().map(ToString::to_string);
+        let health = |i: usize| self.balancer.health(DestId(i));
+        Metrics::new(&self.stats, names, health, self.open())
     }
 
     /// The SIGUSR1 state dump at `now` (OPT-6).
@@ -368,5 +512,156 @@ mod tests {
         let next = f.handle_accept_failed(now, AcceptFailure::OutOfDescriptors, "EMFILE");
         assert!(matches!(next, AcceptNext::Pause(_)));
         assert!(f.poll_log(now).is_some(), "exhaustion is logged");
+    }
+
+    fn lines(f: &mut Forwarder, now: Instant) -> Vec<String> {
+        std::iter::from_fn(|| f.poll_log(now))
+            .map(|r| r.text)
+            .collect()
+    }
+
+    #[test]
+    fn host_names_are_looked_up_in_rounds_and_tried_in_order_opt_11() {
+        let now = t0();
+        let mut f = forwarder(&["--resolve", "30", "8080", "web.example:80", "10.0.0.9:80"]);
+        let lookups = f.poll_lookups(now);
+        assert_eq!(
+            lookups,
+            [Lookup {
+                dest: DestId(0),
+                name: "web.example".into(),
+                port: 80
+            }],
+            "numeric destinations need no lookup"
+        );
+        assert!(f.poll_lookups(now).is_empty());
+        assert_eq!(f.poll_lookup_timeout(), Some(now + Duration::from_secs(30)));
+        // Unresolvable: that destination is down, plug goes on with the other.
+        f.handle_resolved(now, DestId(0), Err("Name or service not known".into()));
+        assert_eq!(
+            lines(&mut f, now),
+            ["destination web.example:80 down: cannot resolve web.example: Name or service not known"]
+        );
+        let mut c = f.handle_accepted(now, client(1)).unwrap();
+        match c.poll_output(now) {
+            Output::Connect { addr, .. } => assert_eq!(addr, "10.0.0.9:80".parse().unwrap()),
+            other => panic!("{other:?}"),
+        }
+        // Resolved: eligible again, its addresses tried in the order given.
+        let later = now + Duration::from_secs(30);
+        assert_eq!(f.poll_lookups(later).len(), 1);
+        let ips = vec!["10.0.0.7".parse().unwrap(), "10.0.0.8".parse().unwrap()];
+        f.handle_resolved(later, DestId(0), Ok(ips));
+        assert_eq!(
+            lines(&mut f, later),
+            ["destination web.example:80 resolves to 10.0.0.7 10.0.0.8"]
+        );
+        let mut c = f.handle_accepted(later, client(2)).unwrap();
+        let Output::Connect { addr, .. } = c.poll_output(later) else {
+            panic!()
+        };
+        assert_eq!(addr, "10.0.0.7:80".parse().unwrap());
+        c.handle_connect_started(
+            later,
+            Err(crate::connection::ConnectFailure::Remote("refused".into())),
+        );
+        loop {
+            match c.poll_output(later) {
+                Output::Sync => c.sync(later, &mut f),
+                Output::Connect { addr, .. } => {
+                    assert_eq!(
+                        addr,
+                        "10.0.0.8:80".parse().unwrap(),
+                        "next address, same destination"
+                    );
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The same answer again is no news.
+        let ips = vec!["10.0.0.7".parse().unwrap(), "10.0.0.8".parse().unwrap()];
+        f.handle_resolved(later, DestId(0), Ok(ips));
+        assert!(lines(&mut f, later).is_empty());
+    }
+
+    #[test]
+    fn health_checks_come_in_rounds_and_move_health_opt_10() {
+        let now = t0();
+        let mut f = forwarder(&[
+            "--health-check",
+            "5",
+            "-p",
+            "127.0.0.3",
+            "8080",
+            "127.0.0.1:9000",
+            "127.0.0.1:9001",
+        ]);
+        let probes = f.poll_probes(now);
+        assert_eq!(probes.len(), 2);
+        assert!(f.poll_probes(now).is_empty());
+        assert_eq!(f.poll_probe_timeout(), Some(now + Duration::from_secs(5)));
+        let mut first = probes.into_iter().next().unwrap();
+        assert_eq!(
+            first.start(now),
+            crate::health::ProbeStep::Connect {
+                addr: "127.0.0.1:9000".parse().unwrap(),
+                bind: Some("127.0.0.3:0".parse().unwrap())
+            }
+        );
+        f.handle_probe_result(now, DestId(0), Err("Connection refused".into()));
+        assert_eq!(
+            lines(&mut f, now),
+            ["destination 127.0.0.1:9000 down: Connection refused"]
+        );
+        // A round while the other probe is still under way skips it.
+        let next = now + Duration::from_secs(5);
+        let probes = f.poll_probes(next);
+        assert_eq!(
+            probes.iter().map(Probe::dest).collect::<Vec<_>>(),
+            [DestId(0)]
+        );
+        // Back at once, no -r needed; not counted anywhere.
+        f.handle_probe_result(next, DestId(0), Ok(()));
+        assert_eq!(lines(&mut f, next), ["destination 127.0.0.1:9000 up"]);
+        assert_eq!(
+            f.report(next).last().unwrap(),
+            "summary open 0 accepted 0 refused 0 failed 0"
+        );
+        assert!(f.report(next)[0].ends_with("healthy open 0 total 0 in 0 out 0"));
+    }
+
+    #[test]
+    fn through_a_proxy_a_probe_sends_connect_with_credentials_opt_10() {
+        let now = t0();
+        let mut f = forwarder(&[
+            "--health-check",
+            "5",
+            "-h",
+            "127.0.0.1:3128",
+            "8080",
+            "backend.example:22",
+        ]);
+        f.handle_reload(
+            now,
+            Some(Ok(ProxyCredentials::from_file_contents(b"u:p").unwrap())),
+        );
+        let mut probe = f.poll_probes(now).pop().unwrap();
+        let crate::health::ProbeStep::Connect { addr, .. } = probe.start(now) else {
+            panic!()
+        };
+        assert_eq!(addr, "127.0.0.1:3128".parse().unwrap());
+        let crate::health::ProbeStep::Send(request) = probe.handle_connected(now) else {
+            panic!()
+        };
+        let text = String::from_utf8_lossy(&request);
+        assert!(
+            text.starts_with("CONNECT backend.example:22 HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Proxy-Authorization: Basic dTpw\r\n"),
+            "{text}"
+        );
     }
 }

@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::addr::{canonical_ip, Destination};
+use crate::rendezvous;
 
 /// The bound on the sticky table when none is configured (2.5.5 used 16384).
 pub const DEFAULT_STICKY_CAPACITY: usize = 16384;
@@ -57,6 +58,9 @@ pub struct SelectPolicy {
     pub retry: Option<Duration>,
     /// `-f`: keep clients on their destination.
     pub sticky: Option<StickyPolicy>,
+    /// `--hash` (with `-f`, OPT-12): the sticky choice by rendezvous hashing of
+    /// the client address instead of the table; `sticky`'s timeout is unused.
+    pub hash: bool,
 }
 
 impl Default for SelectPolicy {
@@ -65,6 +69,7 @@ impl Default for SelectPolicy {
             order: Order::RoundRobin,
             retry: None,
             sticky: None,
+            hash: false,
         }
     }
 }
@@ -94,6 +99,13 @@ pub enum SelectEvent {
     },
     /// Every destination was unhealthy, so all were marked healthy again (CONN-2).
     AllReset,
+    /// A host name resolved to addresses other than before (OPT-11).
+    Resolved {
+        /// The destination.
+        dest: Destination,
+        /// The addresses, space-separated, in the order they are tried.
+        addresses: String,
+    },
     /// The sticky table is full: new clients are balanced normally until it has room
     /// (reported once each time it fills, not once per client).
     StickyTableFull {
@@ -188,6 +200,12 @@ pub struct Balancer {
     /// flips back and forth with `-r` and the all-down reset without anything
     /// proven; this changes only when a connect succeeds or fails.
     reported_up: Vec<bool>,
+    /// Each destination's part of its rendezvous weights (`--hash`).
+    keys: Vec<u64>,
+    /// Where each destination is reached: its address, or for a host name under
+    /// `--resolve` the addresses the last lookup returned, in its order (OPT-11).
+    /// Empty for a name not (yet) resolved, and for names given to a `-h` proxy.
+    addresses: Vec<Vec<SocketAddr>>,
     events: VecDeque<SelectEvent>,
 }
 
@@ -197,7 +215,17 @@ impl Balancer {
     pub fn new(destinations: Vec<Destination>, policy: SelectPolicy) -> Self {
         let health = vec![Health::Healthy; destinations.len()];
         let reported_up = vec![true; destinations.len()];
+        let keys = destinations
+            .iter()
+            .map(rendezvous::destination_key)
+            .collect();
+        let addresses = destinations
+            .iter()
+            .map(|d| d.socket_addr().into_iter().collect())
+            .collect();
         Balancer {
+            keys,
+            addresses,
             destinations,
             health,
             reported_up,
@@ -216,6 +244,58 @@ impl Balancer {
     /// The destination `id` names, or `None` if there is no such position.
     pub fn destination(&self, id: DestId) -> Option<&Destination> {
         self.destinations.get(id.0)
+    }
+
+    /// The addresses `id` is reached at, in the order to try them: its own, or
+    /// what the last lookup of its name returned (empty: none known).
+    pub fn addresses(&self, id: DestId) -> &[SocketAddr] {
+        self.addresses.get(id.0).map_or(&[], Vec::as_slice)
+    }
+
+    /// Takes the result of looking up `id`'s host name at `now` (OPT-11): new
+    /// addresses make it eligible again if they differ from the old ones (the
+    /// failed address may be gone), as does the first success after a failed
+    /// lookup; a failed lookup (`Err`, or no address) takes it out of rotation as a
+    /// failed connect would, keeping the addresses it had.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        id: DestId,
+        result: Result<Vec<IpAddr>, String>,
+    ) {
+        let i = id.0;
+        let Some(dest) = self.destinations.get(i).cloned() else {
+            return;
+        };
+        let found: Result<Vec<SocketAddr>, String> = result.and_then(|ips| {
+            let mut addrs: Vec<SocketAddr> = Vec::with_capacity(ips.len());
+            for ip in ips {
+                let a = SocketAddr::new(canonical_ip(ip), dest.port);
+                if !addrs.contains(&a) {
+                    addrs.push(a);
+                }
+            }
+            match addrs.is_empty() {
+                true => Err("no address".to_string()),
+                false => Ok(addrs),
+            }
+        });
+        match found {
+            Ok(addrs) => {
+                if addrs != self.addresses[i] || self.addresses[i].is_empty() {
+                    let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+                    self.events.push_back(SelectEvent::Resolved {
+                        dest,
+                        addresses: list.join(" "),
+                    });
+                    self.addresses[i] = addrs;
+                    self.health[i] = Health::Healthy;
+                }
+            }
+            Err(e) => {
+                self.handle_connect_failed(now, id, &format!("cannot resolve {}: {e}", dest.host));
+            }
+        }
     }
 
     /// The recorded health of `id` (an unhealthy one whose `-r` time has passed is
@@ -263,6 +343,9 @@ impl Balancer {
         let n = self.destinations.len();
         if n == 0 || plan.attempts >= n || plan.tried.len() != n {
             return None;
+        }
+        if self.policy.hash {
+            return self.next_by_weight(now, plan);
         }
         let sticky = self.policy.sticky;
         if let Some(policy) = sticky {
@@ -323,6 +406,41 @@ impl Balancer {
         Some(DestId(chosen))
     }
 
+    /// `--hash` (OPT-12): the untried eligible destination with the highest
+    /// rendezvous weight for this client; when none at all is eligible, every one
+    /// is marked healthy again first (CONN-2), as in rotation.
+    fn next_by_weight(&mut self, now: Instant, plan: &mut AttemptPlan) -> Option<DestId> {
+        let n = self.destinations.len();
+        let best = |b: &Self, eligible_only: bool| {
+            (0..n)
+                .filter(|&i| !plan.tried[i] && (!eligible_only || b.eligible(i, now)))
+                // Ties (never seen) go by the text, so the list order never matters.
+                .max_by(|&x, &y| {
+                    let w = |i: usize| rendezvous::weight_with(b.keys[i], plan.client);
+                    w(x).cmp(&w(y))
+                        .then_with(|| b.destinations[x].cmp(&b.destinations[y]))
+                })
+        };
+        let chosen = match best(self, true) {
+            Some(i) => i,
+            None if (0..n).any(|i| self.eligible(i, now)) => return None,
+            None => {
+                self.health.iter_mut().for_each(|h| *h = Health::Healthy);
+                self.events.push_back(SelectEvent::AllReset);
+                best(self, false)?
+            }
+        };
+        if let Health::Unhealthy { .. } = self.health[chosen] {
+            self.health[chosen] = Health::Healthy;
+            if let Some(dest) = self.destinations.get(chosen).cloned() {
+                self.events.push_back(SelectEvent::Retrying { dest });
+            }
+        }
+        plan.tried[chosen] = true;
+        plan.attempts += 1;
+        Some(DestId(chosen))
+    }
+
     /// Records that a connect to `dest` (or its CONNECT exchange) failed at `now`
     /// because of `reason`: it leaves rotation until `-r` passes or every
     /// destination has failed (CONN-3). The first failure of an outage is
@@ -370,6 +488,9 @@ impl fmt::Display for SelectEvent {
             SelectEvent::Down { dest, reason } => write!(f, "destination {dest} down: {reason}"),
             SelectEvent::Up { dest } => write!(f, "destination {dest} up"),
             SelectEvent::Retrying { dest } => write!(f, "retrying destination {dest}"),
+            SelectEvent::Resolved { dest, addresses } => {
+                write!(f, "destination {dest} resolves to {addresses}")
+            }
             SelectEvent::AllReset => {
                 f.write_str("all destinations are down; trying every one again")
             }
@@ -798,6 +919,7 @@ mod tests {
                 order: if first { Order::FirstHealthy } else { Order::RoundRobin },
                 retry: retry.map(Duration::from_secs),
                 sticky: sticky.map(|(t, cap)| StickyPolicy { timeout: Duration::from_secs(t), capacity: cap }),
+                hash: false,
             };
             let mut real = Balancer::new(dests(n), policy);
             let mut model = Model {
@@ -844,5 +966,126 @@ mod tests {
                 while real.poll_event().is_some() {}
             }
         }
+    }
+
+    fn hashing() -> SelectPolicy {
+        SelectPolicy {
+            sticky: Some(StickyPolicy {
+                timeout: DEFAULT_STICKY_TIMEOUT,
+                capacity: DEFAULT_STICKY_CAPACITY,
+            }),
+            hash: true,
+            ..SelectPolicy::default()
+        }
+    }
+
+    /// The destination text each client is sent to first.
+    fn assign(b: &mut Balancer, now: Instant, clients: &[IpAddr]) -> Vec<String> {
+        clients
+            .iter()
+            .map(|&c| {
+                let id = pick(b, now, c).unwrap();
+                b.destination(DestId(id)).unwrap().to_string()
+            })
+            .collect()
+    }
+
+    fn clients_from(seeds: &[u32]) -> Vec<IpAddr> {
+        seeds
+            .iter()
+            .map(|&s| IpAddr::from(s.to_be_bytes()))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// OPT-12: a client maps to the same destination for the same healthy set,
+        /// whatever other clients came between, in any instance (a new balancer).
+        #[test]
+        fn hash_same_client_same_destination_opt_12(
+            n in 1usize..8,
+            seeds in proptest::collection::vec(any::<u32>(), 1..60),
+        ) {
+            let now = t0();
+            let clients = clients_from(&seeds);
+            let mut a = Balancer::new(dests(n), hashing());
+            let first = assign(&mut a, now, &clients);
+            let mut reversed: Vec<IpAddr> = clients.clone();
+            reversed.reverse();
+            let mut again = assign(&mut a, now, &reversed);
+            again.reverse();
+            prop_assert_eq!(&first, &again);
+            let mut other = Balancer::new(dests(n), hashing());
+            prop_assert_eq!(&first, &assign(&mut other, now + Duration::from_secs(99_999), &clients));
+        }
+
+        /// OPT-12: when a destination goes down only its own clients move, and they
+        /// move back when it returns.
+        #[test]
+        fn hash_removing_a_destination_moves_only_its_clients_opt_12(
+            n in 2usize..8,
+            down in 0usize..8,
+            seeds in proptest::collection::vec(any::<u32>(), 1..80),
+        ) {
+            let now = t0();
+            let down = down % n;
+            let clients = clients_from(&seeds);
+            let mut b = Balancer::new(dests(n), hashing());
+            let before = assign(&mut b, now, &clients);
+            let gone = b.destination(DestId(down)).unwrap().to_string();
+            b.handle_connect_failed(now, DestId(down), "refused");
+            let during = assign(&mut b, now, &clients);
+            for (x, y) in before.iter().zip(&during) {
+                if *x == gone {
+                    prop_assert_ne!(y, &gone);
+                } else {
+                    prop_assert_eq!(x, y);
+                }
+            }
+            b.handle_connected(now, DestId(down));
+            prop_assert_eq!(&before, &assign(&mut b, now, &clients));
+        }
+
+        /// OPT-12: the order destinations are given in never matters.
+        #[test]
+        fn hash_order_of_the_list_never_matters_opt_12(
+            n in 1usize..8,
+            rotation in 0usize..8,
+            reverse in any::<bool>(),
+            seeds in proptest::collection::vec(any::<u32>(), 1..60),
+        ) {
+            let now = t0();
+            let clients = clients_from(&seeds);
+            let mut list = dests(n);
+            let mut b = Balancer::new(list.clone(), hashing());
+            let first = assign(&mut b, now, &clients);
+            list.rotate_left(rotation % n);
+            if reverse {
+                list.reverse();
+            }
+            let mut shuffled = Balancer::new(list, hashing());
+            prop_assert_eq!(&first, &assign(&mut shuffled, now, &clients));
+        }
+    }
+
+    #[test]
+    fn hash_fails_over_in_weight_order_and_resets_when_all_are_down_conn_4_opt_12() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), hashing());
+        let c = client(7);
+        let mut plan = b.plan(c);
+        let tried: Vec<usize> =
+            std::iter::from_fn(|| b.next_attempt(now, &mut plan).map(DestId::index)).collect();
+        let mut by_weight: Vec<usize> = (0..3).collect();
+        by_weight.sort_by_key(|&i| std::cmp::Reverse(rendezvous::weight(c, &dests(3)[i])));
+        assert_eq!(tried, by_weight, "each once, heaviest first");
+        for i in 0..3 {
+            b.handle_connect_failed(now, DestId(i), "refused");
+        }
+        while b.poll_event().is_some() {}
+        assert_eq!(pick(&mut b, now, c), Some(by_weight[0]));
+        assert_eq!(b.poll_event(), Some(SelectEvent::AllReset));
+        assert_eq!(b.sticky_len(), 0, "no table with --hash");
     }
 }

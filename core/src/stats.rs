@@ -1,25 +1,91 @@
 //! The counters behind the SIGUSR1 state dump (OPT-6) and the text of its lines.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::admission::Refusal;
 use crate::relay::RelayOutcome;
 use crate::select::{Balancer, DestId, Health};
 
+/// The counts of one destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct DestinationStats {
-    open: u64,
-    total: u64,
-    from_client: u64,
-    from_destination: u64,
+pub struct DestinationStats {
+    /// Connections to it open now.
+    pub open: u64,
+    /// Connections that reached it.
+    pub total: u64,
+    /// Connects to it (or CONNECT exchanges) that failed for a client.
+    pub connect_failures: u64,
+    /// Bytes received from clients of closed connections (the session lines' IN).
+    pub from_client: u64,
+    /// Bytes received from it, of closed connections (the session lines' OUT).
+    pub from_destination: u64,
+}
+
+/// The upper bounds, in seconds, of the connection-duration histogram's
+/// buckets (the `+Inf` bucket is the count).
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+    3600.0,
+];
+
+/// How long connections that reached a destination lasted, accept to close.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurationHistogram {
+    /// Per bucket of [`DURATION_BUCKETS`]: connections no longer than its bound
+    /// (not cumulative).
+    pub buckets: [u64; DURATION_BUCKETS.len()],
+    /// Connections longer than every bound.
+    pub over: u64,
+    /// The sum of the durations, in microseconds (exact, as the session lines).
+    pub sum_micros: u128,
+    /// How many.
+    pub count: u64,
+}
+
+impl DurationHistogram {
+    /// Counts one connection that lasted `d`.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            Some(i) => self.buckets[i] += 1,
+            None => self.over += 1,
+        }
+        self.sum_micros += d.as_micros();
+        self.count += 1;
+    }
+}
+
+/// Clients refused, by why (OPT-3, CONN-1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefusedStats {
+    /// By the accept rules.
+    pub rules: u64,
+    /// By `--max-conns`.
+    pub max_conns: u64,
+    /// By `--max-conns-per-ip`.
+    pub max_conns_per_ip: u64,
+}
+
+impl RefusedStats {
+    /// All refusals.
+    pub fn total(&self) -> u64 {
+        self.rules + self.max_conns + self.max_conns_per_ip
+    }
 }
 
 /// Connection counts of one listener, overall and per destination.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
-    destinations: Vec<DestinationStats>,
-    accepted: u64,
-    refused: u64,
-    failed: u64,
+    /// Per destination, in command-line order.
+    pub destinations: Vec<DestinationStats>,
+    /// Clients admitted.
+    pub accepted: u64,
+    /// Clients refused.
+    pub refused: RefusedStats,
+    /// Admitted clients that reached no destination.
+    pub failed: u64,
+    /// Durations of connections that reached a destination.
+    pub durations: DurationHistogram,
 }
 
 impl Stats {
@@ -38,8 +104,19 @@ impl Stats {
     }
 
     /// Counts a client refused by the rules or a limit.
-    pub fn handle_refused(&mut self) {
-        self.refused += 1;
+    pub fn handle_refused(&mut self, why: &Refusal) {
+        match why {
+            Refusal::Rules => self.refused.rules += 1,
+            Refusal::Capacity { .. } => self.refused.max_conns += 1,
+            Refusal::PerClient { .. } => self.refused.max_conns_per_ip += 1,
+        }
+    }
+
+    /// Counts a connect to `dest` that failed for a client (not a health check).
+    pub fn handle_connect_failed(&mut self, dest: DestId) {
+        if let Some(d) = self.destinations.get_mut(dest.index()) {
+            d.connect_failures += 1;
+        }
     }
 
     /// Counts a connection that reached `dest`.
@@ -50,9 +127,15 @@ impl Stats {
         }
     }
 
-    /// Counts the end of an admitted connection: with the destination it reached
-    /// and its relay outcome, or with none when every destination failed.
-    pub fn handle_closed(&mut self, reached: Option<DestId>, outcome: Option<&RelayOutcome>) {
+    /// Counts the end of an admitted connection that lasted `duration`: with the
+    /// destination it reached and its relay outcome, or with none when every
+    /// destination failed.
+    pub fn handle_closed(
+        &mut self,
+        reached: Option<DestId>,
+        outcome: Option<&RelayOutcome>,
+        duration: Duration,
+    ) {
         match reached.and_then(|r| self.destinations.get_mut(r.index())) {
             Some(d) => {
                 d.open = d.open.saturating_sub(1);
@@ -60,6 +143,7 @@ impl Stats {
                     d.from_client += o.from_client;
                     d.from_destination += o.from_destination;
                 }
+                self.durations.observe(duration);
             }
             None => self.failed += 1,
         }
@@ -92,7 +176,10 @@ impl Stats {
             .collect();
         lines.push(format!(
             "summary open {} accepted {} refused {} failed {}",
-            open, self.accepted, self.refused, self.failed
+            open,
+            self.accepted,
+            self.refused.total(),
+            self.failed
         ));
         lines
     }
@@ -120,7 +207,7 @@ mod tests {
         for _ in 0..4 {
             s.handle_accepted();
         }
-        s.handle_refused();
+        s.handle_refused(&Refusal::Rules);
         s.handle_established(DestId(0));
         s.handle_established(DestId(0));
         let out = RelayOutcome {
@@ -129,8 +216,10 @@ mod tests {
             spliced: 0,
             end: RelayEnd::Finished,
         };
-        s.handle_closed(Some(DestId(0)), Some(&out));
-        s.handle_closed(None, None);
+        s.handle_closed(Some(DestId(0)), Some(&out), Duration::from_millis(20));
+        s.handle_closed(None, None, Duration::from_secs(1));
+        assert_eq!(s.durations.count, 1, "only connections that reached one");
+        assert_eq!(s.durations.buckets[2], 1, "in the 0.025 s bucket");
         b.handle_connect_failed(now, DestId(1), "refused");
         assert_eq!(
             s.report(now + Duration::from_secs(42), &b, 2),

@@ -1,0 +1,118 @@
+//! Rendezvous (highest-random-weight) hashing for `--hash` (OPT-12): every client
+//! address gives every destination a weight, and the client goes to the eligible
+//! destination with the highest. The weight depends only on the two, so every plug
+//! instance, and a restarted one, agrees without sharing anything; when a
+//! destination leaves, only the clients for which it weighed most move, and they
+//! come back when it returns.
+//!
+//! The hash is fixed here (FNV-1a over the bytes, then the splitmix64 finalizer
+//! for avalanche), not the standard library's, whose output may change between
+//! Rust releases and is seeded per process.
+
+use std::net::IpAddr;
+
+use crate::addr::{canonical_ip, Destination};
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The part of every weight that depends on the destination alone: its text as
+/// written (`10.0.0.5:80`, `backend.example:443`), not its place on the command
+/// line, so the order of the list never matters. Computed once per destination.
+pub fn destination_key(dest: &Destination) -> u64 {
+    fnv1a(FNV_OFFSET, dest.to_string().as_bytes())
+}
+
+/// The weight of the destination with `key` ([`destination_key`]) for `client`:
+/// the same on every machine, in every run; an IPv4-mapped client counts as its
+/// IPv4 address.
+pub fn weight_with(key: u64, client: IpAddr) -> u64 {
+    // A separator no address text contains keeps (dest, client) pairs apart.
+    let h = fnv1a(key, b"|");
+    let h = match canonical_ip(client) {
+        IpAddr::V4(v4) => fnv1a(fnv1a(h, b"4"), &v4.octets()),
+        IpAddr::V6(v6) => fnv1a(fnv1a(h, b"6"), &v6.octets()),
+    };
+    splitmix64(h)
+}
+
+/// The weight of `dest` for `client`.
+pub fn weight(client: IpAddr, dest: &Destination) -> u64 {
+    weight_with(destination_key(dest), client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn dest(i: usize) -> Destination {
+        Destination::parse(&format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), 1, false).unwrap()
+    }
+
+    #[test]
+    fn weights_are_fixed_across_builds_opt_12() {
+        // A changed hash would move every client of every running fleet.
+        let d = Destination::parse("10.0.0.5:80", 1, false).unwrap();
+        let c: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(
+            weight(c, &d),
+            weight("::ffff:192.0.2.7".parse().unwrap(), &d)
+        );
+        assert_eq!(weight(c, &d), 3_192_762_732_703_578_691, "pinned");
+    }
+
+    /// The spread over `n` destinations of many clients: the share of each is
+    /// within 10% of 1/n (relative) with 20,000 clients and up to 8 destinations.
+    fn spread(n: usize, clients: &[IpAddr]) -> Vec<usize> {
+        let dests: Vec<Destination> = (0..n).map(dest).collect();
+        let mut counts = vec![0; n];
+        for &c in clients {
+            let best = (0..n).max_by_key(|&i| weight(c, &dests[i])).unwrap();
+            counts[best] += 1;
+        }
+        counts
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn spread_is_even_within_ten_percent_opt_12(n in 2usize..=8, seed in any::<u64>()) {
+            let mut x = seed | 1;
+            let clients: Vec<IpAddr> = (0..20_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    IpAddr::from((x as u32).to_be_bytes())
+                })
+                .collect();
+            let fair = 20_000.0 / n as f64;
+            // Random clients, and a block of consecutive ones (one subnet).
+            let base = u32::from_be_bytes([10, (seed >> 8) as u8, 0, 0]);
+            let block: Vec<IpAddr> = (0..20_000u32).map(|k| IpAddr::from((base + k).to_be_bytes())).collect();
+            for clients in [&clients, &block] {
+                let counts = spread(n, clients);
+                for &c in &counts {
+                    prop_assert!((c as f64 - fair).abs() <= fair * 0.10, "{counts:?}");
+                }
+            }
+        }
+    }
+}
