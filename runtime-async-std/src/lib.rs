@@ -7,7 +7,9 @@
 //! connection driver is plug-shell's, futures over async-io, which is async-std's
 //! own reactor; only task spawning and the accept loop's executor are async-std's.
 
+use std::future::Future;
 use std::net::TcpStream;
+use std::pin::Pin;
 use std::sync::{mpsc, Arc};
 
 use async_global_executor::GlobalExecutorConfig;
@@ -21,6 +23,10 @@ impl Spawn for AsyncStdSpawn {
     fn spawn(&self, conn: Conn, client: Async<TcpStream>) {
         // Dropping the handle detaches the task.
         drop(async_std::task::spawn(async_driver::serve(conn, client)));
+    }
+
+    fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
+        drop(async_std::task::spawn(task));
     }
 }
 
@@ -37,7 +43,15 @@ pub fn main() -> ! {
             .with_max_threads(threads)
             .with_thread_name_fn(|| "async-std/runtime".to_string()),
     );
-    let (ctx, listener) = boot.serve(Async::new);
+    let (ctx, (listener, metrics)) = boot.serve(|listener, metrics| {
+        Ok((Async::new(listener)?, metrics.map(Async::new).transpose()?))
+    });
+    if let Some(metrics) = metrics {
+        let scraping = Arc::clone(&ctx);
+        drop(async_std::task::spawn(async move {
+            async_driver::metrics_loop(&scraping, &metrics, &AsyncStdSpawn).await;
+        }));
+    }
     // The accept loop runs on the runtime's threads beside the connections, so a
     // new connection starts where it was accepted; this thread only waits, without
     // taking turns at the reactor (which would hand readiness between threads).

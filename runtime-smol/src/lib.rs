@@ -2,7 +2,9 @@
 //! more as [`async_driver::executor_threads`] says (`SMOL_THREADS`, else one per
 //! two cores). The connection driver is plug-shell's, futures over async-io.
 
+use std::future::Future;
 use std::net::{TcpListener, TcpStream};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use plug_shell::async_driver::{self, Spawn};
@@ -16,6 +18,10 @@ impl Spawn for SmolSpawn {
     fn spawn(&self, conn: Conn, client: Async<TcpStream>) {
         self.0.spawn(async_driver::serve(conn, client)).detach();
     }
+
+    fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
+        self.0.spawn(task).detach();
+    }
 }
 
 /// Runs plug on smol with the process's arguments; never returns.
@@ -23,8 +29,9 @@ pub fn main() -> ! {
     // Start-up (and the fork) happens here, before any executor thread exists.
     let boot = plug_shell::boot(std::env::args_os(), async_driver::RUNTIME);
     let executor = Arc::new(Executor::new());
-    let (ctx, listener) = boot.serve(|listener: TcpListener| {
+    let (ctx, (listener, metrics)) = boot.serve(|listener: TcpListener, metrics| {
         let listener = Async::new(listener)?;
+        let metrics = metrics.map(Async::new).transpose()?;
         // This thread runs the executor too, so one thread means no other.
         for i in 1..async_driver::executor_threads("SMOL_THREADS") {
             let ex = Arc::clone(&executor);
@@ -32,11 +39,18 @@ pub fn main() -> ! {
                 .name(format!("smol-{i}"))
                 .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
         }
-        Ok(listener)
+        Ok((listener, metrics))
     });
     // The accept loop is a task like the connections: the future given to `run`
     // is polled on every wake-up of this thread, and as that future the loop
     // would try accept(2) (EAGAIN) each time a connection's socket was ready.
+    if let Some(metrics) = metrics {
+        let scraping = Arc::clone(&ctx);
+        let spawner = SmolSpawn(Arc::clone(&executor));
+        executor
+            .spawn(async move { async_driver::metrics_loop(&scraping, &metrics, &spawner).await })
+            .detach();
+    }
     let accepting = Arc::clone(&ctx);
     let spawner = SmolSpawn(Arc::clone(&executor));
     let accept = executor.spawn(async move {

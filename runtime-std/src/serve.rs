@@ -9,9 +9,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use plug_core::forwarder::AcceptNext;
+use plug_core::log::LogLevel;
 use plug_shell::conn::Conn;
 use plug_shell::sys::{self, PollFd, POLLIN};
-use plug_shell::{sockets, Boot};
+use plug_shell::{scrape, sockets, Boot, Context};
 
 use crate::conn;
 
@@ -98,9 +99,49 @@ fn work(pool: &Pool, first: Job) {
     }
 }
 
+/// Stack for scrape threads: a scrape holds its reply on the heap.
+const SCRAPE_STACK: usize = 64 * 1024;
+
+/// Accepts scrapes on the `--metrics` listener (OPT-9), a thread each, as
+/// connections are served, until a graceful stop shuts it.
+fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
+    loop {
+        match sockets::accept(listener) {
+            Ok((stream, _)) => {
+                let mine = Arc::clone(ctx);
+                let spawned = std::thread::Builder::new()
+                    .name("scrape".into())
+                    .stack_size(SCRAPE_STACK)
+                    .spawn(move || scrape::serve(&mine, stream));
+                if let Err(e) = spawned {
+                    ctx.log(
+                        LogLevel::Error,
+                        format!("cannot start a scrape thread: {e}"),
+                    );
+                }
+            }
+            Err(_) if ctx.is_stopping() => return,
+            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
+                AcceptNext::Retry => {}
+                AcceptNext::Pause(pause) => std::thread::sleep(pause),
+                AcceptNext::WaitReadable => wait_readable(listener),
+            },
+        }
+    }
+}
+
 /// Serves until a graceful stop has drained, then exits.
 pub fn run(boot: Boot) -> ! {
-    let (ctx, listener) = boot.serve(Ok);
+    let (ctx, (listener, metrics)) = boot.serve(|l, m| Ok((l, m)));
+    if let Some(metrics) = metrics {
+        let mine = Arc::clone(&ctx);
+        let spawned = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve_metrics(&mine, &metrics));
+        if let Err(e) = spawned {
+            ctx.fatal(&format!("cannot start the metrics thread: {e}"))
+        }
+    }
     let pool = Arc::new(Pool::default());
     loop {
         match sockets::accept(&listener) {
@@ -120,7 +161,7 @@ pub fn run(boot: Boot) -> ! {
                 // still accounted for (FAULT-5), and the failure logged.
                 if let Err(e) = spawned {
                     let text = format!("cannot start a connection thread: {e}");
-                    ctx.log(plug_core::log::LogLevel::Error, text);
+                    ctx.log(LogLevel::Error, text);
                 }
             }
             Err(_) if ctx.is_stopping() => break,

@@ -18,7 +18,12 @@ use plug_core::connection::{Output, Ready, Runtime, Wait};
 use plug_core::forwarder::AcceptNext;
 use plug_core::relay::Side;
 
+use std::io::{Read, Write};
+
+use plug_core::metrics::{Scrape, ScrapeOutput};
+
 use crate::conn::{Conn, Pipes};
+use crate::scrape::transfer;
 use crate::splice::PIPE_CAPACITY;
 use crate::{sockets, Context};
 
@@ -36,6 +41,9 @@ pub trait Spawn: Sync {
     /// Runs [`serve`] for this connection to completion in the background. The
     /// runtime spawns the future itself, unboxed: one allocation per connection.
     fn spawn(&self, conn: Conn, client: Async<TcpStream>);
+
+    /// Runs a rarer task (a scrape) in the background; boxed, as it is rare.
+    fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
 }
 
 /// How many threads run connection tasks: the number in the environment variable
@@ -77,6 +85,60 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spaw
                     Timer::after(pause).await;
                 }
             },
+        }
+    }
+}
+
+/// Accepts scrapes on the `--metrics` listener until a graceful stop shuts it,
+/// one task each (OPT-9); then returns.
+pub async fn metrics_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
+    loop {
+        let accepted = listener.read_with(sockets::accept).await;
+        match accepted.and_then(|(c, _)| Async::new_nonblocking(c)) {
+            Ok(client) => spawner.spawn_boxed(Box::pin(serve_scrape(Arc::clone(ctx), client))),
+            Err(_) if ctx.is_stopping() => break,
+            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
+                AcceptNext::Retry | AcceptNext::WaitReadable => {}
+                AcceptNext::Pause(pause) => {
+                    Timer::after(pause).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves one scrape to its end, doing what the core's [`Scrape`] says.
+pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
+    let mut scrape = Scrape::new(Instant::now());
+    loop {
+        let now = Instant::now();
+        match scrape.poll_output(now) {
+            ScrapeOutput::Read => {
+                let result = (&mut stream.get_ref()).read(scrape.read_space());
+                scrape.handle_read(now, transfer(result));
+            }
+            ScrapeOutput::Render => scrape.handle_metrics(now, ctx.metrics_text()),
+            ScrapeOutput::Write => {
+                let result = (&mut stream.get_ref()).write(scrape.write_data());
+                scrape.handle_written(now, transfer(result));
+            }
+            ScrapeOutput::Wait { read, deadline } => {
+                let ready = async {
+                    let _ = match read {
+                        true => stream.readable().await,
+                        false => stream.writable().await,
+                    };
+                    true
+                };
+                let expired = async {
+                    Timer::at(deadline).await;
+                    false
+                };
+                if future::or(ready, expired).await {
+                    scrape.handle_ready(Instant::now());
+                }
+            }
+            ScrapeOutput::Close => return,
         }
     }
 }

@@ -19,6 +19,8 @@ pub mod async_driver;
 pub mod conn;
 pub mod daemon;
 pub mod log;
+pub mod rounds;
+pub mod scrape;
 pub mod session_file;
 pub mod sockets;
 pub mod splice;
@@ -80,52 +82,67 @@ pub struct Boot {
     pub ctx: Arc<Context>,
     /// The bound, listening socket.
     pub listener: TcpListener,
+    /// The `--metrics` listener, bound too (OPT-9).
+    pub metrics: Option<TcpListener>,
     readiness: Readiness,
 }
 
+/// The listeners an adapter serves, as its `setup` made them.
+pub type Listeners<T> = (Arc<T>, Option<Arc<T>>);
+
 impl Boot {
-    /// Hands over to the adapter: runs `setup` on the listener (register it with a
-    /// reactor, start worker threads), starts the signal thread (whose first
-    /// SIGTERM or SIGINT shuts the listener so the accept loop ends), then reports
-    /// ready to a waiting parent (PROC-1) and systemd. A failure here exits 4,
-    /// reported to the parent when there is one.
+    /// Hands over to the adapter: runs `setup` on the listener and the metrics
+    /// listener, if any (register them with a reactor, start worker threads),
+    /// looks up host names for the first time and starts the threads of the
+    /// lookup and health-check rounds (OPT-10/11), starts the signal thread
+    /// (whose first SIGTERM or SIGINT shuts both listeners so the accept loops
+    /// end), then reports ready to a waiting parent (PROC-1) and systemd. A
+    /// failure here exits 4, reported to the parent when there is one.
     ///
-    /// The listener is shared with the signal thread, which holds it until it has
-    /// shut it down, so its descriptor cannot be closed and reused by a client
-    /// socket in between.
+    /// The listeners are shared with the signal thread, which holds them until it
+    /// has shut them down, so their descriptors cannot be closed and reused by a
+    /// client socket in between.
     pub fn serve<T>(
         self,
-        setup: impl FnOnce(TcpListener) -> io::Result<T>,
-    ) -> (Arc<Context>, Arc<T>)
+        setup: impl FnOnce(TcpListener, Option<TcpListener>) -> io::Result<(T, Option<T>)>,
+    ) -> (Arc<Context>, Listeners<T>)
     where
         T: AsRawFd + Send + Sync + 'static,
     {
         let Boot {
             ctx,
             listener,
+            metrics,
             mut readiness,
         } = self;
-        let prepared = setup(listener)
-            .map(Arc::new)
+        let prepared = setup(listener, metrics)
+            .map(|(l, m)| (Arc::new(l), m.map(Arc::new)))
             .map_err(|e| format!("cannot start serving: {e}"))
-            .and_then(|listener| {
-                let mut held = Some(Arc::clone(&listener));
+            .and_then(|(listener, metrics)| {
+                rounds::resolve_now(&ctx);
+                rounds::start_resolver(&ctx)
+                    .and_then(|()| rounds::start_prober(&ctx))
+                    .map_err(|e| format!("cannot start the lookup or health-check thread: {e}"))?;
+                let mut held = Some((Arc::clone(&listener), metrics.clone()));
                 ctx.spawn_signal_thread(move || {
-                    if let Some(l) = held.take() {
+                    if let Some((l, m)) = held.take() {
                         sys::shutdown_read(l.as_raw_fd());
+                        if let Some(m) = m {
+                            sys::shutdown_read(m.as_raw_fd());
+                        }
                     }
                 })
                 .map_err(|e| format!("cannot start the signal thread: {e}"))
-                .map(|()| listener)
+                .map(|()| (listener, metrics))
             });
         match prepared {
-            Ok(t) => {
+            Ok(listeners) => {
                 readiness.ready();
                 let ready = format!("READY=1\nMAINPID={}", ctx.pid);
                 if let Err(e) = ctx.notifier.notify(&ready) {
                     ctx.log.error(&format!("cannot notify systemd: {e}"));
                 }
-                (ctx, t)
+                (ctx, listeners)
             }
             Err(message) => fail(&ctx, &mut readiness, &message),
         }
@@ -239,6 +256,10 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         }
     };
     sockets::prepare_listener(&listener, config.keepalive);
+    let metrics = config.metrics.map(|addr| {
+        sockets::bind(addr)
+            .unwrap_or_else(|e| fatal(&format!("cannot serve --metrics on {addr}: {e}")))
+    });
     // Opened while plug may still be root (PROC-9); a missing /dev/log is not an
     // error: each line tries again, and a foreground plug falls back to stderr.
     let syslog_socket = syslog::connect().ok();
@@ -319,6 +340,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
     Boot {
         ctx,
         listener,
+        metrics,
         readiness,
     }
 }
@@ -352,24 +374,34 @@ impl Context {
     /// Decides about a client accepted at `now` (CONN-1, OPT-3): its connection,
     /// or `None` when refused (close it at once without contacting a destination).
     pub fn accept(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Conn> {
-        let mut forwarder = self.forwarder();
-        let conn = forwarder.handle_accepted(now, peer);
-        while let Some(record) = forwarder.poll_log(now) {
-            self.writer.log(record);
-        }
-        drop(forwarder);
+        let conn = self.with_forwarder(now, |f| f.handle_accepted(now, peer));
         conn.map(|core| Conn::new(Arc::clone(self), core))
     }
 
     /// Decides what to do after accept failed at `now` with `error` (§5, FAULT-1).
     pub fn accept_failed(&self, now: Instant, error: &io::Error) -> AcceptNext {
+        let failure = sockets::accept_failure(error);
+        self.with_forwarder(now, |f| {
+            f.handle_accept_failed(now, failure, &error.to_string())
+        })
+    }
+
+    /// Runs `work` on the shared state under its lock, then queues the log lines
+    /// it made (the writer thread writes them).
+    pub fn with_forwarder<R>(&self, now: Instant, work: impl FnOnce(&mut Forwarder) -> R) -> R {
         let mut forwarder = self.forwarder();
-        let next =
-            forwarder.handle_accept_failed(now, sockets::accept_failure(error), &error.to_string());
+        let result = work(&mut forwarder);
         while let Some(record) = forwarder.poll_log(now) {
             self.writer.log(record);
         }
-        next
+        result
+    }
+
+    /// The text of `/metrics` now (OPT-9): the counts are copied under the lock
+    /// and rendered after it, so a scrape holds up connections for a copy only.
+    pub fn metrics_text(&self) -> String {
+        let metrics = self.forwarder().metrics();
+        metrics.render()
     }
 
     /// True once a graceful stop has begun.
@@ -464,11 +496,7 @@ impl Context {
     pub fn reload(&self) {
         let now = Instant::now();
         let credentials = self.config.proxy_auth_file.as_deref().map(read_credentials);
-        let mut forwarder = self.forwarder();
-        forwarder.handle_reload(now, credentials);
-        while let Some(record) = forwarder.poll_log(now) {
-            self.writer.log(record);
-        }
+        self.with_forwarder(now, |f| f.handle_reload(now, credentials));
     }
 
     /// Starts the thread that receives SIGTERM, SIGINT, SIGUSR1 and SIGHUP: the

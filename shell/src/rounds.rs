@@ -1,0 +1,191 @@
+//! The work the core schedules in rounds, carried out on threads of their own,
+//! never on the accept loop, a connection or an executor thread: host-name
+//! lookups with the system resolver (`--resolve`, OPT-11) and health checks
+//! (`--health-check`, OPT-10), each probe on a short-lived thread with blocking
+//! sockets bounded by its deadline.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use plug_core::forwarder::Forwarder;
+use plug_core::health::{Probe, ProbeStep};
+use plug_core::resolve::Lookup;
+
+use crate::Context;
+
+/// Looks every name of `lookups` up (blocking) and reports the results.
+fn resolve(ctx: &Context, lookups: Vec<Lookup>) {
+    for lookup in lookups {
+        let result = (lookup.name.as_str(), lookup.port)
+            .to_socket_addrs()
+            .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<IpAddr>>())
+            .map_err(|e| e.to_string());
+        let now = Instant::now();
+        ctx.with_forwarder(now, |f| f.handle_resolved(now, lookup.dest, result));
+    }
+}
+
+/// Looks up the names due now, before plug serves (OPT-11: at start), so the
+/// first clients find addresses.
+pub fn resolve_now(ctx: &Context) {
+    let now = Instant::now();
+    let lookups = ctx.with_forwarder(now, |f| f.poll_lookups(now));
+    resolve(ctx, lookups);
+}
+
+/// What a round takes from the core: the work due now, and when to come back.
+type Due<T> = (Vec<T>, Option<Instant>);
+
+/// Runs rounds of `work` on a thread named `name`: `poll` takes what is due from
+/// the core and says when to come back (`None`: nothing is ever due again).
+fn every_round<T: Send + 'static>(
+    ctx: &Arc<Context>,
+    name: &str,
+    poll: fn(&mut Forwarder, Instant) -> Due<T>,
+    work: fn(&Arc<Context>, Vec<T>),
+) -> io::Result<()> {
+    let ctx = Arc::clone(ctx);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            let now = Instant::now();
+            let (due, next) = ctx.with_forwarder(now, |f| poll(f, now));
+            if !due.is_empty() {
+                work(&ctx, due);
+            }
+            let Some(next) = next else { return };
+            // Sleeping until the core's next round: nothing to do before then.
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        })?;
+    Ok(())
+}
+
+/// Starts the lookup thread when `--resolve` is given.
+pub fn start_resolver(ctx: &Arc<Context>) -> io::Result<()> {
+    if ctx.config().resolve.is_none() {
+        return Ok(());
+    }
+    every_round(
+        ctx,
+        "resolver",
+        |f, now| (f.poll_lookups(now), f.poll_lookup_timeout()),
+        |ctx, lookups| resolve(ctx, lookups),
+    )
+}
+
+/// Starts the health-check thread when `--health-check` is given; each probe
+/// runs on a thread of its own, so a destination that hangs delays no other.
+pub fn start_prober(ctx: &Arc<Context>) -> io::Result<()> {
+    if ctx.config().health_check.is_none() {
+        return Ok(());
+    }
+    every_round(
+        ctx,
+        "health-checks",
+        |f, now| (f.poll_probes(now), f.poll_probe_timeout()),
+        |ctx, probes| {
+            for probe in probes {
+                let mine = Arc::clone(ctx);
+                let dest = probe.dest();
+                let spawned = std::thread::Builder::new()
+                    .name("probe".into())
+                    .spawn(move || {
+                        let (dest, result) = run(probe);
+                        let now = Instant::now();
+                        mine.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
+                    });
+                if let Err(e) = spawned {
+                    let now = Instant::now();
+                    let result = Err(format!("cannot start a health check: {e}"));
+                    ctx.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
+                }
+            }
+        },
+    )
+}
+
+/// The time left until `deadline`, or a timeout error when none is.
+fn remaining(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(d) => match d.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(io::ErrorKind::TimedOut.into()),
+        },
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Carries out one probe with blocking sockets, each step bounded by the probe's
+/// deadline; returns its destination and outcome.
+fn run(mut probe: Probe) -> (plug_core::select::DestId, Result<(), String>) {
+    let mut socket: Option<TcpStream> = None;
+    let mut buf = [0u8; 4096];
+    let mut step = probe.start(Instant::now());
+    // Each step either ends the probe or moves it on; the deadline bounds the
+    // whole, and the count keeps a confused machine from looping.
+    for _ in 0..64 {
+        let deadline = probe.deadline();
+        let outcome: io::Result<ProbeStep> = match step {
+            ProbeStep::Done(result) => return (probe.dest(), result),
+            ProbeStep::Connect { addr, bind } => match connect(addr, bind, deadline) {
+                Ok(s) => {
+                    socket = Some(s);
+                    Ok(probe.handle_connected(Instant::now()))
+                }
+                Err(e) => Err(e),
+            },
+            ProbeStep::Send(request) => (|| {
+                let s = socket.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+                s.set_write_timeout(remaining(deadline)?)?;
+                s.write_all(&request)?;
+                Ok(probe.handle_sent(Instant::now()))
+            })(),
+            ProbeStep::Read => (|| {
+                let s = socket.as_mut().ok_or(io::ErrorKind::NotConnected)?;
+                s.set_read_timeout(remaining(deadline)?)?;
+                let n = s.read(&mut buf)?;
+                let now = Instant::now();
+                Ok(match buf.get(..n) {
+                    Some([]) | None => probe.handle_eof(now),
+                    Some(data) => probe.handle_read(now, data),
+                })
+            })(),
+        };
+        let now = Instant::now();
+        step = match outcome {
+            Ok(next) => next,
+            Err(e) if is_timeout(&e) => probe.handle_timeout(now),
+            Err(e) => probe.handle_failed(now, &e.to_string()),
+        };
+    }
+    (probe.dest(), Err("health check did not finish".to_string()))
+}
+
+fn connect(
+    addr: SocketAddr,
+    bind: Option<SocketAddr>,
+    deadline: Option<Instant>,
+) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(bind) = bind {
+        socket.bind(&bind.into())?;
+    }
+    match remaining(deadline)? {
+        Some(left) => socket.connect_timeout(&addr.into(), left)?,
+        None => socket.connect(&addr.into())?,
+    }
+    Ok(socket.into())
+}

@@ -1,0 +1,62 @@
+//! Carrying out a [`Scrape`] (OPT-9) on a non-blocking socket: the poll(2)
+//! driver for thread runtimes; the async runtimes' is in `async_driver`. Both
+//! only do what the core's machine says.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use plug_core::metrics::{Scrape, ScrapeOutput};
+
+use crate::sys::{self, PollFd, POLLIN, POLLOUT};
+use crate::Context;
+
+/// A read or write result as [`Scrape`] takes it: bytes, or whether the socket
+/// only had nothing to do now (`Err(true)`) rather than failed.
+pub fn transfer(result: io::Result<usize>) -> Result<usize, bool> {
+    match result {
+        Ok(n) => Ok(n),
+        Err(e) => Err(matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )),
+    }
+}
+
+/// Serves one scrape connection to its end on this thread.
+pub fn serve(ctx: &Context, mut stream: TcpStream) {
+    let mut scrape = Scrape::new(Instant::now());
+    loop {
+        let now = Instant::now();
+        match scrape.poll_output(now) {
+            ScrapeOutput::Read => {
+                let result = stream.read(scrape.read_space());
+                scrape.handle_read(now, transfer(result));
+            }
+            ScrapeOutput::Render => scrape.handle_metrics(now, ctx.metrics_text()),
+            ScrapeOutput::Write => {
+                let result = stream.write(scrape.write_data());
+                scrape.handle_written(now, transfer(result));
+            }
+            ScrapeOutput::Wait { read, deadline } => {
+                let events = if read { POLLIN } else { POLLOUT };
+                let mut fds = [PollFd {
+                    fd: stream.as_raw_fd(),
+                    events,
+                    revents: 0,
+                }];
+                let wait = deadline.saturating_duration_since(now);
+                match sys::poll(&mut fds, Some(wait)) {
+                    // Ready, hung up or failed: the next read or write says which.
+                    Ok(n) if n > 0 => scrape.handle_ready(Instant::now()),
+                    // The deadline: the next poll_output closes.
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+            ScrapeOutput::Close => return,
+        }
+    }
+}
