@@ -322,24 +322,46 @@ fn a_closed_session_pipe_does_not_kill_plug_proc_8() {
     each_binary(|bin| {
         let backend = Backend::start(Behaviour::Echo);
         // -S - writes session lines to stdout: a pipe whose reader is gone.
-        let port = free_port();
-        let mut child = Command::new(&bin.path)
-            .args([
-                "-S",
-                "-",
-                "-i",
-                "127.0.0.1",
-                &port.to_string(),
-                &backend.dest(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        assert!(eventually(|| std::net::TcpStream::connect(addr).is_ok()));
+        let (mut child, port) = (0..5)
+            .find_map(|_| {
+                let port = free_port();
+                let mut child = Command::new(&bin.path)
+                    .args([
+                        "-d",
+                        "-S",
+                        "-",
+                        "-i",
+                        "127.0.0.1",
+                        &port.to_string(),
+                        &backend.dest(),
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                // Readiness is plug's own line, not just something on the port.
+                let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+                let (tx, rx) = mpsc::channel();
+                thread::spawn(move || {
+                    use std::io::BufRead;
+                    for line in stderr.lines().map_while(Result::ok) {
+                        let _ = tx.send(line);
+                    }
+                });
+                let deadline = std::time::Instant::now() + DEADLINE;
+                while let Ok(line) = rx.recv_timeout(deadline - std::time::Instant::now()) {
+                    if line.contains("listening on") {
+                        return Some((child, port));
+                    }
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                None
+            })
+            .expect("plug did not start");
         drop(child.stdout.take());
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
         for k in 0..3 {
             let data = format!("after {k}").into_bytes();
             assert_eq!(exchange(connect(addr), data.clone()), data);

@@ -410,3 +410,44 @@ fn sighup_rereads_the_proxy_credentials_proc_8_opt_5() {
         assert_eq!(login(3).as_deref(), Some("Ym9iOnR3bw=="));
     });
 }
+
+#[test]
+fn health_checks_go_through_the_proxy_opt_10_conn_9() {
+    each_binary(|bin| {
+        let proxy = FakeProxy::start(|t| {
+            if t.starts_with("dead.") {
+                Reply::Close(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+            } else {
+                Reply::Close(OK)
+            }
+        });
+        let plug = Plug::start(
+            bin,
+            &[
+                "--health-check",
+                "1",
+                "-h",
+                &proxy.addr.to_string(),
+                "{port}",
+                "dead.example:1",
+                "live.example:2",
+            ],
+        );
+        // Before any client: a CONNECT exchange per destination, and the refused
+        // one is down with the proxy's reason.
+        let down = plug
+            .stderr
+            .expect(|l| l.contains("destination dead.example:1 down: "));
+        assert!(down.contains("502"), "{down}");
+        assert!(eventually(|| proxy
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("CONNECT live.example:2 HTTP/1.1\r\n"))));
+        assert!(!plug.stderr.all().iter().any(|l| l.contains("failed for")));
+        assert!(!plug
+            .stderr
+            .all()
+            .iter()
+            .any(|l| l.contains("live.example:2 down")));
+    });
+}

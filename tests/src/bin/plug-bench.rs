@@ -6,7 +6,9 @@
 //! ```
 //!
 //! `--with NAME=PATH` adds another plug binary as a candidate, e.g. a build of an
-//! earlier commit, so before and after are measured in the same run.
+//! earlier commit, so before and after are measured in the same run. Words after
+//! the path are extra options for it:
+//! `--with "std-ops=target/release/plug-std --metrics 127.0.0.1:19990 --health-check 1"`.
 //!
 //! Candidates: direct (no forwarder), plug-std, plug-smol, plug-async-std, and, when
 //! installed, haproxy (tcp mode, splice) and pen as references. Candidates are
@@ -39,7 +41,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 #[derive(Clone)]
 enum Kind {
     Direct,
-    Plug(PathBuf),
+    /// A plug binary and extra options for it.
+    Plug(PathBuf, Vec<String>),
     Haproxy(PathBuf),
     Pen(PathBuf),
 }
@@ -103,7 +106,7 @@ fn candidates() -> Vec<Candidate> {
         );
         all.push(Candidate {
             name: name.into(),
-            kind: Kind::Plug(path),
+            kind: Kind::Plug(path, Vec::new()),
             reference: false,
         });
     }
@@ -147,8 +150,9 @@ fn start(c: &Candidate, backend: SocketAddr) -> Running {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (mut command, dir) = match &c.kind {
         Kind::Direct => unreachable!(),
-        Kind::Plug(path) => {
+        Kind::Plug(path, extra) => {
             let mut cmd = Command::new(path);
+            cmd.args(extra);
             cmd.args([
                 "-n",
                 "-i",
@@ -529,10 +533,12 @@ fn main() {
         .map(|l| l.split(',').map(str::to_string).collect());
     let mut all = candidates();
     for w in args.windows(2).filter(|w| w[0] == "--with") {
-        if let Some((name, path)) = w[1].split_once('=') {
+        let mut words = w[1].split_whitespace();
+        if let Some((name, path)) = words.next().and_then(|w| w.split_once('=')) {
+            let extra = words.map(str::to_string).collect();
             all.push(Candidate {
                 name: name.to_string(),
-                kind: Kind::Plug(PathBuf::from(path)),
+                kind: Kind::Plug(PathBuf::from(path), extra),
                 reference: false,
             });
         }
