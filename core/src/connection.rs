@@ -542,7 +542,7 @@ impl Connection {
                     }
                 }
                 while let Some(event) = forwarder.balancer.poll_event() {
-                    lines.push(crate::forwarder::event_record(&event));
+                    lines.push(event.log_record());
                 }
                 for record in lines {
                     if self.settings.log.wants(record.level) {

@@ -28,23 +28,8 @@ use crate::metrics::Metrics;
 use crate::relay::RelayOutcome;
 use crate::resolve::Lookup;
 use crate::rounds::Rounds;
-use crate::select::{Balancer, DestId, SelectEvent};
+use crate::select::{Balancer, DestId};
 use crate::stats::Stats;
-
-/// The log line of what the balancer noticed: health changes at the normal
-/// level, limited as clients can cause them (FAULT-4), retries as debug detail.
-pub(crate) fn event_record(event: &SelectEvent) -> LogRecord {
-    let text = event.to_string();
-    match event {
-        SelectEvent::Down { .. } | SelectEvent::Up { .. } | SelectEvent::AllReset => {
-            LogRecord::limited(LogKind::Health, LogLevel::Notice, text)
-        }
-        SelectEvent::StickyTableFull { .. } | SelectEvent::Resolved { .. } => {
-            LogRecord::new(LogLevel::Notice, text)
-        }
-        SelectEvent::Retrying { .. } => LogRecord::new(LogLevel::Debug(1), text),
-    }
-}
 
 /// What the accept loop does after accept failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,7 +274,7 @@ impl Forwarder {
 
     fn drain_balancer_events(&mut self) {
         while let Some(event) = self.balancer.poll_event() {
-            let record = event_record(&event);
+            let record = event.log_record();
             self.push_log(record);
         }
     }

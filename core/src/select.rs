@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::addr::{canonical_ip, Destination};
+use crate::log::{LogKind, LogLevel, LogRecord};
 use crate::rendezvous;
 
 /// The bound on the sticky table when none is configured (2.5.5 used 16384).
@@ -479,6 +480,23 @@ impl Balancer {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<SelectEvent> {
         self.events.pop_front()
+    }
+}
+
+impl SelectEvent {
+    /// The log line of this event: health changes at the normal level, limited
+    /// as clients can cause them (FAULT-4); retries as debug detail.
+    pub fn log_record(&self) -> LogRecord {
+        let text = self.to_string();
+        match self {
+            SelectEvent::Down { .. } | SelectEvent::Up { .. } | SelectEvent::AllReset => {
+                LogRecord::limited(LogKind::Health, LogLevel::Notice, text)
+            }
+            SelectEvent::StickyTableFull { .. } | SelectEvent::Resolved { .. } => {
+                LogRecord::new(LogLevel::Notice, text)
+            }
+            SelectEvent::Retrying { .. } => LogRecord::new(LogLevel::Debug(1), text),
+        }
     }
 }
 

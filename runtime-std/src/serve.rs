@@ -3,7 +3,7 @@
 //! does not pay for creating and tearing down a thread per connection.
 
 use std::collections::VecDeque;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -102,24 +102,16 @@ fn work(pool: &Pool, first: Job) {
 /// Stack for scrape threads: a scrape holds its reply on the heap.
 const SCRAPE_STACK: usize = 64 * 1024;
 
-/// Accepts scrapes on the `--metrics` listener (OPT-9), a thread each, as
-/// connections are served, until a graceful stop shuts it.
-fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
+/// Accepts on `listener` until a graceful stop shuts it, handing each socket to
+/// `serve`; what a failed accept means is the core's (§5, FAULT-1).
+fn accept_each(
+    ctx: &Context,
+    listener: &TcpListener,
+    mut serve: impl FnMut(TcpStream, SocketAddr),
+) {
     loop {
         match sockets::accept(listener) {
-            Ok((stream, _)) => {
-                let mine = Arc::clone(ctx);
-                let spawned = std::thread::Builder::new()
-                    .name("scrape".into())
-                    .stack_size(SCRAPE_STACK)
-                    .spawn(move || scrape::serve(&mine, stream));
-                if let Err(e) = spawned {
-                    ctx.log(
-                        LogLevel::Error,
-                        format!("cannot start a scrape thread: {e}"),
-                    );
-                }
-            }
+            Ok((socket, peer)) => serve(socket, peer),
             Err(_) if ctx.is_stopping() => return,
             Err(e) => match ctx.accept_failed(Instant::now(), &e) {
                 AcceptNext::Retry => {}
@@ -128,6 +120,24 @@ fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
             },
         }
     }
+}
+
+/// Serves scrapes of the `--metrics` listener (OPT-9), a thread each, as
+/// connections are served.
+fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
+    accept_each(ctx, listener, |stream, _| {
+        let mine = Arc::clone(ctx);
+        let spawned = std::thread::Builder::new()
+            .name("scrape".into())
+            .stack_size(SCRAPE_STACK)
+            .spawn(move || scrape::serve(&mine, stream));
+        if let Err(e) = spawned {
+            ctx.log(
+                LogLevel::Error,
+                format!("cannot start a scrape thread: {e}"),
+            );
+        }
+    });
 }
 
 /// Serves until a graceful stop has drained, then exits.
@@ -143,35 +153,25 @@ pub fn run(boot: Boot) -> ! {
         }
     }
     let pool = Arc::new(Pool::default());
-    loop {
-        match sockets::accept(&listener) {
-            Ok((client, peer)) => {
-                // Refused: dropping `client` closes it at once (CONN-1).
-                let Some(connection) = ctx.accept(Instant::now(), peer) else {
-                    continue;
-                };
-                let Some(job) = pool.hand_over((connection, client)) else {
-                    continue;
-                };
-                let mine = Arc::clone(&pool);
-                let spawned = std::thread::Builder::new()
-                    .stack_size(CONNECTION_STACK)
-                    .spawn(move || work(&mine, job));
-                // A thread that cannot start drops its job: the connection is
-                // still accounted for (FAULT-5), and the failure logged.
-                if let Err(e) = spawned {
-                    let text = format!("cannot start a connection thread: {e}");
-                    ctx.log(LogLevel::Error, text);
-                }
-            }
-            Err(_) if ctx.is_stopping() => break,
-            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
-                AcceptNext::Retry => {}
-                AcceptNext::Pause(pause) => std::thread::sleep(pause),
-                AcceptNext::WaitReadable => wait_readable(&listener),
-            },
+    accept_each(&ctx, &listener, |client, peer| {
+        // Refused: dropping `client` closes it at once (CONN-1).
+        let Some(connection) = ctx.accept(Instant::now(), peer) else {
+            return;
+        };
+        let Some(job) = pool.hand_over((connection, client)) else {
+            return;
+        };
+        let mine = Arc::clone(&pool);
+        let spawned = std::thread::Builder::new()
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || work(&mine, job));
+        // A thread that cannot start drops its job: the connection is still
+        // accounted for (FAULT-5), and the failure logged.
+        if let Err(e) = spawned {
+            let text = format!("cannot start a connection thread: {e}");
+            ctx.log(LogLevel::Error, text);
         }
-    }
+    });
     // Close the listener now so a new instance can bind while connections drain.
     drop(listener);
     ctx.drain_and_exit()

@@ -65,19 +65,19 @@ pub fn executor_threads(var: &str) -> usize {
         })
 }
 
-/// Accepts clients until a graceful stop shuts the listener, spawning one task per
-/// admitted client; then returns.
-pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
+/// Accepts on `listener` until a graceful stop shuts it, handing each socket
+/// (registered with the reactor) to `serve`; what a failed accept means is the
+/// core's (§5, FAULT-1).
+async fn accept_each(
+    ctx: &Context,
+    listener: &Async<TcpListener>,
+    mut serve: impl FnMut(Async<TcpStream>, std::net::SocketAddr),
+) {
     loop {
         // `read_with` waits on the reactor whenever accept says EAGAIN.
         let accepted = listener.read_with(sockets::accept).await;
         match accepted.and_then(|(c, peer)| Ok((Async::new_nonblocking(c)?, peer))) {
-            Ok((client, peer)) => {
-                // A refused client is dropped here: closed at once (CONN-1).
-                if let Some(conn) = ctx.accept(Instant::now(), peer) {
-                    spawner.spawn(conn, client);
-                }
-            }
+            Ok((socket, peer)) => serve(socket, peer),
             Err(_) if ctx.is_stopping() => break,
             Err(e) => match ctx.accept_failed(Instant::now(), &e) {
                 AcceptNext::Retry | AcceptNext::WaitReadable => {}
@@ -89,22 +89,25 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spaw
     }
 }
 
+/// Accepts clients until a graceful stop shuts the listener, spawning one task per
+/// admitted client; then returns.
+pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
+    accept_each(ctx, listener, |client, peer| {
+        // A refused client is dropped here: closed at once (CONN-1).
+        if let Some(conn) = ctx.accept(Instant::now(), peer) {
+            spawner.spawn(conn, client);
+        }
+    })
+    .await;
+}
+
 /// Accepts scrapes on the `--metrics` listener until a graceful stop shuts it,
 /// one task each (OPT-9); then returns.
 pub async fn metrics_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
-    loop {
-        let accepted = listener.read_with(sockets::accept).await;
-        match accepted.and_then(|(c, _)| Async::new_nonblocking(c)) {
-            Ok(client) => spawner.spawn_boxed(Box::pin(serve_scrape(Arc::clone(ctx), client))),
-            Err(_) if ctx.is_stopping() => break,
-            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
-                AcceptNext::Retry | AcceptNext::WaitReadable => {}
-                AcceptNext::Pause(pause) => {
-                    Timer::after(pause).await;
-                }
-            },
-        }
-    }
+    accept_each(ctx, listener, |client, _| {
+        spawner.spawn_boxed(Box::pin(serve_scrape(Arc::clone(ctx), client)));
+    })
+    .await;
 }
 
 /// Serves one scrape to its end, doing what the core's [`Scrape`] says.

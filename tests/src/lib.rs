@@ -411,23 +411,28 @@ pub fn socket_activation_as(port: u16, nonblocking: bool, uid: Option<u32>) -> L
 /// touching the machine's /dev and without a test-only switch in plug.
 pub fn private_dev_launch(dir: &Path) -> Launch {
     let d = dir.to_string_lossy();
-    let script = format!(
-        "touch '{d}/null' && mount --bind /dev/null '{d}/null' && mount --rbind '{d}' /dev \
-         && exec \"$0\" \"$@\""
-    );
+    in_private_mount_namespace(&format!(
+        "touch '{d}/null' && mount --bind /dev/null '{d}/null' && mount --rbind '{d}' /dev"
+    ))
+}
+
+/// A launch with `hosts` bound over /etc/hosts in a private mount namespace, so
+/// the system resolver answers plug from a file the test edits (needs root).
+pub fn private_hosts_launch(hosts: &Path) -> Launch {
+    let h = hosts.to_string_lossy();
+    in_private_mount_namespace(&format!("mount --bind '{h}' /etc/hosts"))
+}
+
+/// A launch that runs the shell commands `mounts` in a private mount namespace
+/// (`unshare --mount`), then execs plug there.
+fn in_private_mount_namespace(mounts: &str) -> Launch {
+    let script = format!("{mounts} && exec \"$0\" \"$@\"");
+    let words = ["--mount", "--propagation", "private", "/bin/sh", "-c"];
+    let mut leading: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+    leading.push(script);
     Launch {
         env: vec![],
-        via: Some((
-            "unshare".into(),
-            vec![
-                "--mount".into(),
-                "--propagation".into(),
-                "private".into(),
-                "/bin/sh".into(),
-                "-c".into(),
-                script,
-            ],
-        )),
+        via: Some(("unshare".into(), leading)),
     }
 }
 
@@ -542,20 +547,7 @@ impl Plug {
             let port = free_port();
             let mut words: Vec<String> = vec!["-d".into()];
             words.extend(args.iter().map(|a| a.replace("{port}", &port.to_string())));
-            let mut plug = match &launch.via {
-                None => Plug::spawn_env(bin, &words, &launch.env, port),
-                Some((program, leading)) => {
-                    let mut wrapped = leading.clone();
-                    wrapped.push(bin.path.to_string_lossy().into_owned());
-                    wrapped.extend(words);
-                    let wrapper = Binary {
-                        name: bin.name,
-                        label: bin.label.clone(),
-                        path: program.into(),
-                    };
-                    Plug::spawn_env(&wrapper, &wrapped, &launch.env, port)
-                }
-            };
+            let mut plug = Plug::spawn_launched(bin, launch, words, &launch.env, port);
             if plug
                 .stderr
                 .wait_for(|l| l.contains("listening on"))
@@ -605,20 +597,7 @@ impl Plug {
                 .iter()
                 .map(|a| a.replace("{port}", &port.to_string()))
                 .collect();
-            let mut plug = match &launch.via {
-                None => Plug::spawn_env(bin, &words, &env, port),
-                Some((program, leading)) => {
-                    let mut wrapped = leading.clone();
-                    wrapped.push(bin.path.to_string_lossy().into_owned());
-                    wrapped.extend(words);
-                    let wrapper = Binary {
-                        name: bin.name,
-                        label: bin.label.clone(),
-                        path: program.into(),
-                    };
-                    Plug::spawn_env(&wrapper, &wrapped, &env, port)
-                }
-            };
+            let mut plug = Plug::spawn_launched(bin, launch, words, &env, port);
             let mut buf = [0u8; 256];
             if sock
                 .recv(&mut buf)
@@ -634,6 +613,31 @@ impl Plug {
             }
         }
         panic!("{}: no free port after 5 tries", bin.name);
+    }
+
+    /// Starts `bin` with `words`, through `launch`'s wrapper when it has one (the
+    /// wrapper is given plug's path and words, and execs it), with `env`.
+    fn spawn_launched(
+        bin: &Binary,
+        launch: &Launch,
+        words: Vec<String>,
+        env: &[(String, String)],
+        port: u16,
+    ) -> Plug {
+        match &launch.via {
+            None => Plug::spawn_env(bin, &words, env, port),
+            Some((program, leading)) => {
+                let mut wrapped = leading.clone();
+                wrapped.push(bin.path.to_string_lossy().into_owned());
+                wrapped.extend(words);
+                let wrapper = Binary {
+                    name: bin.name,
+                    label: bin.label.clone(),
+                    path: program.into(),
+                };
+                Plug::spawn_env(&wrapper, &wrapped, env, port)
+            }
+        }
     }
 
     /// Starts `bin` with exactly `args` (no `-d`, no readiness wait).

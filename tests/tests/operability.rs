@@ -309,27 +309,6 @@ fn health_checks_find_a_dead_destination_before_a_client_does_opt_10() {
     });
 }
 
-/// A launch with `hosts` bound over /etc/hosts in a private mount namespace, so
-/// the system resolver answers from a file the test edits.
-fn private_hosts_launch(hosts: &std::path::Path) -> Launch {
-    let h = hosts.to_string_lossy();
-    let script = format!("mount --bind '{h}' /etc/hosts && exec \"$0\" \"$@\"");
-    Launch {
-        env: vec![],
-        via: Some((
-            "unshare".into(),
-            vec![
-                "--mount".into(),
-                "--propagation".into(),
-                "private".into(),
-                "/bin/sh".into(),
-                "-c".into(),
-                script,
-            ],
-        )),
-    }
-}
-
 #[test]
 fn host_names_are_resolved_at_start_and_again_opt_11() {
     each_binary(|bin| {
