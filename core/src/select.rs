@@ -201,6 +201,10 @@ pub struct Balancer {
     /// flips back and forth with `-r` and the all-down reset without anything
     /// proven; this changes only when a connect succeeds or fails.
     reported_up: Vec<bool>,
+    /// When each destination reported down went down: the start of the outage,
+    /// which failed retries and health checks do not move (the `-r` clock in
+    /// [`Health::Unhealthy`] they do move).
+    down_since: Vec<Option<Instant>>,
     /// Each destination's part of its rendezvous weights (`--hash`).
     keys: Vec<u64>,
     /// Where each destination is reached: its address, or for a host name under
@@ -216,6 +220,7 @@ impl Balancer {
     pub fn new(destinations: Vec<Destination>, policy: SelectPolicy) -> Self {
         let health = vec![Health::Healthy; destinations.len()];
         let reported_up = vec![true; destinations.len()];
+        let down_since = vec![None; destinations.len()];
         let keys = destinations
             .iter()
             .map(rendezvous::destination_key)
@@ -230,6 +235,7 @@ impl Balancer {
             destinations,
             health,
             reported_up,
+            down_since,
             cursor: 0,
             policy,
             sticky: StickyTable::default(),
@@ -297,6 +303,12 @@ impl Balancer {
                 self.handle_connect_failed(now, id, &format!("cannot resolve {}: {e}", dest.host));
             }
         }
+    }
+
+    /// When `id`'s current outage began (`None`: it is not reported down): for the
+    /// state dump, which says how long a destination has been out.
+    pub fn down_since(&self, id: DestId) -> Option<Instant> {
+        self.down_since.get(id.0).copied().flatten()
     }
 
     /// The recorded health of `id` (an unhealthy one whose `-r` time has passed is
@@ -455,6 +467,7 @@ impl Balancer {
         if let (Some(up @ true), Some(d)) = (self.reported_up.get_mut(i), self.destinations.get(i))
         {
             *up = false;
+            self.down_since[i] = Some(now);
             self.events.push_back(SelectEvent::Down {
                 dest: d.clone(),
                 reason: reason.to_string(),
@@ -472,6 +485,7 @@ impl Balancer {
         if let (Some(up @ false), Some(d)) = (self.reported_up.get_mut(i), self.destinations.get(i))
         {
             *up = true;
+            self.down_since[i] = None;
             self.events.push_back(SelectEvent::Up { dest: d.clone() });
         }
     }

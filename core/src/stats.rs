@@ -161,9 +161,11 @@ impl Stats {
                 let d = self.destinations.get(i).copied().unwrap_or_default();
                 let health = match balancer.health(DestId(i)) {
                     Some(Health::Unhealthy { since }) => {
+                        // Since the outage began, not the last failed retry or probe.
+                        let began = balancer.down_since(DestId(i)).unwrap_or(since);
                         format!(
                             "unhealthy since {}",
-                            now.saturating_duration_since(since).as_secs()
+                            now.saturating_duration_since(began).as_secs()
                         )
                     }
                     _ => "healthy".to_string(),
@@ -194,6 +196,26 @@ mod tests {
     use std::time::Duration;
 
     use crate::test_clock::t0;
+
+    #[test]
+    fn unhealthy_since_counts_from_the_outage_not_the_last_probe_opt_6_opt_10() {
+        let now = t0();
+        let dests = vec![Destination::parse("10.0.0.5:80", 1, false).unwrap()];
+        let mut b = Balancer::new(dests, SelectPolicy::default());
+        let s = Stats::new(1);
+        for k in 0..30 {
+            b.handle_connect_failed(now + Duration::from_secs(k), DestId(0), "refused");
+        }
+        let report = s.report(now + Duration::from_secs(30), &b, 0);
+        assert!(report[0].contains("unhealthy since 30 "), "{report:?}");
+        b.handle_connected(now + Duration::from_secs(31), DestId(0));
+        b.handle_connect_failed(now + Duration::from_secs(40), DestId(0), "refused");
+        let report = s.report(now + Duration::from_secs(45), &b, 0);
+        assert!(
+            report[0].contains("unhealthy since 5 "),
+            "a new outage: {report:?}"
+        );
+    }
 
     #[test]
     fn report_lines_opt_6() {

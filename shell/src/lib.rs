@@ -93,8 +93,8 @@ pub type Listeners<T> = (Arc<T>, Option<Arc<T>>);
 impl Boot {
     /// Hands over to the adapter: runs `setup` on the listener and the metrics
     /// listener, if any (register them with a reactor, start worker threads),
-    /// looks up host names for the first time and starts the threads of the
-    /// lookup and health-check rounds (OPT-10/11), starts the signal thread
+    /// looks up host names and checks the destinations' health for the first
+    /// time and starts the threads of the later rounds (OPT-10/11), starts the signal thread
     /// (whose first SIGTERM or SIGINT shuts both listeners so the accept loops
     /// end), then reports ready to a waiting parent (PROC-1) and systemd. A
     /// failure here exits 4, reported to the parent when there is one.
@@ -120,6 +120,7 @@ impl Boot {
             .map_err(|e| format!("cannot start serving: {e}"))
             .and_then(|(listener, metrics)| {
                 rounds::resolve_now(&ctx);
+                rounds::probe_now(&ctx);
                 rounds::start_resolver(&ctx)
                     .and_then(|()| rounds::start_prober(&ctx))
                     .map_err(|e| format!("cannot start the lookup or health-check thread: {e}"))?;

@@ -75,8 +75,8 @@ pub fn start_resolver(ctx: &Arc<Context>) -> io::Result<()> {
     )
 }
 
-/// Starts the health-check thread when `--health-check` is given; each probe
-/// runs on a thread of its own, so a destination that hangs delays no other.
+/// Starts the health-check thread when `--health-check` is given (its first
+/// round is due after [`probe_now`]'s).
 pub fn start_prober(ctx: &Arc<Context>) -> io::Result<()> {
     if ctx.config().health_check.is_none() {
         return Ok(());
@@ -86,24 +86,46 @@ pub fn start_prober(ctx: &Arc<Context>) -> io::Result<()> {
         "health-checks",
         |f, now| (f.poll_probes(now), f.poll_probe_timeout()),
         |ctx, probes| {
-            for probe in probes {
-                let mine = Arc::clone(ctx);
-                let dest = probe.dest();
-                let spawned = std::thread::Builder::new()
-                    .name("probe".into())
-                    .spawn(move || {
-                        let (dest, result) = run(probe);
-                        let now = Instant::now();
-                        mine.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
-                    });
-                if let Err(e) = spawned {
-                    let now = Instant::now();
-                    let result = Err(format!("cannot start a health check: {e}"));
-                    ctx.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
-                }
-            }
+            probe_all(ctx, probes);
         },
     )
+}
+
+/// Runs the first round of health checks and waits for it (each probe bounded by
+/// `--connect-timeout`, all at once), before plug serves: a destination that is
+/// down at start is out of rotation before the first client (OPT-10).
+pub fn probe_now(ctx: &Arc<Context>) {
+    let now = Instant::now();
+    let probes = ctx.with_forwarder(now, |f| f.poll_probes(now));
+    for handle in probe_all(ctx, probes) {
+        let _ = handle.join();
+    }
+}
+
+/// Starts every probe on a thread of its own, so a destination that hangs
+/// delays no other; each reports its own outcome.
+fn probe_all(ctx: &Arc<Context>, probes: Vec<Probe>) -> Vec<std::thread::JoinHandle<()>> {
+    let mut running = Vec::new();
+    for probe in probes {
+        let mine = Arc::clone(ctx);
+        let dest = probe.dest();
+        let spawned = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                let (dest, result) = run(probe);
+                let now = Instant::now();
+                mine.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
+            });
+        match spawned {
+            Ok(handle) => running.push(handle),
+            Err(e) => {
+                let now = Instant::now();
+                let result = Err(format!("cannot start a health check: {e}"));
+                ctx.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
+            }
+        }
+    }
+    running
 }
 
 /// The time left until `deadline`, or a timeout error when none is.
