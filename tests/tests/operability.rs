@@ -390,8 +390,12 @@ fn a_name_that_moves_is_followed_every_secs_opt_11() {
 #[test]
 fn hashing_sends_a_client_to_the_same_destination_in_every_plug_opt_12() {
     each_binary(|bin| {
+        // One is stopped and started again: addresses of this test's own, so no
+        // other test's backend can take a freed port meanwhile.
         let backends: Vec<Backend> = (0..3)
-            .map(|i| Backend::start(Behaviour::Tagged(format!("b{i}"))))
+            .map(|i| {
+                Backend::start_on(&dead_addr().to_string(), Behaviour::Tagged(format!("b{i}")))
+            })
             .collect();
         let dests: Vec<String> = backends.iter().map(Backend::dest).collect();
         let mut reversed = dests.clone();

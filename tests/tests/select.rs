@@ -31,7 +31,9 @@ fn round_robin_in_command_line_order_conn_2() {
 #[test]
 fn o_always_takes_the_first_healthy_conn_2() {
     each_binary(|bin| {
-        let (a, b) = (tagged("A"), tagged("B"));
+        // A is dropped below: on an address of this test's own, so no other
+        // test's backend can take its port once it is free.
+        let (a, b) = (tagged_on(dead_addr(), "A"), tagged("B"));
         let plug = Plug::start(bin, &["-o", "{port}", &a.dest(), &b.dest()]);
         let got: Vec<String> = (0..3).map(|_| which(plug.addr())).collect();
         assert_eq!(got, ["A", "A", "A"], "plug said: {:?}", plug.stderr.all());
@@ -176,7 +178,8 @@ fn sticky_clients_keep_their_destination_until_t_expires_conn_5() {
 #[test]
 fn sticky_client_moves_when_its_destination_dies_conn_5() {
     each_binary(|bin| {
-        let (a, b) = (tagged("A"), tagged("B"));
+        // A is dropped below: an address of this test's own (see above).
+        let (a, b) = (tagged_on(dead_addr(), "A"), tagged("B"));
         let plug = Plug::start(bin, &["-f", "{port}", &a.dest(), &b.dest()]);
         let from = |ip: &str| {
             let mut s = connect_from(ip, plug.addr());
