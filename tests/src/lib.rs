@@ -487,6 +487,46 @@ pub fn private_dev(what: &str) -> bool {
     running_as_root(what) && optional_program("unshare", "util-linux").is_some()
 }
 
+/// `args` with every `{port}` replaced by `port`.
+fn with_port(args: &[&str], port: u16) -> Vec<String> {
+    args.iter()
+        .map(|a| a.replace("{port}", &port.to_string()))
+        .collect()
+}
+
+/// The PID a pid file holds (its first line).
+pub fn read_pid(path: &Path) -> u32 {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no PID in {}: {text:?}", path.display()))
+}
+
+/// Runs `command`, a plug that detaches (PROC-1), and returns the daemon's PID
+/// from `pid_file` once the command has exited 0: the parent exits only when the
+/// daemon is ready, so no further wait is needed.
+pub fn start_detached(command: &mut Command, pid_file: &Path) -> u32 {
+    let out = command.stdin(Stdio::null()).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_pid(pid_file)
+}
+
+/// Sends SIGTERM to a daemon with no open connections and waits until it is gone.
+pub fn stop_daemon(pid: u32) {
+    send_signal(pid, libc::SIGTERM);
+    assert!(
+        eventually(|| !process_alive(pid)),
+        "{pid} did not exit on SIGTERM"
+    );
+}
+
 /// Runs `bin` to completion with `args`, `{port}` replaced by a free port, and
 /// returns the port and the output; tries another port if that one was taken
 /// between choosing and binding (ports are a shared resource between test
@@ -494,10 +534,7 @@ pub fn private_dev(what: &str) -> bool {
 pub fn run_on_free_port(bin: &Binary, args: &[&str]) -> (u16, std::process::Output) {
     for _ in 0..5 {
         let port = free_port();
-        let words: Vec<String> = args
-            .iter()
-            .map(|a| a.replace("{port}", &port.to_string()))
-            .collect();
+        let words = with_port(args, port);
         let out = Command::new(&bin.path)
             .args(&words)
             .stdin(Stdio::null())
@@ -546,7 +583,7 @@ impl Plug {
         for _ in 0..5 {
             let port = free_port();
             let mut words: Vec<String> = vec!["-d".into()];
-            words.extend(args.iter().map(|a| a.replace("{port}", &port.to_string())));
+            words.extend(with_port(args, port));
             let mut plug = Plug::spawn_launched(bin, launch, words, &launch.env, port);
             if plug
                 .stderr
@@ -593,10 +630,7 @@ impl Plug {
         ));
         for _ in 0..5 {
             let port = free_port();
-            let words: Vec<String> = args
-                .iter()
-                .map(|a| a.replace("{port}", &port.to_string()))
-                .collect();
+            let words = with_port(args, port);
             let mut plug = Plug::spawn_launched(bin, launch, words, &env, port);
             let mut buf = [0u8; 256];
             if sock

@@ -10,19 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-fn read_pid(path: &Path) -> u32 {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines().next().unwrap().parse().unwrap()
-}
-
 /// Runs `bin` with `args` ({port}: a free port), bounded by the deadline.
 fn run(bin: &Binary, args: &[&str]) -> (u16, std::process::Output) {
     run_on_free_port(bin, args)
-}
-
-fn stop(pid: u32) {
-    send_signal(pid, libc::SIGTERM);
-    assert!(eventually(|| !process_alive(pid)), "{pid} did not exit");
 }
 
 #[test]
@@ -233,7 +223,7 @@ fn inherited_descriptors_are_closed_so_the_caller_does_not_hang_proc_7() {
                 Some((n, std::fs::read_link(e.path()).ok()?))
             })
             .collect();
-        stop(pid);
+        stop_daemon(pid);
         assert!(got.is_ok(), "the caller still waits for plug's output");
         assert!(
             !fds.iter().any(|(_, l)| *l == pipe),
@@ -253,21 +243,14 @@ fn a_detached_plug_works_from_root_with_relative_paths_proc_7() {
         let backend = Backend::start(Behaviour::Echo);
         let dir = TempDir::new("cwd");
         let port = free_port();
-        let out = Command::new(&bin.path)
-            .current_dir(&dir.0)
-            .args(["-P", "plug.pid", "-S", "sessions", "-i", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg(backend.dest())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let pid = start_detached(
+            Command::new(&bin.path)
+                .current_dir(&dir.0)
+                .args(["-P", "plug.pid", "-S", "sessions", "-i", "127.0.0.1"])
+                .arg(port.to_string())
+                .arg(backend.dest()),
+            &dir.path("plug.pid"),
         );
-        let pid = read_pid(&dir.path("plug.pid"));
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
         assert_eq!(
             cwd,
@@ -280,7 +263,7 @@ fn a_detached_plug_works_from_root_with_relative_paths_proc_7() {
         assert!(eventually(
             || std::fs::read_to_string(&sessions).is_ok_and(|t| t.lines().count() == 1)
         ));
-        stop(pid);
+        stop_daemon(pid);
         assert!(
             !dir.path("plug.pid").exists(),
             "removed by its absolute path"
@@ -434,7 +417,7 @@ fn user_drops_root_after_start_up_proc_9() {
             std::fs::metadata(&sessions).unwrap().uid()
         };
         assert_eq!(owner, 65534, "the session file is written as the user");
-        stop(pid);
+        stop_daemon(pid);
         // nobody may not remove root's file from a sticky directory: it stays,
         // unlocked, and the next plug takes it over.
         assert_eq!(read_pid(&pidfile), pid);
@@ -445,7 +428,7 @@ fn user_drops_root_after_start_up_proc_9() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        stop(read_pid(&pidfile));
+        stop_daemon(read_pid(&pidfile));
     });
 }
 

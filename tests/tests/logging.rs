@@ -5,7 +5,7 @@
 
 use plug_tests::*;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Checks `datagram` is what syslog(3) sends: `<PRI>Mmm dd HH:MM:SS IDENT[PID]: `
@@ -47,26 +47,15 @@ fn a_detached_plug_sends_real_syslog_datagrams_proc_5() {
         let launch = private_dev_launch(&dev.0);
         let (program, leading) = launch.via.unwrap();
         let port = free_port();
-        let out = Command::new(program)
-            .args(leading)
-            .arg(&bin.path)
-            .args(["-l", "-P", pidfile.to_str().unwrap(), "-i", "127.0.0.1"])
-            .arg(port.to_string())
-            .args([dead.to_string(), backend.dest()])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let pid = start_detached(
+            Command::new(program)
+                .args(leading)
+                .arg(&bin.path)
+                .args(["-l", "-P", pidfile.to_str().unwrap(), "-i", "127.0.0.1"])
+                .arg(port.to_string())
+                .args([dead.to_string(), backend.dest()]),
+            &pidfile,
         );
-        let pid: u32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
         let tag = format!("(127.0.0.1 {port})");
         let started = syslog.expect(|d| d.ends_with("Plugdaemon started."));
         let (severity, text) = parse_datagram(&started, bin.name, pid);
@@ -89,8 +78,7 @@ fn a_detached_plug_sends_real_syslog_datagrams_proc_5() {
             assert_eq!(severity, 5, "notice: {d:?}");
             assert!(text.starts_with(&want), "{d:?}");
         }
-        send_signal(pid, libc::SIGTERM);
-        assert!(eventually(|| !process_alive(pid)));
+        stop_daemon(pid);
     });
 }
 

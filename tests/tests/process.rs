@@ -5,11 +5,6 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::process::{Command, Stdio};
 
-fn read_pid(path: &std::path::Path) -> u32 {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.lines().next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn detaches_only_once_ready_and_forwards_proc_1_proc_3() {
     each_binary(|bin| {
