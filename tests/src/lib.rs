@@ -372,7 +372,8 @@ if fd != 3:
     os.dup2(fd, 3)
     os.close(fd)
 os.set_inheritable(3, True)
-if AS_UID is not None:
+AS_UID = int(os.environ.get("ACTIVATE_UID", "-1"))
+if AS_UID >= 0:
     # systemd's DynamicUser=yes with no capabilities: an unprivileged account.
     os.setgroups([])
     os.setgid(AS_UID)
@@ -392,11 +393,13 @@ pub fn socket_activation(port: u16, nonblocking: bool) -> Launch {
 /// [`socket_activation`], with plug then run as user and group `uid` (needs
 /// root), as systemd runs a `DynamicUser=yes` service.
 pub fn socket_activation_as(port: u16, nonblocking: bool, uid: Option<u32>) -> Launch {
-    let script = ACTIVATE
-        .replace("NONBLOCK", if nonblocking { "True" } else { "False" })
-        .replace("AS_UID", &uid.map_or("None".to_string(), |u| u.to_string()));
+    let script = ACTIVATE.replace("NONBLOCK", if nonblocking { "True" } else { "False" });
+    let mut env = vec![("ACTIVATE_PORT".to_string(), port.to_string())];
+    if let Some(uid) = uid {
+        env.push(("ACTIVATE_UID".to_string(), uid.to_string()));
+    }
     Launch {
-        env: vec![("ACTIVATE_PORT".into(), port.to_string())],
+        env,
         via: Some(("python3".into(), vec!["-c".into(), script])),
     }
 }
