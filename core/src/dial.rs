@@ -210,10 +210,20 @@ impl Dialer {
         dest: DestId,
         address: usize,
     ) -> Option<DialStep> {
-        let addr = match self.options.proxy {
-            Some(proxy) if address == 0 => proxy,
+        // An address of the other family than `-p` cannot be reached from it: it
+        // is skipped, never a reason to drop the client (OPT-11, FAULT-6).
+        let family_fits =
+            |a: &SocketAddr| self.options.bind.is_none_or(|b| b.is_ipv4() == a.is_ipv4());
+        let (address, addr) = match self.options.proxy {
+            Some(proxy) if address == 0 => (0, proxy),
             Some(_) => return None,
-            None => *balancer.addresses(dest).get(address)?,
+            None => balancer
+                .addresses(dest)
+                .iter()
+                .enumerate()
+                .skip(address)
+                .find(|(_, a)| family_fits(a))
+                .map(|(i, a)| (i, *a))?,
         };
         self.phase = Phase::Connecting {
             dest,
@@ -311,12 +321,13 @@ impl Dialer {
     }
 
     /// Reports that plug could not even make the outgoing socket (socket(2) or the
-    /// `-p` bind failed, e.g. out of descriptors): the client is closed, and the
-    /// destination keeps its health because it was never tried.
+    /// `-p` bind failed, e.g. out of descriptors, or an address of the other
+    /// family): the destination keeps its health because it was never tried, and
+    /// the next address, else the next destination, is tried (FAULT-6).
     pub fn handle_local_failure(
         &mut self,
-        _now: Instant,
-        balancer: &Balancer,
+        now: Instant,
+        balancer: &mut Balancer,
         error: &dyn fmt::Display,
     ) -> DialStep {
         let Some(dest) = self.current() else {
@@ -324,6 +335,11 @@ impl Dialer {
         };
         if matches!(self.phase, Phase::Established { .. }) {
             return self.stale();
+        }
+        if let Phase::Connecting { address, .. } = self.phase {
+            if let Some(step) = self.connect_to(now, balancer, dest, address + 1) {
+                return step;
+            }
         }
         if let Some(d) = balancer.destination(dest) {
             let failure = DialFailure::Local(error.to_string());
@@ -334,8 +350,7 @@ impl Dialer {
                 failure,
             });
         }
-        self.phase = Phase::GaveUp;
-        DialStep::GiveUp
+        self.try_next(now, balancer)
     }
 
     /// Feeds bytes read from the proxy after [`DialStep::SendRequest`] or
@@ -568,17 +583,55 @@ mod tests {
         let now = t0();
         let mut d = Dialer::new(&b, client(), DialOptions::default());
         d.start(now, &mut b);
+        // Not the destination's fault (FAULT-6): the next one is tried, and only
+        // when every one has been tried is the client closed.
+        let next = d.handle_local_failure(now, &mut b, &"Too many open files");
+        assert_eq!(connect_addr(&next), "127.0.0.1:2".parse().unwrap());
         assert_eq!(
-            d.handle_local_failure(now, &b, &"Too many open files"),
+            d.handle_local_failure(now, &mut b, &"Too many open files"),
             DialStep::GiveUp
         );
         assert_eq!(b.health(DestId(0)), Some(Health::Healthy));
+        assert_eq!(b.health(DestId(1)), Some(Health::Healthy));
         let ev = d.poll_event().unwrap().to_string();
         assert!(
             ev.ends_with("cannot open an outgoing socket: Too many open files"),
             "{ev}"
         );
         assert_eq!(b.poll_event(), None, "nothing marked");
+    }
+
+    #[test]
+    fn an_address_of_the_other_family_than_p_is_skipped_opt_11() {
+        // `-p 127.0.0.1` and a name whose first address is ::1: the IPv4 address
+        // is tried, and nothing is marked down for the IPv6 one.
+        let mut b = balancer(&["web.example:80", "10.0.0.9:80"], true);
+        b.handle_resolved(
+            t0(),
+            DestId(0),
+            Ok(vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()]),
+        );
+        while b.poll_event().is_some() {}
+        let opts = DialOptions {
+            bind: Some("127.0.0.1".parse().unwrap()),
+            ..DialOptions::default()
+        };
+        let now = t0();
+        let mut d = Dialer::new(&b, client(), opts.clone());
+        assert_eq!(
+            connect_addr(&d.start(now, &mut b)),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        // A bind that fails anyway (the kernel's word) moves on the same way.
+        let next = d.handle_local_failure(now, &mut b, &"Invalid argument");
+        assert_eq!(connect_addr(&next), "10.0.0.9:80".parse().unwrap());
+        assert_eq!(b.health(DestId(0)), Some(Health::Healthy));
+        // Only IPv6 addresses and -p IPv4: that destination has nothing to try.
+        let mut b = balancer(&["web.example:80", "10.0.0.9:80"], true);
+        b.handle_resolved(t0(), DestId(0), Ok(vec!["::1".parse().unwrap()]));
+        let mut d = Dialer::new(&b, client(), opts);
+        let first = d.start(now, &mut b);
+        assert_eq!(connect_addr(&first), "10.0.0.9:80".parse().unwrap());
     }
 
     #[test]

@@ -22,9 +22,9 @@ use crate::connect::ProxyCredentials;
 use crate::connection::{Connection, Runtime, Settings};
 use crate::dial::DialOptions;
 use crate::dial::Dialer;
-use crate::health::Probe;
+use crate::health::{Probe, ProbeResult};
 use crate::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MAX_SCRAPES};
 use crate::relay::RelayOutcome;
 use crate::resolve::Lookup;
 use crate::rounds::Rounds;
@@ -58,6 +58,8 @@ pub struct Forwarder {
     /// which have a probe under way (one at a time each).
     health: Option<Rounds>,
     probing: Vec<bool>,
+    /// Scrape connections being served (FAULT-6: at most [`MAX_SCRAPES`]).
+    scrapes: usize,
     logs: VecDeque<LogRecord>,
 }
 
@@ -103,6 +105,7 @@ impl Forwarder {
             resolve: config.resolve.map(Rounds::new),
             health: config.health_check.map(Rounds::new),
             probing: vec![false; config.destinations.len()],
+            scrapes: 0,
             logs: VecDeque::new(),
         }
     }
@@ -321,15 +324,42 @@ impl Forwarder {
     /// rotation (CONN-3) before any client pays for it; a success brings an
     /// unhealthy one back at once, without waiting for `-r`. Changes are logged
     /// (`destination ADDR:PORT down: REASON` / `up`).
-    pub fn handle_probe_result(&mut self, now: Instant, dest: DestId, result: Result<(), String>) {
+    ///
+    /// A probe plug could not run for a reason of its own changes nothing about
+    /// the destination (FAULT-6); it is logged, and the next round tries again.
+    pub fn handle_probe_result(&mut self, now: Instant, dest: DestId, result: ProbeResult) {
         if let Some(p) = self.probing.get_mut(dest.index()) {
             *p = false;
         }
         match result {
-            Ok(()) => self.balancer.handle_connected(now, dest),
-            Err(reason) => self.balancer.handle_connect_failed(now, dest, &reason),
+            ProbeResult::Up => self.balancer.handle_connected(now, dest),
+            ProbeResult::Down(reason) => self.balancer.handle_connect_failed(now, dest, &reason),
+            ProbeResult::Inconclusive(reason) => {
+                if let Some(d) = self.balancer.destination(dest) {
+                    let text = format!("health check of {d} could not run: {reason}");
+                    self.logs.push_back(LogRecord::new(LogLevel::Error, text));
+                }
+            }
         }
         self.drain_balancer_events();
+    }
+
+    /// Decides about a connection to the `--metrics` listener (FAULT-6): true
+    /// to serve it (report its end with [`Forwarder::handle_scrape_closed`]),
+    /// false to close it at once because [`MAX_SCRAPES`] are being served, so a
+    /// flood of scrapes never takes descriptors or threads from clients.
+    pub fn handle_scrape_accepted(&mut self, _now: Instant) -> bool {
+        if self.scrapes >= MAX_SCRAPES {
+            return false;
+        }
+        self.scrapes += 1;
+        true
+    }
+
+    /// Reports that a scrape admitted by [`Forwarder::handle_scrape_accepted`]
+    /// has ended.
+    pub fn handle_scrape_closed(&mut self, _now: Instant) {
+        self.scrapes = self.scrapes.saturating_sub(1);
     }
 
     /// A copy of the counts `/metrics` shows (OPT-9), to render after letting go
@@ -571,6 +601,80 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_in_another_order_leaves_a_dead_destination_dead_opt_11() {
+        use crate::select::Health;
+        use std::net::IpAddr;
+        let now = t0();
+        let mut f = forwarder(&[
+            "--resolve",
+            "30",
+            "--health-check",
+            "5",
+            "8080",
+            "web.example:80",
+            "10.0.0.9:80",
+        ]);
+        let _ = f.poll_lookups(now);
+        let a: IpAddr = "10.0.0.7".parse().unwrap();
+        let b: IpAddr = "10.0.0.8".parse().unwrap();
+        f.handle_resolved(now, DestId(0), Ok(vec![a, b]));
+        let _ = lines(&mut f, now);
+        let _ = f.poll_probes(now);
+        f.handle_probe_result(
+            now,
+            DestId(0),
+            ProbeResult::Down("Connection refused".into()),
+        );
+        assert_eq!(
+            lines(&mut f, now),
+            ["destination web.example:80 down: Connection refused"]
+        );
+        // DNS round robin: the same two addresses, the other way round.
+        let later = now + Duration::from_secs(30);
+        let _ = f.poll_lookups(later);
+        f.handle_resolved(later, DestId(0), Ok(vec![b, a]));
+        assert!(lines(&mut f, later).is_empty(), "no news, no 'up'");
+        assert!(matches!(
+            f.balancer().health(DestId(0)),
+            Some(Health::Unhealthy { .. })
+        ));
+        // Clients go to the other destination, and the new order is the one tried
+        // once the destination is back.
+        let mut c = f.handle_accepted(later, client(3)).unwrap();
+        let Output::Connect { addr, .. } = c.poll_output(later) else {
+            panic!()
+        };
+        assert_eq!(addr, "10.0.0.9:80".parse().unwrap());
+        assert_eq!(
+            f.balancer().addresses(DestId(0)),
+            [SocketAddr::new(b, 80), SocketAddr::new(a, 80)]
+        );
+        // A set that really changed is news, and earns a fresh chance.
+        let c_ip: IpAddr = "10.0.0.6".parse().unwrap();
+        f.handle_resolved(later, DestId(0), Ok(vec![c_ip]));
+        assert_eq!(
+            lines(&mut f, later),
+            ["destination web.example:80 resolves to 10.0.0.6"]
+        );
+        assert_eq!(f.balancer().health(DestId(0)), Some(Health::Healthy));
+    }
+
+    #[test]
+    fn scrapes_have_a_budget_of_their_own_fault_6() {
+        let now = t0();
+        let mut f = forwarder(&["--max-conns", "2", "8080", "127.0.0.1:9000"]);
+        for _ in 0..MAX_SCRAPES {
+            assert!(f.handle_scrape_accepted(now));
+        }
+        assert!(!f.handle_scrape_accepted(now), "the 17th is closed at once");
+        // Clients are admitted all the while: the budgets are apart.
+        assert!(f.handle_accepted(now, client(1)).is_some());
+        f.handle_scrape_closed(now);
+        assert!(f.handle_scrape_accepted(now), "a freed slot is used again");
+        assert!(!f.handle_scrape_accepted(now));
+    }
+
+    #[test]
     fn health_checks_come_in_rounds_and_move_health_opt_10() {
         let now = t0();
         let mut f = forwarder(&[
@@ -594,7 +698,11 @@ mod tests {
                 bind: Some("127.0.0.3:0".parse().unwrap())
             }
         );
-        f.handle_probe_result(now, DestId(0), Err("Connection refused".into()));
+        f.handle_probe_result(
+            now,
+            DestId(0),
+            ProbeResult::Down("Connection refused".into()),
+        );
         assert_eq!(
             lines(&mut f, now),
             ["destination 127.0.0.1:9000 down: Connection refused"]
@@ -607,8 +715,24 @@ mod tests {
             [DestId(0)]
         );
         // Back at once, no -r needed; not counted anywhere.
-        f.handle_probe_result(next, DestId(0), Ok(()));
-        assert_eq!(lines(&mut f, next), ["destination 127.0.0.1:9000 up"]);
+        f.handle_probe_result(next, DestId(0), ProbeResult::Up);
+        // A probe plug could not run changes nothing, and says so (FAULT-6).
+        f.handle_probe_result(
+            next,
+            DestId(1),
+            ProbeResult::Inconclusive("Too many open files".into()),
+        );
+        assert_eq!(
+            lines(&mut f, next),
+            [
+                "destination 127.0.0.1:9000 up",
+                "health check of 127.0.0.1:9001 could not run: Too many open files"
+            ]
+        );
+        assert_eq!(
+            f.balancer().health(DestId(1)),
+            Some(crate::select::Health::Healthy)
+        );
         assert_eq!(
             f.report(next).last().unwrap(),
             "summary open 0 accepted 0 refused 0 failed 0"

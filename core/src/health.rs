@@ -17,6 +17,19 @@ use bytes::Bytes;
 use crate::connect::{ProxyReply, ReplyStatus};
 use crate::select::DestId;
 
+/// What a probe found out about its destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// It answered: it belongs in rotation.
+    Up,
+    /// It failed, for this reason: out of rotation (CONN-3).
+    Down(String),
+    /// plug could not run the probe for a reason of its own (out of
+    /// descriptors, an address of the other family than `-p`, no thread): that
+    /// says nothing about the destination, whose health stays as it was (FAULT-6).
+    Inconclusive(String),
+}
+
 /// What the adapter does next for a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeStep {
@@ -35,7 +48,7 @@ pub enum ProbeStep {
     /// or [`Probe::handle_failed`].
     Read,
     /// The probe is over: close its socket and report the outcome.
-    Done(Result<(), String>),
+    Done(ProbeResult),
 }
 
 #[derive(Debug)]
@@ -44,7 +57,7 @@ enum Phase {
     Connecting { address: usize },
     Sending,
     Receiving(ProxyReply),
-    Done(Result<(), String>),
+    Done(ProbeResult),
 }
 
 /// One health check of one destination.
@@ -56,8 +69,13 @@ pub struct Probe {
     bind: Option<SocketAddr>,
     /// The CONNECT request when the destination is reached through `-h`.
     request: Option<Bytes>,
+    /// When the step under way fails for taking too long: each address gets
+    /// the whole `--connect-timeout`, as a client's connect does, so a
+    /// blackholed first address does not fail a name whose second one works.
     deadline: Option<Instant>,
     timeout: Duration,
+    /// The last failure that was the destination's (not plug's own).
+    down: Option<String>,
     phase: Phase,
 }
 
@@ -80,6 +98,7 @@ impl Probe {
             request,
             deadline: now.checked_add(timeout),
             timeout,
+            down: None,
             phase: Phase::Idle,
         }
     }
@@ -89,59 +108,96 @@ impl Probe {
         self.dest
     }
 
-    /// When the probe fails for taking too long: each blocking step may wait
-    /// until then, and must report [`Probe::handle_timeout`] if it does.
+    /// When the step under way fails for taking too long: a blocking step may
+    /// wait until then, and must report [`Probe::handle_timeout`] if it does.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
-    fn done(&mut self, result: Result<(), String>) -> ProbeStep {
+    fn done(&mut self, result: ProbeResult) -> ProbeStep {
         self.phase = Phase::Done(result.clone());
         ProbeStep::Done(result)
     }
 
-    fn connect(&mut self, address: usize) -> ProbeStep {
-        match self.targets.get(address) {
-            Some(&addr) => {
+    fn down(&mut self, reason: String) -> ProbeStep {
+        self.done(ProbeResult::Down(reason))
+    }
+
+    /// Connects to the first address from number `from` whose family fits `-p`
+    /// (another family cannot be reached from it: skipped, FAULT-6); when none
+    /// is left, the outcome is the last failure that was the destination's, or
+    /// inconclusive if every one was plug's own.
+    fn connect(&mut self, now: Instant, from: usize, local: Option<String>) -> ProbeStep {
+        let bind = self.bind;
+        let fits = |a: &SocketAddr| bind.is_none_or(|b| b.is_ipv4() == a.is_ipv4());
+        let next = self
+            .targets
+            .iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, a)| fits(a))
+            .map(|(i, a)| (i, *a));
+        match next {
+            Some((address, addr)) => {
                 self.phase = Phase::Connecting { address };
-                ProbeStep::Connect {
-                    addr,
-                    bind: self.bind,
-                }
+                self.deadline = now.checked_add(self.timeout);
+                ProbeStep::Connect { addr, bind }
             }
-            None if address == 0 => self.done(Err("no address known".to_string())),
-            None => self.done(Err("no address left to try".to_string())),
+            None => match (self.down.take(), local) {
+                (Some(reason), _) => self.down(reason),
+                (None, Some(reason)) => self.done(ProbeResult::Inconclusive(reason)),
+                (None, None) if self.targets.is_empty() => self.down("no address known".into()),
+                (None, None) if from == 0 => self.done(ProbeResult::Inconclusive(
+                    "no address of the family of -p".into(),
+                )),
+                (None, None) => self.down("no address left to try".into()),
+            },
         }
     }
 
     /// The first step. Call once.
-    pub fn start(&mut self, _now: Instant) -> ProbeStep {
-        self.connect(0)
+    pub fn start(&mut self, now: Instant) -> ProbeStep {
+        self.connect(now, 0, None)
     }
 
     /// Reports that the connect of [`ProbeStep::Connect`] succeeded.
-    pub fn handle_connected(&mut self, _now: Instant) -> ProbeStep {
+    pub fn handle_connected(&mut self, now: Instant) -> ProbeStep {
         if !matches!(self.phase, Phase::Connecting { .. }) {
             return self.stale();
         }
         match self.request.clone() {
             Some(request) => {
+                // The CONNECT exchange gets a timeout of its own, as a client's does.
+                self.deadline = now.checked_add(self.timeout);
                 self.phase = Phase::Sending;
                 ProbeStep::Send(request)
             }
-            None => self.done(Ok(())),
+            None => self.done(ProbeResult::Up),
         }
     }
 
     /// Reports that the last step failed with `error`: a failed connect moves on
     /// to the next address, anything else ends the probe.
-    pub fn handle_failed(&mut self, _now: Instant, error: &str) -> ProbeStep {
+    pub fn handle_failed(&mut self, now: Instant, error: &str) -> ProbeStep {
         match self.phase {
-            Phase::Connecting { address } if address + 1 < self.targets.len() => {
-                self.connect(address + 1)
+            Phase::Connecting { address } => {
+                self.down = Some(error.to_string());
+                self.connect(now, address + 1, None)
             }
             Phase::Done(_) => self.stale(),
-            _ => self.done(Err(error.to_string())),
+            _ => self.down(error.to_string()),
+        }
+    }
+
+    /// Reports that plug could not make or bind the socket for the connect (out
+    /// of descriptors, an address of the wrong family): not the destination's
+    /// fault (FAULT-6). The next address is tried; with none left, the probe is
+    /// inconclusive unless another address failed for the destination's reasons.
+    pub fn handle_local_failure(&mut self, now: Instant, error: &str) -> ProbeStep {
+        match self.phase {
+            Phase::Connecting { address } => self.connect(now, address + 1, Some(error.into())),
+            Phase::Done(_) => self.stale(),
+            _ => self.done(ProbeResult::Inconclusive(error.to_string())),
         }
     }
 
@@ -161,8 +217,8 @@ impl Probe {
         };
         match reply.feed(data) {
             ReplyStatus::NeedMore => ProbeStep::Read,
-            ReplyStatus::Tunnel { .. } => self.done(Ok(())),
-            ReplyStatus::Failed(f) => self.done(Err(f.to_string())),
+            ReplyStatus::Tunnel { .. } => self.done(ProbeResult::Up),
+            ReplyStatus::Failed(f) => self.down(f.to_string()),
         }
     }
 
@@ -172,18 +228,24 @@ impl Probe {
             return self.stale();
         };
         match reply.feed_eof() {
-            ReplyStatus::Failed(f) => self.done(Err(f.to_string())),
-            _ => self.done(Err("the proxy closed the connection".to_string())),
+            ReplyStatus::Failed(f) => self.down(f.to_string()),
+            _ => self.down("the proxy closed the connection".to_string()),
         }
     }
 
-    /// Reports that [`Probe::deadline`] passed in the middle of a step.
-    pub fn handle_timeout(&mut self, _now: Instant) -> ProbeStep {
-        if let Phase::Done(_) = self.phase {
-            return self.stale();
-        }
+    /// Reports that [`Probe::deadline`] passed in the middle of a step: a
+    /// connect that timed out moves on to the next address.
+    pub fn handle_timeout(&mut self, now: Instant) -> ProbeStep {
         let t = self.timeout.as_secs_f64();
-        self.done(Err(format!("health check timed out after {t}s")))
+        let reason = format!("health check timed out after {t}s");
+        match self.phase {
+            Phase::Done(_) => self.stale(),
+            Phase::Connecting { address } => {
+                self.down = Some(reason);
+                self.connect(now, address + 1, None)
+            }
+            _ => self.down(reason),
+        }
     }
 
     /// The answer to an input that does not fit the phase: the outcome if there
@@ -191,7 +253,9 @@ impl Probe {
     fn stale(&mut self) -> ProbeStep {
         match &self.phase {
             Phase::Done(r) => ProbeStep::Done(r.clone()),
-            _ => self.done(Err("health check driven out of order".to_string())),
+            _ => self.done(ProbeResult::Inconclusive(
+                "health check driven out of order".to_string(),
+            )),
         }
     }
 }
@@ -230,7 +294,7 @@ mod tests {
         );
         assert_eq!(
             p.handle_failed(now, "Connection refused"),
-            ProbeStep::Done(Err("Connection refused".into()))
+            ProbeStep::Done(ProbeResult::Down("Connection refused".into()))
         );
         let mut p = Probe::new(
             now,
@@ -241,16 +305,16 @@ mod tests {
             Duration::from_secs(3),
         );
         p.start(now);
-        assert_eq!(p.handle_connected(now), ProbeStep::Done(Ok(())));
+        assert_eq!(p.handle_connected(now), ProbeStep::Done(ProbeResult::Up));
         assert_eq!(
             p.handle_eof(now),
-            ProbeStep::Done(Ok(())),
+            ProbeStep::Done(ProbeResult::Up),
             "stale inputs keep the outcome"
         );
         let mut p = Probe::new(now, DestId(1), vec![], None, None, Duration::from_secs(3));
         assert_eq!(
             p.start(now),
-            ProbeStep::Done(Err("no address known".into()))
+            ProbeStep::Done(ProbeResult::Down("no address known".into()))
         );
     }
 
@@ -278,20 +342,94 @@ mod tests {
         assert_eq!(p.handle_read(now, b"HTTP/1.1 200 Conn"), ProbeStep::Read);
         assert_eq!(
             p.handle_read(now, b"ection established\r\n\r\n"),
-            ProbeStep::Done(Ok(()))
+            ProbeStep::Done(ProbeResult::Up)
         );
         let mut p = probe(&request);
         let refused = p.handle_read(now, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
         assert!(
-            matches!(&refused, ProbeStep::Done(Err(e)) if e.contains("502")),
+            matches!(&refused, ProbeStep::Done(ProbeResult::Down(e)) if e.contains("502")),
             "{refused:?}"
         );
         let mut p = probe(&request);
-        assert!(matches!(p.handle_eof(now), ProbeStep::Done(Err(_))));
+        assert!(matches!(
+            p.handle_eof(now),
+            ProbeStep::Done(ProbeResult::Down(_))
+        ));
         let mut p = probe(&request);
         assert_eq!(
             p.handle_timeout(now + Duration::from_secs(5)),
-            ProbeStep::Done(Err("health check timed out after 5s".into()))
+            ProbeStep::Done(ProbeResult::Down("health check timed out after 5s".into()))
         );
+    }
+
+    #[test]
+    fn each_address_gets_the_whole_timeout_opt_10_opt_11() {
+        // A blackholed first address times out; the second is tried with a
+        // deadline of its own and answers: the name is up.
+        let now = t0();
+        let t = Duration::from_secs(3);
+        let targets = vec![addr("10.0.0.5:80"), addr("10.0.0.6:80")];
+        let mut p = Probe::new(now, DestId(0), targets, None, None, t);
+        p.start(now);
+        assert_eq!(p.deadline(), Some(now + t));
+        let later = now + t;
+        assert_eq!(
+            p.handle_timeout(later),
+            ProbeStep::Connect {
+                addr: addr("10.0.0.6:80"),
+                bind: None
+            }
+        );
+        assert_eq!(p.deadline(), Some(later + t));
+        assert_eq!(p.handle_connected(later), ProbeStep::Done(ProbeResult::Up));
+        // Both blackholed: down, for the timeout.
+        let targets = vec![addr("10.0.0.5:80"), addr("10.0.0.6:80")];
+        let mut p = Probe::new(now, DestId(0), targets, None, None, t);
+        p.start(now);
+        p.handle_timeout(later);
+        assert_eq!(
+            p.handle_timeout(later + t),
+            ProbeStep::Done(ProbeResult::Down("health check timed out after 3s".into()))
+        );
+    }
+
+    #[test]
+    fn a_local_failure_says_nothing_about_the_destination_fault_6() {
+        let now = t0();
+        let t = Duration::from_secs(3);
+        let one = vec![addr("10.0.0.5:80")];
+        let mut p = Probe::new(now, DestId(0), one.clone(), None, None, t);
+        p.start(now);
+        assert_eq!(
+            p.handle_local_failure(now, "Too many open files"),
+            ProbeStep::Done(ProbeResult::Inconclusive("Too many open files".into()))
+        );
+        // One address refused, the other could not be tried: the refusal is
+        // the destination's, so it is down.
+        let two = vec![addr("10.0.0.5:80"), addr("10.0.0.6:80")];
+        let mut p = Probe::new(now, DestId(0), two, None, None, t);
+        p.start(now);
+        p.handle_failed(now, "Connection refused");
+        assert_eq!(
+            p.handle_local_failure(now, "Too many open files"),
+            ProbeStep::Done(ProbeResult::Down("Connection refused".into()))
+        );
+        // -p 127.0.0.1 and a name whose first address is ::1: the IPv4 one is
+        // probed; with no IPv4 address at all, the probe says nothing.
+        let bind = Some(addr("127.0.0.1:0"));
+        let mixed = vec![addr("[::1]:80"), addr("127.0.0.1:80")];
+        let mut p = Probe::new(now, DestId(0), mixed, bind, None, t);
+        assert_eq!(
+            p.start(now),
+            ProbeStep::Connect {
+                addr: addr("127.0.0.1:80"),
+                bind
+            }
+        );
+        let mut p = Probe::new(now, DestId(0), vec![addr("[::1]:80")], bind, None, t);
+        assert!(matches!(
+            p.start(now),
+            ProbeStep::Done(ProbeResult::Inconclusive(_))
+        ));
     }
 }

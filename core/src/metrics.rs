@@ -22,6 +22,17 @@ pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How long a scrape may take, from accept to the last byte of the reply.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long, after its reply, a scrape reads what the client still sends before
+/// closing: closing with unread input would send a reset, which can destroy the
+/// reply before the client reads it (a 400 for an oversized head, for one).
+pub const SCRAPE_LINGER: Duration = Duration::from_secs(1);
+
+/// The most a lingering scrape reads and discards before it closes anyway.
+pub const SCRAPE_LINGER_BYTES: usize = 64 * 1024;
+
+/// Scrape connections served at once (FAULT-6); a further one is closed at once.
+pub const MAX_SCRAPES: usize = 16;
+
 /// The counts of one destination as the metrics show them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationMetrics {
@@ -59,20 +70,30 @@ impl Metrics {
         health: impl Fn(usize) -> Option<Health>,
         open: usize,
     ) -> Self {
-        let destinations = names
-            .enumerate()
-            .map(|(i, name)| {
-                let d = stats.destinations.get(i).copied().unwrap_or_default();
-                DestinationMetrics {
+        // A destination listed twice (2.5.5's way of weighting it) is one series,
+        // its counts summed: Prometheus rejects a scrape with duplicate series.
+        let mut destinations: Vec<DestinationMetrics> = Vec::new();
+        for (i, name) in names.enumerate() {
+            let d = stats.destinations.get(i).copied().unwrap_or_default();
+            let up = matches!(health(i), Some(Health::Healthy));
+            match destinations.iter_mut().find(|m| m.name == name) {
+                Some(m) => {
+                    m.up |= up;
+                    m.connections += d.total;
+                    m.connect_failures += d.connect_failures;
+                    m.bytes_in += d.from_client;
+                    m.bytes_out += d.from_destination;
+                }
+                None => destinations.push(DestinationMetrics {
                     name,
-                    up: matches!(health(i), Some(Health::Healthy)),
+                    up,
                     connections: d.total,
                     connect_failures: d.connect_failures,
                     bytes_in: d.from_client,
                     bytes_out: d.from_destination,
-                }
-            })
-            .collect();
+                }),
+            }
+        }
         Metrics {
             open,
             stats: stats.clone(),
@@ -231,6 +252,9 @@ pub enum ScrapeOutput {
     Render,
     /// Write [`Scrape::write_data`] and report [`Scrape::handle_written`].
     Write,
+    /// The reply is sent: shut the socket's write half (the client sees the end
+    /// of the reply) and report [`Scrape::handle_shutdown`].
+    ShutdownWrite,
     /// Wait until the socket is readable (`read`) or writable, or `deadline`.
     Wait {
         /// Wake when readable; otherwise when writable.
@@ -253,6 +277,14 @@ enum ScrapePhase {
         reply: Bytes,
         sent: usize,
         writable: bool,
+    },
+    ShuttingDown,
+    /// Reading and discarding what the client still sends, until its end of
+    /// stream or `until`, so that the close is not a reset.
+    Lingering {
+        readable: bool,
+        until: Instant,
+        discarded: usize,
     },
     Closed,
 }
@@ -297,6 +329,16 @@ impl Scrape {
                 read: false,
                 deadline: self.deadline,
             },
+            ScrapePhase::ShuttingDown => ScrapeOutput::ShutdownWrite,
+            ScrapePhase::Lingering { until, .. } if now >= *until => {
+                self.phase = ScrapePhase::Closed;
+                ScrapeOutput::Close
+            }
+            ScrapePhase::Lingering { readable: true, .. } => ScrapeOutput::Read,
+            ScrapePhase::Lingering { until, .. } => ScrapeOutput::Wait {
+                read: true,
+                deadline: *until,
+            },
             ScrapePhase::Closed => ScrapeOutput::Close,
         }
     }
@@ -308,6 +350,7 @@ impl Scrape {
             ScrapePhase::Reading { head, .. } => {
                 MAX_REQUEST_HEAD + 1 - head.len().min(MAX_REQUEST_HEAD)
             }
+            ScrapePhase::Lingering { .. } => 4096,
             _ => 0,
         };
         self.chunk.resize(room.min(4096), 0);
@@ -317,6 +360,24 @@ impl Scrape {
     /// Reports the read: `Ok(0)` is the end of stream, `Err` a WouldBlock
     /// (`true`) or any failure (`false`).
     pub fn handle_read(&mut self, _now: Instant, result: Result<usize, bool>) {
+        if let ScrapePhase::Lingering {
+            readable,
+            discarded,
+            ..
+        } = &mut self.phase
+        {
+            match result {
+                Ok(0) | Err(false) => self.phase = ScrapePhase::Closed,
+                Err(true) => *readable = false,
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded > SCRAPE_LINGER_BYTES {
+                        self.phase = ScrapePhase::Closed;
+                    }
+                }
+            }
+            return;
+        }
         let ScrapePhase::Reading { head, readable } = &mut self.phase else {
             return;
         };
@@ -388,16 +449,37 @@ impl Scrape {
             Ok(n) => {
                 *sent = (*sent + n).min(reply.len());
                 if *sent == reply.len() {
-                    self.phase = ScrapePhase::Closed;
+                    self.phase = ScrapePhase::ShuttingDown;
                 }
             }
         }
     }
 
+    /// Reports the shutdown of [`ScrapeOutput::ShutdownWrite`] (`false`: it
+    /// failed, and the scrape closes at once).
+    pub fn handle_shutdown(&mut self, now: Instant, ok: bool) {
+        if !matches!(self.phase, ScrapePhase::ShuttingDown) {
+            return;
+        }
+        self.phase = match ok {
+            true => ScrapePhase::Lingering {
+                readable: true,
+                until: now
+                    .checked_add(SCRAPE_LINGER)
+                    .unwrap_or(now)
+                    .min(self.deadline),
+                discarded: 0,
+            },
+            false => ScrapePhase::Closed,
+        };
+    }
+
     /// Reports that the poller found the socket ready.
     pub fn handle_ready(&mut self, _now: Instant) {
         match &mut self.phase {
-            ScrapePhase::Reading { readable, .. } => *readable = true,
+            ScrapePhase::Reading { readable, .. } | ScrapePhase::Lingering { readable, .. } => {
+                *readable = true
+            }
             ScrapePhase::Writing { writable, .. } => *writable = true,
             _ => {}
         }
@@ -486,11 +568,110 @@ mod tests {
                     out.extend_from_slice(&data[..n]);
                     s.handle_written(now, Ok(n));
                 }
+                ScrapeOutput::ShutdownWrite => s.handle_shutdown(now, true),
                 ScrapeOutput::Wait { .. } => s.handle_ready(now),
-                ScrapeOutput::Close => return String::from_utf8(out).unwrap(),
+                ScrapeOutput::Close => {
+                    // Whatever the client sent was read before the close (a
+                    // close with unread input is a reset that can eat the reply).
+                    assert!(pieces.is_empty(), "closed with {pieces:?} unread");
+                    return String::from_utf8(out).unwrap();
+                }
             }
         }
         panic!("the scrape never ended")
+    }
+
+    #[test]
+    fn an_oversized_head_is_answered_400_and_read_to_its_end_opt_9() {
+        // Over 8 KiB of head, then more: the 400 goes out, the write half is shut,
+        // and everything the client sent is read before the close, so the client
+        // reads the 400 instead of a reset.
+        let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(30_000));
+        let reply = scrape(long.as_bytes(), &[100, 5000], "");
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    }
+
+    #[test]
+    fn lingering_ends_by_its_deadline_and_its_byte_budget() {
+        let now = t0();
+        let mut s = Scrape::new(now);
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        s.read_space()[..req.len()].copy_from_slice(req);
+        s.handle_read(now, Ok(req.len()));
+        assert_eq!(s.poll_output(now), ScrapeOutput::Write);
+        let n = s.write_data().len();
+        s.handle_written(now, Ok(n));
+        assert_eq!(s.poll_output(now), ScrapeOutput::ShutdownWrite);
+        s.handle_shutdown(now, true);
+        assert_eq!(s.poll_output(now), ScrapeOutput::Read);
+        s.handle_read(now, Err(true));
+        let wait = s.poll_output(now);
+        assert_eq!(
+            wait,
+            ScrapeOutput::Wait {
+                read: true,
+                deadline: now + SCRAPE_LINGER
+            }
+        );
+        // A client that keeps quiet is closed by the linger deadline.
+        assert_eq!(s.poll_output(now + SCRAPE_LINGER), ScrapeOutput::Close);
+        // One that keeps sending is closed once the budget is read.
+        let mut s = Scrape::new(now);
+        s.read_space()[..req.len()].copy_from_slice(req);
+        s.handle_read(now, Ok(req.len()));
+        let n = s.write_data().len();
+        s.handle_written(now, Ok(n));
+        s.handle_shutdown(now, true);
+        let mut reads = 0;
+        while s.poll_output(now) == ScrapeOutput::Read {
+            let n = s.read_space().len();
+            s.handle_read(now, Ok(n));
+            reads += 1;
+            assert!(reads < 1000);
+        }
+        assert_eq!(s.poll_output(now), ScrapeOutput::Close);
+        assert!(reads * 4096 > SCRAPE_LINGER_BYTES);
+        // A failed shutdown closes at once.
+        let mut s = Scrape::new(now);
+        s.read_space()[..req.len()].copy_from_slice(req);
+        s.handle_read(now, Ok(req.len()));
+        let n = s.write_data().len();
+        s.handle_written(now, Ok(n));
+        s.handle_shutdown(now, false);
+        assert_eq!(s.poll_output(now), ScrapeOutput::Close);
+    }
+
+    #[test]
+    fn a_destination_listed_twice_is_one_series_with_its_counts_summed_opt_9() {
+        let mut stats = Stats::new(3);
+        stats.handle_established(DestId(0));
+        stats.handle_established(DestId(2));
+        stats.handle_established(DestId(2));
+        stats.handle_connect_failed(DestId(1));
+        let names = ["127.0.0.1:80", "127.0.0.1:81", "127.0.0.1:80"].map(String::from);
+        let health = |i: usize| {
+            Some(match i {
+                2 => Health::Healthy,
+                _ => Health::Unhealthy { since: t0() },
+            })
+        };
+        let text = Metrics::new(&stats, names.into_iter(), health, 0).render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(k, _)| k))
+            .collect();
+        let mut unique = series.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), series.len(), "duplicate series in\n{text}");
+        for line in [
+            "plug_destination_connections_total{destination=\"127.0.0.1:80\"} 3",
+            "plug_destination_up{destination=\"127.0.0.1:80\"} 1",
+            "plug_destination_up{destination=\"127.0.0.1:81\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 
     #[test]
@@ -559,7 +740,9 @@ mod tests {
         ) {
             let req = b"GET /metrics HTTP/1.1\r\nHost: plug\r\nAccept: */*\r\n\r\n";
             prop_assert_eq!(scrape(req, &splits, "m 1\n"), scrape(req, &[], "m 1\n"));
-            let _ = scrape(&garbage, &splits, "");
+            // Garbage is never answered with the metrics.
+            let answer = scrape(&garbage, &splits, "m 1\n");
+            prop_assert!(!answer.starts_with("HTTP/1.1 200"), "{}", answer);
         }
     }
 

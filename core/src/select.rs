@@ -289,15 +289,22 @@ impl Balancer {
         });
         match found {
             Ok(addrs) => {
-                if addrs != self.addresses[i] || self.addresses[i].is_empty() {
+                // Health belongs to the destination as written (OPT-11): the same
+                // addresses in another order (DNS round robin) change nothing but
+                // the order they are tried in. Only a new set of addresses, or the
+                // first one found, earns a fresh chance.
+                let known = &self.addresses[i];
+                let same_set =
+                    addrs.len() == known.len() && addrs.iter().all(|a| known.contains(a));
+                if !same_set {
                     let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
                     self.events.push_back(SelectEvent::Resolved {
                         dest,
                         addresses: list.join(" "),
                     });
-                    self.addresses[i] = addrs;
                     self.health[i] = Health::Healthy;
                 }
+                self.addresses[i] = addrs;
             }
             Err(e) => {
                 self.handle_connect_failed(now, id, &format!("cannot resolve {}: {e}", dest.host));
