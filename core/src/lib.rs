@@ -37,6 +37,7 @@ pub mod forwarder;
 pub mod health;
 pub mod log;
 pub mod metrics;
+pub mod process;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod rendezvous;
