@@ -63,5 +63,5 @@ pub fn main() -> ! {
         let _ = done.send(());
     }));
     let _ = accept_ended.recv();
-    ctx.drain_and_exit()
+    ctx.accept_ended_wait()
 }

@@ -58,15 +58,8 @@ pub fn main() -> ! {
     });
     smol::block_on(executor.run(accept));
     // The listener is closed. Open connections may all be on this thread's
-    // executor, so it keeps running them while another thread waits for the drain.
-    let waiter = Arc::clone(&ctx);
-    let drain = std::thread::Builder::new()
-        .name("drain".into())
-        .spawn(move || waiter.drain_and_exit());
-    if let Err(e) = drain {
-        ctx.fatal(&format!("cannot start the drain thread: {e}"))
-    }
-    // The drain thread exits the process; until then this thread runs tasks.
+    // executor, so it keeps running them; the lifecycle thread exits the process.
+    ctx.accept_ended();
     loop {
         smol::block_on(executor.run(smol::future::pending::<()>()));
     }

@@ -9,12 +9,11 @@ use std::time::Instant;
 use plug_core::connection::{Output, Ready, Wait};
 use plug_core::relay::Side;
 use plug_shell::conn::{Conn, Pipes};
-use plug_shell::sockets;
 use plug_shell::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
 
 /// Serves one admitted client (non-blocking, from `sockets::accept`) to the end.
 pub fn serve(mut conn: Conn, client: TcpStream) {
-    sockets::prepare_client(&client, conn.keepalive());
+    conn.start(&client);
     let mut client = Some(client);
     let mut dest: Option<TcpStream> = None;
     let mut pipes: Pipes = [None, None];
@@ -34,7 +33,7 @@ pub fn serve(mut conn: Conn, client: TcpStream) {
                 now = wait_for(&mut conn, &wait, [Some(c), dest.as_ref()]);
             }
             Output::Close { reset } => {
-                sockets::before_close(reset, [client.as_ref(), dest.as_ref()]);
+                conn.before_close(reset, [client.as_ref(), dest.as_ref()]);
                 client = None;
                 dest = None;
                 pipes = [None, None];

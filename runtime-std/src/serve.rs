@@ -126,11 +126,18 @@ fn accept_each(
 /// connections are served.
 fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
     accept_each(ctx, listener, |stream, _| {
+        // Over the budget: dropped, so closed at once (FAULT-6).
+        let Some(ticket) = scrape::admit(ctx) else {
+            return;
+        };
         let mine = Arc::clone(ctx);
         let spawned = std::thread::Builder::new()
             .name("scrape".into())
             .stack_size(SCRAPE_STACK)
-            .spawn(move || scrape::serve(&mine, stream));
+            .spawn(move || {
+                scrape::serve(&mine, stream);
+                drop(ticket);
+            });
         if let Err(e) = spawned {
             ctx.log(
                 LogLevel::Error,
@@ -140,7 +147,8 @@ fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
     });
 }
 
-/// Serves until a graceful stop has drained, then exits.
+/// Serves until a graceful stop shuts the listener; the lifecycle thread then
+/// exits the process once the core says so.
 pub fn run(boot: Boot) -> ! {
     let (ctx, (listener, metrics)) = boot.serve(|l, m| Ok((l, m)));
     if let Some(metrics) = metrics {
@@ -174,7 +182,7 @@ pub fn run(boot: Boot) -> ! {
     });
     // Close the listener now so a new instance can bind while connections drain.
     drop(listener);
-    ctx.drain_and_exit()
+    ctx.accept_ended_wait()
 }
 
 /// Waits until a non-blocking listener has a client (or is shut down).

@@ -105,7 +105,14 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spaw
 /// one task each (OPT-9); then returns.
 pub async fn metrics_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
     accept_each(ctx, listener, |client, _| {
-        spawner.spawn_boxed(Box::pin(serve_scrape(Arc::clone(ctx), client)));
+        // Over the budget: dropped, so closed at once (FAULT-6).
+        if let Some(ticket) = crate::scrape::admit(ctx) {
+            let task = serve_scrape(Arc::clone(ctx), client);
+            spawner.spawn_boxed(Box::pin(async move {
+                task.await;
+                drop(ticket);
+            }));
+        }
     })
     .await;
 }
@@ -124,6 +131,10 @@ pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
             ScrapeOutput::Write => {
                 let result = (&mut stream.get_ref()).write(scrape.write_data());
                 scrape.handle_written(now, transfer(result));
+            }
+            ScrapeOutput::ShutdownWrite => {
+                let ok = stream.get_ref().shutdown(std::net::Shutdown::Write).is_ok();
+                scrape.handle_shutdown(now, ok);
             }
             ScrapeOutput::Wait { read, deadline } => {
                 let ready = async {
@@ -148,7 +159,7 @@ pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
 
 /// Serves one admitted client to the end.
 pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
-    sockets::prepare_client(client.get_ref(), conn.keepalive());
+    conn.start(client.get_ref());
     let mut client = Some(client);
     let mut dest: Option<Async<TcpStream>> = None;
     let mut pipes: Pipes = [None, None];
@@ -167,8 +178,11 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
         }
         match out {
             Output::Connect { addr, bind } => {
+                // The earlier attempt's socket is closed only after `connect`
+                // has forgotten it.
+                let made = conn.connect(now, addr, bind);
                 dest = None;
-                if let Some(s) = conn.connect(now, addr, bind) {
+                if let Some(s) = made {
                     match Async::new_nonblocking(s) {
                         Ok(s) => dest = Some(s),
                         Err(e) => conn.connect_failed_locally(now, &e),
@@ -185,7 +199,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
             }
             Output::Close { reset } => {
                 let socks = [client.as_ref(), dest.as_ref()].map(|s| s.map(Async::get_ref));
-                sockets::before_close(reset, socks);
+                conn.before_close(reset, socks);
                 client = None;
                 dest = None;
                 pipes = [None, None];

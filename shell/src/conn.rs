@@ -9,12 +9,14 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
 use plug_core::connection::{ConnectFailure, Connection, Output, Transfer};
 use plug_core::relay::Side;
 
+use crate::live::Slot;
 use crate::sockets::{self, ConnectError};
 use crate::splice::Pipe;
 use crate::Context;
@@ -24,6 +26,9 @@ use crate::Context;
 pub struct Conn {
     ctx: Arc<Context>,
     core: Connection,
+    /// Its sockets' place among the open connections' (for a cut, OPT-8), from
+    /// [`Conn::start`] until [`Conn::before_close`].
+    slot: Option<Slot>,
 }
 
 /// The pipe of each direction ([`Direction::index`]) while the core holds one.
@@ -31,17 +36,32 @@ pub type Pipes = [Option<Pipe>; 2];
 
 impl Conn {
     pub(crate) fn new(ctx: Arc<Context>, core: Connection) -> Self {
-        Conn { ctx, core }
+        Conn {
+            ctx,
+            core,
+            slot: None,
+        }
+    }
+
+    /// Takes the client socket (non-blocking, from `sockets::accept`): sets it up
+    /// and records it among the open connections' sockets. Call first.
+    pub fn start(&mut self, client: &TcpStream) {
+        sockets::prepare_client(client, self.ctx.config().keepalive);
+        self.slot = Some(self.ctx.live.insert(client.as_raw_fd()));
+    }
+
+    /// Before the sockets of [`Output::Close`] are closed: forgets them, and
+    /// makes the close a reset when the core says so.
+    pub fn before_close(&mut self, reset: bool, sockets: [Option<&TcpStream>; 2]) {
+        if let Some(slot) = self.slot.take() {
+            self.ctx.live.remove(slot);
+        }
+        sockets::before_close(reset, sockets);
     }
 
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.core.peer()
-    }
-
-    /// True when `-k` asks for SO_KEEPALIVE on both sockets (CONN-7).
-    pub fn keepalive(&self) -> bool {
-        self.ctx.config().keepalive
     }
 
     /// The core machine, for the inputs a driver reports.
@@ -53,6 +73,11 @@ impl Conn {
     /// done here: [`Output::Sync`] with the shared state, log and session lines
     /// to the writer thread.
     pub fn next(&mut self, now: Instant) -> Output {
+        // Cut by the end of a drain (OPT-8): the sockets were reset from outside;
+        // the connection ends here with its records, as if both had failed.
+        if self.ctx.is_cutting() && !self.core.is_closing() {
+            self.core.abandon(now);
+        }
         loop {
             match self.core.poll_output(now) {
                 Output::Sync => self.sync(now),
@@ -67,8 +92,9 @@ impl Conn {
     fn sync(&mut self, now: Instant) {
         let mut forwarder = self.ctx.forwarder();
         self.core.sync(now, &mut forwarder);
-        if self.core.is_done() && forwarder.open() == 0 {
-            self.ctx.drained.notify_all();
+        drop(forwarder);
+        if self.core.is_done() {
+            self.ctx.report_closed();
         }
     }
 
@@ -163,8 +189,15 @@ impl Conn {
         addr: SocketAddr,
         bind: Option<SocketAddr>,
     ) -> Option<TcpStream> {
+        // The socket of an earlier attempt is closed once this returns.
+        if let Some(slot) = self.slot {
+            self.ctx.live.set_destination(slot, None);
+        }
         match sockets::begin_connect(addr, bind) {
             Ok(s) => {
+                if let Some(slot) = self.slot {
+                    self.ctx.live.set_destination(slot, Some(s.as_raw_fd()));
+                }
                 self.core.handle_connect_started(now, Ok(()));
                 Some(s)
             }
@@ -227,6 +260,9 @@ fn missing() -> std::io::Error {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.ctx.live.remove(slot);
+        }
         if self.core.is_done() {
             return;
         }

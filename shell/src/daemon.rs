@@ -58,18 +58,24 @@ pub enum ParentOutcome {
 pub fn detach() -> io::Result<Result<Readiness, ParentOutcome>> {
     let (mut reader, writer) = io::pipe()?;
     match sys::fork()? {
-        Fork::Parent(_) => {
+        Fork::Parent(child) => {
             drop(writer);
             let mut report = String::new();
             // EOF without a report means the child died first.
             let _ = reader.read_to_string(&mut report);
-            Ok(Err(match report.strip_prefix("OK") {
-                Some(_) => ParentOutcome::Ready,
-                None => ParentOutcome::Failed(match report.strip_prefix("ERR ") {
+            if report.starts_with("OK") {
+                return Ok(Err(ParentOutcome::Ready));
+            }
+            // A failed child still holds the pid file's lock until it has exited:
+            // waiting for it means a restart right after this one is not told
+            // `already running` by a plug that is on its way out.
+            sys::wait_child(child);
+            Ok(Err(ParentOutcome::Failed(
+                match report.strip_prefix("ERR ") {
                     Some(msg) => msg.trim_end().to_string(),
                     None => "the daemon exited before it was ready".to_string(),
-                }),
-            }))
+                },
+            )))
         }
         Fork::Child => {
             drop(reader);
@@ -190,6 +196,20 @@ impl PidFile {
             .map_err(io)?;
         self.pid = Some(pid);
         Ok(())
+    }
+
+    /// Removes the file plug locked but has not written yet (a fatal error during
+    /// start-up, PROC-3): it is plug's as long as the name still leads to the
+    /// file plug holds the lock of, whatever it held before (stale, or empty).
+    pub fn discard(self) {
+        let ours = (|| {
+            let on_disk = fs::symlink_metadata(&self.path).ok()?;
+            let held = self.file.metadata().ok()?;
+            Some(on_disk.dev() == held.dev() && on_disk.ino() == held.ino())
+        })();
+        if ours == Some(true) {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 
     /// Removes the file if it is still the one plug wrote and holds plug's PID (a

@@ -18,6 +18,8 @@
 pub mod async_driver;
 pub mod conn;
 pub mod daemon;
+pub mod lifecycle;
+pub mod live;
 pub mod log;
 pub mod rounds;
 pub mod scrape;
@@ -35,17 +37,21 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
 use plug_core::connect::ProxyCredentials;
 use plug_core::connection::Runtime;
 use plug_core::forwarder::{AcceptNext, Forwarder};
 use plug_core::log::{self as core_log, LogLevel, LogRecord, LogTargets};
+use plug_core::process::FLUSH_GRACE;
 
 pub use conn::Conn;
 use daemon::{ParentOutcome, PidFile, Readiness};
+use lifecycle::Event;
+use live::LiveSockets;
 use log::Logger;
 /// The core, re-exported so adapters name the same types.
 pub use plug_core;
@@ -68,10 +74,17 @@ pub struct Context {
     log: Arc<Logger>,
     writer: Writer,
     forwarder: Mutex<Forwarder>,
-    drained: Condvar,
     pid_file: Mutex<Option<PidFile>>,
     pid: u32,
+    /// Set once the graceful stop has begun: the accept loops end.
     stopping: AtomicBool,
+    /// Set once open connections are being cut (OPT-8): each ends at its next
+    /// wake-up.
+    cutting: AtomicBool,
+    /// The sockets of open connections, for the cut.
+    live: LiveSockets,
+    /// To the lifecycle thread.
+    events: Sender<Event>,
     notifier: systemd::Notifier,
 }
 
@@ -85,6 +98,7 @@ pub struct Boot {
     /// The `--metrics` listener, bound too (OPT-9).
     pub metrics: Option<TcpListener>,
     readiness: Readiness,
+    events: Receiver<Event>,
 }
 
 /// The listeners an adapter serves, as its `setup` made them.
@@ -94,14 +108,15 @@ impl Boot {
     /// Hands over to the adapter: runs `setup` on the listener and the metrics
     /// listener, if any (register them with a reactor, start worker threads),
     /// looks up host names and checks the destinations' health for the first
-    /// time and starts the threads of the later rounds (OPT-10/11), starts the signal thread
-    /// (whose first SIGTERM or SIGINT shuts both listeners so the accept loops
-    /// end), then reports ready to a waiting parent (PROC-1) and systemd. A
-    /// failure here exits 4, reported to the parent when there is one.
+    /// time and starts the threads of the later rounds (OPT-10/11), starts the
+    /// signal and lifecycle threads (the core's [`plug_core::process::Process`]
+    /// decides what each signal means; the stop shuts both listeners so the
+    /// accept loops end), then reports ready to a waiting parent (PROC-1) and
+    /// systemd. A failure here exits 4, reported to the parent when there is one.
     ///
-    /// The listeners are shared with the signal thread, which holds them until it
-    /// has shut them down, so their descriptors cannot be closed and reused by a
-    /// client socket in between.
+    /// The listeners are shared with the lifecycle thread, which holds them until
+    /// it has shut them down, so their descriptors cannot be closed and reused by
+    /// a client socket in between.
     pub fn serve<T>(
         self,
         setup: impl FnOnce(TcpListener, Option<TcpListener>) -> io::Result<(T, Option<T>)>,
@@ -114,6 +129,7 @@ impl Boot {
             listener,
             metrics,
             mut readiness,
+            events,
         } = self;
         let prepared = setup(listener, metrics)
             .map(|(l, m)| (Arc::new(l), m.map(Arc::new)))
@@ -125,7 +141,7 @@ impl Boot {
                     .and_then(|()| rounds::start_prober(&ctx))
                     .map_err(|e| format!("cannot start the lookup or health-check thread: {e}"))?;
                 let mut held = Some((Arc::clone(&listener), metrics.clone()));
-                ctx.spawn_signal_thread(move || {
+                lifecycle::spawn(&ctx, events, move || {
                     if let Some((l, m)) = held.take() {
                         sys::shutdown_read(l.as_raw_fd());
                         if let Some(m) = m {
@@ -133,6 +149,7 @@ impl Boot {
                         }
                     }
                 })
+                .and_then(|()| lifecycle::spawn_signal_thread(&ctx))
                 .map_err(|e| format!("cannot start the signal thread: {e}"))
                 .map(|()| (listener, metrics))
             });
@@ -158,10 +175,33 @@ fn fail(ctx: &Context, readiness: &mut Readiness, message: &str) -> ! {
     ctx.exit(EXIT_FATAL)
 }
 
+/// The most `--proxy-auth-file` may hold (FAULT-7).
+const MAX_CREDENTIALS_FILE: u64 = 64 * 1024;
+
 /// Reads `--proxy-auth-file` (OPT-5): at start-up, and again on SIGHUP (PROC-8).
+/// Bounded and never blocking (FAULT-7): the file is opened non-blocking and
+/// must be a regular file, so a FIFO or a device there is an error, not a hang,
+/// and at most 64 KiB is read.
 fn read_credentials(path: &std::path::Path) -> Result<ProxyCredentials, String> {
-    let contents = std::fs::read(path)
-        .map_err(|e| format!("cannot read proxy credentials {}: {e}", path.display()))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |why: String| format!("cannot read proxy credentials {}: {why}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    let mut contents = Vec::new();
+    file.take(MAX_CREDENTIALS_FILE + 1)
+        .read_to_end(&mut contents)
+        .map_err(|e| fail(e.to_string()))?;
+    if contents.len() as u64 > MAX_CREDENTIALS_FILE {
+        return Err(fail("larger than 64 KiB".into()));
+    }
     ProxyCredentials::from_file_contents(&contents).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -244,23 +284,40 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         .pid_file
         .as_deref()
         .map(|path| PidFile::lock(path).unwrap_or_else(|e| fatal(&e.to_string())));
+    // From here a fatal error removes the pid file plug has locked (PROC-3).
+    let pid_file_fatal = |pid_file: &mut Option<PidFile>, message: &str| -> ! {
+        if let Some(file) = pid_file.take() {
+            file.discard();
+        }
+        fatal(message)
+    };
 
     // With systemd socket activation the passed socket is served and nothing is
     // bound; the source argument still names the listener in logs (OPT-7).
     let notifier = systemd::Notifier::from_env();
     let listener = match passed_fd {
-        Some(fd) => systemd::adopt(fd)
-            .unwrap_or_else(|e| fatal(&format!("cannot use the socket systemd passed: {e}"))),
+        Some(fd) => systemd::adopt(fd).unwrap_or_else(|e| {
+            let text = format!("cannot use the socket systemd passed: {e}");
+            pid_file_fatal(&mut pid_file, &text)
+        }),
         None => {
             let addr = config.source.bind_addr();
-            sockets::bind(addr).unwrap_or_else(|e| fatal(&format!("cannot listen on {addr}: {e}")))
+            sockets::bind(addr).unwrap_or_else(|e| {
+                pid_file_fatal(&mut pid_file, &format!("cannot listen on {addr}: {e}"))
+            })
         }
     };
     sockets::prepare_listener(&listener, config.keepalive);
-    let metrics = config.metrics.map(|addr| {
-        sockets::bind(addr)
-            .unwrap_or_else(|e| fatal(&format!("cannot serve --metrics on {addr}: {e}")))
-    });
+    let metrics = match config.metrics {
+        None => None,
+        Some(addr) => match sockets::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => pid_file_fatal(
+                &mut pid_file,
+                &format!("cannot serve --metrics on {addr}: {e}"),
+            ),
+        },
+    };
     // Opened while plug may still be root (PROC-9); a missing /dev/log is not an
     // error: each line tries again, and a foreground plug falls back to stderr.
     let syslog_socket = syslog::connect().ok();
@@ -271,8 +328,9 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         match daemon::detach() {
             Ok(Ok(readiness)) => readiness,
             Ok(Err(ParentOutcome::Ready)) => std::process::exit(EXIT_OK),
+            // The child has exited and removed the pid file itself.
             Ok(Err(ParentOutcome::Failed(msg))) => fatal(&msg),
-            Err(e) => fatal(&format!("cannot detach: {e}")),
+            Err(e) => pid_file_fatal(&mut pid_file, &format!("cannot detach: {e}")),
         }
     };
     let pid = std::process::id();
@@ -286,21 +344,23 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         targets,
         Syslog::new(&program, pid, syslog_socket),
     ));
-    // Until the writer thread runs: to the waiting parent, else the log.
-    let mut early_failure = |message: &str| -> ! {
+    // Until the writer thread runs: to the waiting parent, else the log; the
+    // pid file goes (PROC-3), and the parent learns of the failure only then.
+    let mut early_failure = |pid_file: &mut Option<PidFile>, message: &str| -> ! {
+        if let Some(file) = pid_file.take() {
+            file.discard();
+        }
         if !readiness.failed(message) {
             logger.error(message);
         }
         std::process::exit(EXIT_FATAL)
     };
-    if let Some(file) = pid_file.as_mut() {
-        if let Err(e) = file.write(pid) {
-            early_failure(&e.to_string())
-        }
+    if let Some(Err(e)) = pid_file.as_mut().map(|file| file.write(pid)) {
+        early_failure(&mut pid_file, &e.to_string())
     }
     if let Some(account) = &account {
         if let Err(e) = account.switch() {
-            early_failure(&e)
+            early_failure(&mut pid_file, &e)
         }
     }
     // As the account plug now runs as: it must be able to write the file.
@@ -308,24 +368,27 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         None => None,
         Some(target) => match SessionWriter::open(target) {
             Ok(w) => Some(w),
-            Err(e) => early_failure(&format!("cannot open session file {e}")),
+            Err(e) => early_failure(&mut pid_file, &format!("cannot open session file {e}")),
         },
     };
     let writer = match Writer::start(Arc::clone(&logger), sessions, pid) {
         Ok(writer) => writer,
-        Err(e) => early_failure(&format!("cannot start the log writer: {e}")),
+        Err(e) => early_failure(&mut pid_file, &format!("cannot start the log writer: {e}")),
     };
     let forwarder = Forwarder::new(&config, credentials, nofile, runtime);
     let described = config.describe(forwarder.max_conns());
+    let (events, received) = mpsc::channel();
     let ctx = Arc::new(Context {
         program,
         log: logger,
         writer,
         forwarder: Mutex::new(forwarder),
-        drained: Condvar::new(),
         pid_file: Mutex::new(pid_file),
         pid,
         stopping: AtomicBool::new(false),
+        cutting: AtomicBool::new(false),
+        live: LiveSockets::default(),
+        events,
         notifier,
         config,
     });
@@ -343,6 +406,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         listener,
         metrics,
         readiness,
+        events: received,
     }
 }
 
@@ -410,19 +474,38 @@ impl Context {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Begins the graceful stop (PROC-4): removes the pid file; the caller closes the
-    /// listener. Returns false if a stop had already begun.
-    pub fn begin_stop(&self) -> bool {
-        if self.stopping.swap(true, Ordering::SeqCst) {
-            return false;
+    /// True once open connections are being cut (OPT-8).
+    pub(crate) fn is_cutting(&self) -> bool {
+        self.cutting.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub(crate) fn open(&self) -> usize {
+        self.forwarder().open()
+    }
+
+    /// Tells the lifecycle thread that a connection closed, while stopping.
+    pub(crate) fn report_closed(&self) {
+        if self.is_stopping() {
+            let _ = self.events.send(Event::Closed);
         }
+    }
+
+    /// Begins the graceful stop (PROC-4), as the core's process machine says:
+    /// the accept loops end at their next failure, the pid file goes, systemd is
+    /// told; the lifecycle thread then shuts the listeners.
+    fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.remove_pid_file();
         let _ = self.notifier.notify("STOPPING=1");
-        self.log(
-            LogLevel::Debug(1),
-            "stopping: listener closed, waiting for open connections",
-        );
-        true
+    }
+
+    /// Resets every open connection on both sides (OPT-8): each one's driver
+    /// wakes, ends it, and writes its session and `Complete` lines.
+    fn cut_connections(&self) {
+        self.cutting.store(true, Ordering::SeqCst);
+        let cut = self.live.reset_all();
+        self.log(LogLevel::Debug(1), format!("reset {cut} open connections"));
     }
 
     fn remove_pid_file(&self) {
@@ -432,54 +515,41 @@ impl Context {
         }
     }
 
-    /// Blocks until no connection is open, or `--drain-timeout` has passed (OPT-8).
-    pub fn wait_drained(&self) {
-        let deadline = self
-            .config
-            .drain_timeout
-            .and_then(|t| Instant::now().checked_add(t));
-        let mut forwarder = self.forwarder();
-        while forwarder.open() > 0 {
-            let wait = match deadline {
-                None => Duration::from_secs(3600),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        let text = format!("drain timeout: exiting with {} open", forwarder.open());
-                        self.log(LogLevel::Debug(1), text);
-                        break;
-                    }
-                    d - now
-                }
-            };
-            forwarder = self
-                .drained
-                .wait_timeout(forwarder, wait)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+    /// Reports that the accept loop has returned after the listener was shut;
+    /// the lifecycle thread exits the process once connections have drained.
+    /// The caller's thread may keep running tasks meanwhile.
+    pub fn accept_ended(&self) {
+        let _ = self.events.send(Event::AcceptEnded);
     }
 
-    /// Waits for open connections to finish (or `--drain-timeout`), then exits 0:
-    /// the end of a graceful stop, once the accept loop has ended (PROC-4).
-    pub fn drain_and_exit(&self) -> ! {
-        self.wait_drained();
-        self.exit(EXIT_OK)
+    /// [`Context::accept_ended`], then waits for the lifecycle thread to end the
+    /// process: for a thread with nothing else to do.
+    pub fn accept_ended_wait(&self) -> ! {
+        self.accept_ended();
+        loop {
+            std::thread::park();
+        }
     }
 
     /// Logs `message` as an error and exits 4.
     pub fn fatal(&self, message: &str) -> ! {
-        self.log.error(message);
+        self.writer.log(LogRecord::new(LogLevel::Error, message));
         self.exit(EXIT_FATAL)
     }
 
-    /// Exits the process with `status`, writing what is queued and removing the
-    /// pid file first.
+    /// Exits the process with `status`, removing the pid file and giving queued
+    /// lines a bounded time to be written first (FAULT-7).
     pub fn exit(&self, status: i32) -> ! {
+        let now = Instant::now();
+        self.exit_by(status, now.checked_add(FLUSH_GRACE).unwrap_or(now))
+    }
+
+    /// Exits with `status` once queued lines are written or `flush_until` has
+    /// come, whichever is first; lines not written by then are dropped (FAULT-7).
+    fn exit_by(&self, status: i32, flush_until: Instant) -> ! {
         self.remove_pid_file();
-        self.writer.flush();
-        let _ = io::stdout().flush();
-        std::process::exit(status)
+        self.writer.flush_until(flush_until);
+        sys::exit_now(status)
     }
 
     /// Writes the state dump of SIGUSR1 (OPT-6): a line per destination and a
@@ -498,31 +568,5 @@ impl Context {
         let now = Instant::now();
         let credentials = self.config.proxy_auth_file.as_deref().map(read_credentials);
         self.with_forwarder(now, |f| f.handle_reload(now, credentials));
-    }
-
-    /// Starts the thread that receives SIGTERM, SIGINT, SIGUSR1 and SIGHUP: the
-    /// first SIGTERM/SIGINT begins the graceful stop and calls `close_listener`,
-    /// the second exits at once (PROC-4); SIGUSR1 writes the state dump (OPT-6);
-    /// SIGHUP reloads (PROC-8).
-    pub fn spawn_signal_thread(
-        self: &Arc<Self>,
-        mut close_listener: impl FnMut() + Send + 'static,
-    ) -> io::Result<()> {
-        let ctx = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || loop {
-                match sys::wait_signal(&sys::signal::HANDLED) {
-                    Ok(sys::signal::USR1) => ctx.report_state(),
-                    Ok(sys::signal::HUP) => ctx.reload(),
-                    Ok(_) if ctx.begin_stop() => close_listener(),
-                    Ok(_) => ctx.exit(EXIT_OK),
-                    Err(e) => {
-                        ctx.log(LogLevel::Error, format!("signal wait failed: {e}"));
-                        return;
-                    }
-                }
-            })?;
-        Ok(())
     }
 }

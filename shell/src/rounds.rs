@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plug_core::forwarder::Forwarder;
-use plug_core::health::{Probe, ProbeStep};
+use plug_core::health::{Probe, ProbeResult, ProbeStep};
 use plug_core::resolve::Lookup;
 
 use crate::Context;
@@ -120,7 +120,8 @@ fn probe_all(ctx: &Arc<Context>, probes: Vec<Probe>) -> Vec<std::thread::JoinHan
             Ok(handle) => running.push(handle),
             Err(e) => {
                 let now = Instant::now();
-                let result = Err(format!("cannot start a health check: {e}"));
+                // plug's own failure: the destination's health stays (FAULT-6).
+                let result = ProbeResult::Inconclusive(format!("cannot start a health check: {e}"));
                 ctx.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
             }
         }
@@ -148,7 +149,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Carries out one probe with blocking sockets, each step bounded by the probe's
 /// deadline; returns its destination and outcome.
-fn run(mut probe: Probe) -> (plug_core::select::DestId, Result<(), String>) {
+fn run(mut probe: Probe) -> (plug_core::select::DestId, ProbeResult) {
     let mut socket: Option<TcpStream> = None;
     let mut buf = [0u8; 4096];
     let mut step = probe.start(Instant::now());
@@ -163,7 +164,11 @@ fn run(mut probe: Probe) -> (plug_core::select::DestId, Result<(), String>) {
                     socket = Some(s);
                     Ok(probe.handle_connected(Instant::now()))
                 }
-                Err(e) => Err(e),
+                // No socket, or no bind: plug's own failure (FAULT-6).
+                Err(Failure::Local(e)) => {
+                    Ok(probe.handle_local_failure(Instant::now(), &e.to_string()))
+                }
+                Err(Failure::Remote(e)) => Err(e),
             },
             ProbeStep::Send(request) => (|| {
                 let s = socket.as_mut().ok_or(io::ErrorKind::NotConnected)?;
@@ -189,25 +194,37 @@ fn run(mut probe: Probe) -> (plug_core::select::DestId, Result<(), String>) {
             Err(e) => probe.handle_failed(now, &e.to_string()),
         };
     }
-    (probe.dest(), Err("health check did not finish".to_string()))
+    let stuck = "health check did not finish".to_string();
+    (probe.dest(), ProbeResult::Inconclusive(stuck))
+}
+
+/// Why a probe's connect failed: plug's own reason, or the destination's.
+enum Failure {
+    /// The socket could not be made or bound.
+    Local(io::Error),
+    /// The connect itself failed.
+    Remote(io::Error),
 }
 
 fn connect(
     addr: SocketAddr,
     bind: Option<SocketAddr>,
     deadline: Option<Instant>,
-) -> io::Result<TcpStream> {
+) -> Result<TcpStream, Failure> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
-    )?;
+    )
+    .map_err(Failure::Local)?;
     if let Some(bind) = bind {
-        socket.bind(&bind.into())?;
+        socket.bind(&bind.into()).map_err(Failure::Local)?;
     }
-    match remaining(deadline)? {
-        Some(left) => socket.connect_timeout(&addr.into(), left)?,
-        None => socket.connect(&addr.into())?,
-    }
+    let left = remaining(deadline).map_err(Failure::Remote)?;
+    let connected = match left {
+        Some(left) => socket.connect_timeout(&addr.into(), left),
+        None => socket.connect(&addr.into()),
+    };
+    connected.map_err(Failure::Remote)?;
     Ok(socket.into())
 }

@@ -3,8 +3,9 @@
 //! only do what the core's machine says.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use plug_core::metrics::{Scrape, ScrapeOutput};
@@ -24,6 +25,26 @@ pub fn transfer(result: io::Result<usize>) -> Result<usize, bool> {
     }
 }
 
+/// A scrape connection's place in the budget of scrapes served at once
+/// (FAULT-6), given back when it is dropped.
+#[derive(Debug)]
+pub struct ScrapeTicket(Arc<Context>);
+
+impl Drop for ScrapeTicket {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        self.0.with_forwarder(now, |f| f.handle_scrape_closed(now));
+    }
+}
+
+/// Decides about a connection to the metrics listener: a ticket to serve it,
+/// or `None` to close it at once (the core's budget is spent).
+pub fn admit(ctx: &Arc<Context>) -> Option<ScrapeTicket> {
+    let now = Instant::now();
+    ctx.with_forwarder(now, |f| f.handle_scrape_accepted(now))
+        .then(|| ScrapeTicket(Arc::clone(ctx)))
+}
+
 /// Serves one scrape connection to its end on this thread.
 pub fn serve(ctx: &Context, mut stream: TcpStream) {
     let mut scrape = Scrape::new(Instant::now());
@@ -38,6 +59,10 @@ pub fn serve(ctx: &Context, mut stream: TcpStream) {
             ScrapeOutput::Write => {
                 let result = stream.write(scrape.write_data());
                 scrape.handle_written(now, transfer(result));
+            }
+            ScrapeOutput::ShutdownWrite => {
+                let ok = stream.shutdown(Shutdown::Write).is_ok();
+                scrape.handle_shutdown(now, ok);
             }
             ScrapeOutput::Wait { read, deadline } => {
                 let events = if read { POLLIN } else { POLLOUT };

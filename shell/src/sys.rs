@@ -455,3 +455,44 @@ pub fn adopt_listener(fd: RawFd) -> io::Result<std::net::TcpListener> {
     // and nothing else in the process owns it; it is a listening socket.
     Ok(unsafe { std::net::TcpListener::from_raw_fd(fd) })
 }
+
+/// Ends the process at once with `status`: no destructors, no flush of stdout's
+/// buffer (whose lock a thread stuck writing to a full pipe may hold), so that
+/// exit is never held hostage by output (FAULT-7). Queued lines were given their
+/// bounded chance before this is called.
+pub fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns.
+    unsafe { libc::_exit(status) }
+}
+
+/// Resets the TCP connection on `fd` at once, from any thread: connect(2) with
+/// AF_UNSPEC disconnects the socket, which sends a reset to the peer and wakes
+/// whoever waits on the socket with ECONNRESET. The descriptor stays open (its
+/// owner closes it). Used to cut connections at the end of a drain (OPT-8).
+pub fn disconnect(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zeroed sockaddr is valid plain data; the length given is its size.
+    let rc = unsafe {
+        let mut addr: libc::sockaddr = std::mem::zeroed();
+        addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+        libc::connect(fd, &addr, len)
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for the child `pid` to end, so that whatever it held, the pid file's
+/// lock above all, is released when the caller goes on. Called only once the
+/// child has said it failed, when it is already on its way out.
+pub fn wait_child(pid: i32) {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is writable.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc != -1 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use plug_core::log::{Limiter, LogKind, LogLevel, LogRecord};
 use plug_core::session::SessionRecord;
@@ -23,9 +23,6 @@ use crate::sys;
 /// Lines that may wait for the writer: enough for bursts of thousands of closing
 /// connections, bounded so a stuck disk cannot grow plug without limit.
 pub const QUEUE: usize = 16 * 1024;
-
-/// How long an exiting plug waits for queued lines to be written.
-const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 enum Line {
     Log(LogRecord),
@@ -76,11 +73,13 @@ impl Writer {
         self.send(Line::Session(record, SystemTime::now()));
     }
 
-    /// Waits (a little) until every line queued so far is written: before exit.
-    pub fn flush(&self) {
+    /// Waits until every line queued so far is written, or `deadline`, whichever
+    /// comes first: before exit. Never blocks past `deadline`, even when the queue
+    /// is full or the writer is stuck on output nobody reads (FAULT-7).
+    pub fn flush_until(&self, deadline: Instant) {
         let (done, written) = mpsc::sync_channel(1);
-        if self.queue.send(Line::Flush(done)).is_ok() {
-            let _ = written.recv_timeout(FLUSH_WAIT);
+        if self.queue.try_send(Line::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
     }
 }
