@@ -1,0 +1,459 @@
+//! The process as a machine: how plug stops, drains, cuts and exits (PROC-3,
+//! PROC-4, OPT-8, FAULT-7), and the start-up and background defects found with it
+//! (FAULT-6, OPT-9, OPT-11). Each test fails on a plug that has the defect it
+//! names.
+
+use plug_tests::*;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+
+/// Reads from `s` until it ends: the bytes read, and whether it ended with a
+/// reset (true) or a clean end of stream (false).
+fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut got = vec![];
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("read failed: {e} after {} bytes", got.len()),
+        }
+    }
+}
+
+/// A client with a round trip done through `plug`, left open.
+fn open_transfer(plug: &Plug) -> TcpStream {
+    let mut s = connect(plug.addr());
+    s.write_all(b"hello").unwrap();
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"hello");
+    s
+}
+
+/// What OPT-8 asks of a connection cut short: a reset for the client, a session
+/// line with its counts, and a `Complete, status=N` line with N non-zero.
+fn expect_cut(plug: &Plug, client: &mut TcpStream) {
+    let (rest, reset) = read_until_end(client);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        reset,
+        "a cut transfer ended with a clean end of stream, as if it were complete"
+    );
+    let line = plug.stdout.expect(|l| l.contains(" 127.0.0.1 "));
+    let fields = session_fields(&line);
+    assert_eq!((fields["in"].as_str(), fields["out"].as_str()), ("5", "5"));
+    let complete = plug.stderr.expect(|l| l.contains("Complete"));
+    let status = complete
+        .rsplit_once("status=")
+        .map(|(_, n)| n.trim_end_matches('.').to_string());
+    assert!(
+        status.is_some_and(|n| n != "0"),
+        "not a non-zero status: {complete}"
+    );
+}
+
+#[test]
+fn a_transfer_cut_by_the_drain_timeout_is_reset_and_recorded_opt_8() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let mut plug = Plug::start(
+            bin,
+            &["-S", "-", "--drain-timeout", "1", "{port}", &backend.dest()],
+        );
+        let mut client = open_transfer(&plug);
+        plug.signal(libc::SIGTERM);
+        plug.stderr.expect(|l| l.contains("stopping"));
+        expect_cut(&plug, &mut client);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+    });
+}
+
+#[test]
+fn a_transfer_cut_by_a_second_signal_is_reset_and_recorded_opt_8() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let mut plug = Plug::start(bin, &["-S", "-", "{port}", &backend.dest()]);
+        let mut client = open_transfer(&plug);
+        plug.signal(libc::SIGTERM);
+        plug.stderr.expect(|l| l.contains("stopping"));
+        assert!(plug.running(), "an open connection keeps plug alive");
+        plug.signal(libc::SIGINT);
+        expect_cut(&plug, &mut client);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+    });
+}
+
+/// True once plug's writer thread is blocked writing to a pipe.
+fn writer_stuck(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+        read("comm").trim() == "writer" && read("wchan").contains("pipe_write")
+    })
+}
+
+/// Starts `bin` with `args` and a pipe nobody reads as stdout (`stalled_stdout`)
+/// or as stderr, the other one going to /dev/null; makes connections through it
+/// until its writer thread is blocked on that pipe; then sends SIGTERM and
+/// expects it to exit 0 by the deadline.
+fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bool) {
+    let backend = Backend::start(Behaviour::Echo);
+    let port = free_port();
+    let (stdout, stderr) = match stalled_stdout {
+        true => (Stdio::piped(), Stdio::null()),
+        false => (Stdio::null(), Stdio::piped()),
+    };
+    let mut child = Command::new(&bin.path)
+        .args(args)
+        .args(["-i", "127.0.0.1", &port.to_string()])
+        .arg(backend.dest())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    // One page: full after a few dozen lines.
+    let shrunk = match (&child.stdout, &child.stderr) {
+        (Some(pipe), _) => rustix::pipe::fcntl_setpipe_size(pipe, 4096),
+        (_, Some(pipe)) => rustix::pipe::fcntl_setpipe_size(pipe, 4096),
+        _ => unreachable!(),
+    };
+    shrunk.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        eventually(|| TcpStream::connect(addr).is_ok()),
+        "{} did not start",
+        bin.label
+    );
+    // Connections until the writer is stuck on the full pipe (bounded).
+    let mut made = 0;
+    while !writer_stuck(child.id()) {
+        assert!(made < 5_000, "the writer never blocked");
+        let mut s = connect(addr);
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        let _ = s.read(&mut b);
+        made += 1;
+    }
+    send_signal(child.id(), libc::SIGTERM);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?}: still running after SIGTERM with its output stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0), "{args:?}");
+}
+
+#[test]
+fn exit_is_not_held_by_a_stdout_nobody_reads_fault_7() {
+    each_binary(|bin| exits_with_its_output_stalled(bin, &["-S", "-"], true));
+}
+
+#[test]
+fn exit_is_not_held_by_a_stderr_nobody_reads_fault_7() {
+    each_binary(|bin| exits_with_its_output_stalled(bin, &["-dd"], false));
+}
+
+#[test]
+fn a_fatal_bind_error_leaves_no_pid_file_proc_3() {
+    each_binary(|bin| {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port().to_string();
+        let dir = TempDir::new("pid-fatal");
+        let pidfile = dir.path("plug.pid");
+        for foreground in [true, false] {
+            let mut args = vec!["-P", pidfile.to_str().unwrap(), "-i", "127.0.0.1"];
+            if foreground {
+                args.push("-n");
+            }
+            args.extend([port.as_str(), "127.0.0.1:9"]);
+            let out = Command::new(&bin.path)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(4));
+            assert!(
+                !pidfile.exists(),
+                "a fatal error left the pid file behind (foreground: {foreground})"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_failed_daemon_has_let_go_of_the_pid_file_when_its_parent_returns_proc_1_proc_6() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let dir = TempDir::new("race");
+        let pidfile = dir.path("plug.pid");
+        let pid_arg = pidfile.to_str().unwrap().to_string();
+        let port = free_port().to_string();
+        for round in 0..5 {
+            // Fails after detaching: the session file's directory does not exist.
+            let out = Command::new(&bin.path)
+                .args([
+                    "-P",
+                    &pid_arg,
+                    "-S",
+                    "/nonexistent-dir/s",
+                    "-i",
+                    "127.0.0.1",
+                ])
+                .args([port.as_str(), &backend.dest()])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(4), "round {round}");
+            // An immediate restart is not told `already running`.
+            let mut good = Command::new(&bin.path);
+            good.args(["-P", &pid_arg, "-i", "127.0.0.1", &port, &backend.dest()]);
+            let pid = start_detached(&mut good, &pidfile);
+            stop_daemon(pid);
+        }
+    });
+}
+
+/// Opens `n` connections to `addr` that send nothing.
+fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n).map(|_| connect(addr)).collect()
+}
+
+/// Scrapes `addr`: the whole reply, or what went wrong.
+fn get_metrics(addr: SocketAddr) -> String {
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: plug\r\n\r\n")
+        .unwrap();
+    let (reply, _) = read_until_end(&mut s);
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[test]
+fn scrapes_beyond_sixteen_are_closed_at_once_and_take_nothing_from_clients_fault_6() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let m = metrics.to_string();
+        // 64 descriptors: without a budget of their own, 100 idle scrapes take
+        // every one of them.
+        let plug = Plug::start_limited(
+            bin,
+            Some(64),
+            &[
+                "--metrics",
+                &m,
+                "-i",
+                "127.0.0.1",
+                "{port}",
+                &backend.dest(),
+            ],
+        );
+        let held = idle_connections(metrics, 100);
+        // Those past the sixteenth are closed at once, whatever they would send.
+        let mut closed = 0;
+        for mut s in held.into_iter().skip(16) {
+            if closed_without_data(&mut s) {
+                closed += 1;
+            }
+        }
+        assert_eq!(
+            closed, 84,
+            "every scrape past the sixteenth is closed at once"
+        );
+        // Clients are served all the while.
+        let mut client = open_transfer(&plug);
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_until_end(&mut client), (vec![], false));
+        let all = plug.stderr.all();
+        assert!(
+            !all.iter().any(|l| l.contains("Too many open files")),
+            "{all:?}"
+        );
+    });
+}
+
+#[test]
+fn freed_scrape_slots_are_used_again_fault_6() {
+    each_binary(|bin| {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let m = metrics.to_string();
+        let _plug = Plug::start(bin, &["--metrics", &m, "{port}", "127.0.0.1:9"]);
+        let held = idle_connections(metrics, 16);
+        // The sixteen are served (nothing was refused): a seventeenth, even a
+        // proper request, is closed without a reply.
+        assert_eq!(get_metrics(metrics), "", "a seventeenth scrape was served");
+        drop(held);
+        assert!(
+            eventually(|| get_metrics(metrics).starts_with("HTTP/1.1 200")),
+            "slots freed by closed scrapes are not used again"
+        );
+    });
+}
+
+#[test]
+fn a_400_for_an_oversized_request_reaches_the_client_opt_9() {
+    each_binary(|bin| {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let m = metrics.to_string();
+        let _plug = Plug::start(bin, &["--metrics", &m, "{port}", "127.0.0.1:9"]);
+        for _ in 0..3 {
+            let mut s = connect(metrics);
+            let head = format!(
+                "GET /metrics HTTP/1.1\r\nX-Filler: {}\r\n\r\n",
+                "a".repeat(30_000)
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            let (reply, reset) = read_until_end(&mut s);
+            let reply = String::from_utf8_lossy(&reply);
+            assert!(
+                reply.starts_with("HTTP/1.1 400") && !reset,
+                "the 400 was lost (reset: {reset}): {reply:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_destination_listed_twice_is_one_series_opt_9() {
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let m = metrics.to_string();
+        let d = backend.dest();
+        let plug = Plug::start(bin, &["--metrics", &m, "{port}", &d, &d]);
+        for _ in 0..2 {
+            let mut c = open_transfer(&plug);
+            c.shutdown(Shutdown::Write).unwrap();
+            read_until_end(&mut c);
+        }
+        assert!(eventually(|| get_metrics(metrics).contains(&format!(
+            "plug_destination_connections_total{{destination=\"{d}\"}} 2"
+        ))));
+        let text = get_metrics(metrics);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let mut series: Vec<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k))
+            .collect();
+        let n = series.len();
+        series.sort_unstable();
+        series.dedup();
+        assert_eq!(
+            series.len(),
+            n,
+            "duplicate series, which Prometheus rejects:\n{body}"
+        );
+    });
+}
+
+#[test]
+fn sighup_with_a_fifo_for_the_credentials_never_blocks_fault_7() {
+    if optional_program("mkfifo", "coreutils").is_none() {
+        return;
+    }
+    each_binary(|bin| {
+        let dir = TempDir::new("fifo");
+        let creds = dir.path("creds");
+        std::fs::write(&creds, "user:secret\n").unwrap();
+        let c = creds.to_str().unwrap();
+        let mut plug = Plug::start(
+            bin,
+            &[
+                "-h",
+                "127.0.0.1:9",
+                "--proxy-auth-file",
+                c,
+                "{port}",
+                "backend.plug-test:80",
+            ],
+        );
+        std::fs::remove_file(&creds).unwrap();
+        let made = Command::new("mkfifo").arg(&creds).status().unwrap();
+        assert!(made.success());
+        plug.signal(libc::SIGHUP);
+        plug.stderr
+            .expect(|l| l.contains("not a regular file") && l.contains("creds"));
+        // Signals are still handled: the stop works.
+        plug.signal(libc::SIGTERM);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+    });
+}
+
+/// A launch whose resolver answers from `hosts`, or `None` (said loudly) where
+/// that cannot be had.
+fn hosts_launch(dir: &TempDir, hosts: &str) -> Option<Launch> {
+    if !running_as_root("giving plug its own /etc/hosts") {
+        return None;
+    }
+    optional_program("unshare", "util-linux")?;
+    let path = dir.path("hosts");
+    std::fs::write(&path, hosts).unwrap();
+    Some(private_hosts_launch(&path))
+}
+
+#[test]
+fn an_ipv6_first_address_is_skipped_from_an_ipv4_p_opt_11_fault_6() {
+    let dir = TempDir::new("dual");
+    let Some(launch) = hosts_launch(&dir, "::1 dual.plug-test\n127.0.0.1 dual.plug-test\n") else {
+        return;
+    };
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let dest = format!("dual.plug-test:{}", backend.addr.port());
+        let plug = Plug::start_with(
+            bin,
+            &launch,
+            &["--resolve", "60", "-p", "127.0.0.1", "{port}", &dest],
+        );
+        let mut client = open_transfer(&plug);
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_until_end(&mut client), (vec![], false));
+    });
+}
+
+#[test]
+fn a_probe_plug_cannot_run_does_not_mark_the_destination_down_fault_6() {
+    let dir = TempDir::new("v6only");
+    let Some(launch) = hosts_launch(&dir, "::1 v6.plug-test\n") else {
+        return;
+    };
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        let dest = format!("v6.plug-test:{}", backend.addr.port());
+        let plug = Plug::start_with(
+            bin,
+            &launch,
+            &[
+                "--resolve",
+                "60",
+                "--health-check",
+                "1",
+                "-p",
+                "127.0.0.1",
+                "{port}",
+                &dest,
+                &backend.dest(),
+            ],
+        );
+        plug.stderr
+            .expect(|l| l.contains(&format!("health check of {dest} could not run")));
+        let all = plug.stderr.all();
+        assert!(
+            !all.iter().any(|l| l.contains(&format!("{dest} down"))),
+            "marked down for plug's own failure: {all:?}"
+        );
+    });
+}
