@@ -465,16 +465,21 @@ impl SyslogReceiver {
 
     /// Waits for a datagram satisfying `pred`.
     pub fn expect(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
+        let found = self.wait_for(DEADLINE, &pred);
+        found.unwrap_or_else(|| panic!("no such datagram: {:?}", self.seen))
+    }
+
+    /// Waits at most `within` for a datagram satisfying `pred`, for a caller that
+    /// asks again (a dump that may predate what it waits for).
+    pub fn wait_for(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(d) = self.seen.iter().find(|d| pred(d)) {
-                return d.clone();
+                return Some(d.clone());
             }
-            assert!(
-                Instant::now() < deadline,
-                "no such datagram: {:?}",
-                self.seen
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             let mut buf = [0u8; 4096];
             if let Ok(n) = self.socket.recv(&mut buf) {
                 self.seen

@@ -99,8 +99,8 @@ fn writer_stuck(pid: u32) -> bool {
 
 /// Starts `bin` with `args` and a pipe nobody reads as stdout (`stalled_stdout`)
 /// or as stderr, the other one going to /dev/null; makes connections through it
-/// until its writer thread is blocked on that pipe; then sends SIGTERM and
-/// expects it to exit 0 by the deadline.
+/// until its writer thread is blocked on that pipe; checks that relaying goes
+/// on (FAULT-4); then sends SIGTERM and expects it to exit 0 by the deadline.
 fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bool) {
     let backend = Backend::start(Behaviour::Echo);
     let port = free_port();
@@ -140,6 +140,18 @@ fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bo
         let _ = s.read(&mut b);
         made += 1;
     }
+    // FAULT-4: a log or session line that cannot be written never holds up
+    // accepting or relaying.
+    for _ in 0..20 {
+        let mut s = connect(addr);
+        s.write_all(b"relayed").unwrap();
+        let mut echo = [0u8; 7];
+        s.read_exact(&mut echo).unwrap();
+        assert_eq!(
+            &echo, b"relayed",
+            "{args:?}: relaying stalled with the output"
+        );
+    }
     send_signal(child.id(), libc::SIGTERM);
     let deadline = std::time::Instant::now() + DEADLINE;
     let status = loop {
@@ -157,12 +169,12 @@ fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bo
 }
 
 #[test]
-fn exit_is_not_held_by_a_stdout_nobody_reads_fault_7() {
+fn exit_and_relaying_are_not_held_by_a_stdout_nobody_reads_fault_4_fault_7() {
     each_binary(|bin| exits_with_its_output_stalled(bin, &["-S", "-"], true));
 }
 
 #[test]
-fn exit_is_not_held_by_a_stderr_nobody_reads_fault_7() {
+fn exit_and_relaying_are_not_held_by_a_stderr_nobody_reads_fault_4_fault_7() {
     each_binary(|bin| exits_with_its_output_stalled(bin, &["-dd"], false));
 }
 

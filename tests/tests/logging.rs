@@ -78,6 +78,30 @@ fn a_detached_plug_sends_real_syslog_datagrams_proc_5() {
             assert_eq!(severity, 5, "notice: {d:?}");
             assert!(text.starts_with(&want), "{d:?}");
         }
+        // OPT-6: detached, the SIGUSR1 dump goes to syslog too. The Complete
+        // line is written before the connection's counts are handed over, so
+        // the dump is asked for again until it shows the connection closed.
+        let want = format!(
+            "destination {} healthy open 0 total 1 in 3 out 3",
+            backend.dest()
+        );
+        let summary = "summary open 0 accepted 1 refused 0 failed 0";
+        let mut dumped = None;
+        for _ in 0..50 {
+            send_signal(pid, libc::SIGUSR1);
+            let within = std::time::Duration::from_millis(500);
+            dumped = syslog.wait_for(within, |d| d.ends_with(summary));
+            if dumped.is_some() {
+                break;
+            }
+        }
+        let d = dumped.unwrap_or_else(|| panic!("no dump says {summary:?}: {:?}", syslog.seen));
+        assert_eq!(parse_datagram(&d, bin.name, pid).1, summary);
+        let d = syslog.expect(|d| d.contains(&want));
+        assert!(
+            parse_datagram(&d, bin.name, pid).1.starts_with(&want),
+            "{d:?}"
+        );
         stop_daemon(pid);
     });
 }

@@ -267,3 +267,59 @@ fn usr1_dumps_state_and_serving_goes_on_opt_6() {
         assert_eq!(exchange(open, b"after".to_vec()), b"after");
     });
 }
+
+#[test]
+fn the_listener_has_a_somaxconn_backlog_and_so_reuseaddr_proc_2() {
+    let Some(ss) = optional_program("ss", "iproute2") else {
+        return;
+    };
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+    let somaxconn = somaxconn.trim().to_string();
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Send(b"bye".to_vec()));
+        let mut plug = Plug::start(bin, &["-i", "127.0.0.1", "{port}", &backend.dest()]);
+        let port = plug.port;
+        let ss_lines = |filter: &[&str]| -> Vec<String> {
+            let out = Command::new(&ss)
+                .arg("-Htn")
+                .args(filter)
+                .arg(format!("sport = :{port}"))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        // A listener's Send-Q is its backlog.
+        let listening = ss_lines(&["-l"]);
+        let fields: Vec<&str> = listening[0].split_whitespace().collect();
+        assert_eq!(fields[2], somaxconn, "{listening:?}");
+        // plug ends the connection first (the destination's end of stream
+        // reaches the client first), so its side waits in TIME-WAIT on the
+        // listening port...
+        let mut c = connect(plug.addr());
+        let mut got = vec![];
+        c.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        drop(c);
+        assert!(
+            eventually(|| !ss_lines(&["state", "time-wait"]).is_empty()),
+            "no TIME-WAIT on port {port}"
+        );
+        plug.signal(libc::SIGTERM);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+        // ...and with SO_REUSEADDR a new plug binds the port at once all the same.
+        let args: Vec<String> = ["-d", "-i", "127.0.0.1", &port.to_string(), &backend.dest()]
+            .map(String::from)
+            .to_vec();
+        let again = Plug::spawn(bin, &args, port);
+        let line = again
+            .stderr
+            .wait_for(|l| l.contains("listening on") || l.contains("cannot listen"));
+        assert!(
+            line.as_deref().is_some_and(|l| l.contains("listening on")),
+            "{line:?}"
+        );
+    });
+}

@@ -229,3 +229,29 @@ fn a_connection_that_reached_nothing_gets_no_line_spec_4() {
         assert!(lines(&file).is_empty());
     });
 }
+
+#[test]
+fn the_session_file_is_created_0666_less_the_umask_spec_4() {
+    each_binary(|bin| {
+        use std::os::unix::fs::PermissionsExt;
+        for (umask, mode) in [("022", 0o644), ("027", 0o640), ("000", 0o666)] {
+            let dir = TempDir::new("mode");
+            let file = dir.path("sessions");
+            let script = format!("umask {umask} && exec \"$0\" \"$@\"");
+            let launch = Launch {
+                env: vec![],
+                via: Some(("/bin/sh".into(), vec!["-c".into(), script])),
+            };
+            let backend = Backend::start(Behaviour::Echo);
+            let plug = Plug::start_with(
+                bin,
+                &launch,
+                &["-S", file.to_str().unwrap(), "{port}", &backend.dest()],
+            );
+            assert_eq!(exchange(connect(plug.addr()), b"m".to_vec()), b"m");
+            wait_lines(&file, 1);
+            let got = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, mode, "umask {umask}: mode {got:o}");
+        }
+    });
+}
