@@ -198,12 +198,18 @@ fn destination_failures_and_health_changes_at_the_normal_level_proc_5_conn_3() {
 #[test]
 fn a_refusal_flood_is_rate_limited_and_counted_fault_4() {
     each_binary(|bin| {
-        let plug = Plug::start(bin, &["-l", "-a", "127.0.0.2", "{port}", "127.0.0.1:9"]);
+        let backend = Backend::start(Behaviour::Echo);
+        let plug = Plug::start(bin, &["-l", "-a", "127.0.0.2", "{port}", &backend.dest()]);
         let clients = 60;
+        let flood = Instant::now();
         for _ in 0..clients {
             let mut s = connect(plug.addr());
             assert!(closed_without_data(&mut s));
         }
+        // At most 10 a second are shown: over however long the flood took (a
+        // loaded machine makes it longer, and lets more through).
+        let seconds = flood.elapsed().as_secs() as usize + 1;
+        let allowed = 10 * (seconds + 1);
         // The count of what was held back comes on its own, a second later,
         // without another client to trigger it.
         plug.stderr
@@ -235,15 +241,12 @@ fn a_refusal_flood_is_rate_limited_and_counted_fault_4() {
         );
         let (shown, _) = tally();
         assert!(
-            shown < clients / 2,
-            "not rate-limited: {shown} of {clients}"
+            shown <= allowed.min(clients - 1),
+            "not rate-limited: {shown} of {clients} in {seconds} s"
         );
-        // Serving goes on.
-        let mut s = connect_from("127.0.0.2", plug.addr());
-        assert!(
-            closed_without_data(&mut s),
-            "port 9 is closed: refused upstream"
-        );
+        // Serving goes on: an allowed client is relayed.
+        let s = connect_from("127.0.0.2", plug.addr());
+        assert_eq!(exchange(s, b"served".to_vec()), b"served");
     });
 }
 
