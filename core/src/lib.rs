@@ -8,47 +8,37 @@
 //! thread: time comes in as `now: Instant`, outcomes go out as values, and the
 //! runtime adapters (`plug-std`, `plug-smol`, `plug-async-std`) carry them out.
 //!
-//! The pieces, in the order a connection meets them:
-//! - [`cli::parse`] turns argv into a [`cli::Config`].
-//! - [`rules::AcceptRules::allows`] admits or refuses a client (CONN-1).
-//! - [`dial::Dialer`] reaches a destination chosen by the shared
-//!   [`select::Balancer`], failing over (CONN-2..5, CONN-8, CONN-9, OPT-1), using
-//!   [`connect`] for the CONNECT exchange.
-//! - [`relay::Relay`] says what each direction does next until both end (CONN-6).
-//! - [`session::SessionRecord::line`] and [`log`] produce the texts.
+//! The folders, in the order a client meets them:
+//! - [`config`]: [`config::cli::parse`] turns argv into a [`config::cli::Config`];
+//!   [`config::rules::AcceptRules::allows`] admits or refuses a client (CONN-1).
+//! - [`forwarder`]: what every connection of a listener shares
+//!   ([`forwarder::Forwarder`]): admission, the [`forwarder::select::Balancer`]
+//!   with health and the sticky table (CONN-2..5, OPT-12), the counts, the
+//!   descriptor, pipe and scrape budgets.
+//! - [`connection`]: one client's whole life ([`connection::Connection`]): the
+//!   [`connection::dial::Dialer`] reaches a destination, failing over (CONN-3/4,
+//!   CONN-8/9, OPT-1), through the CONNECT exchange of [`connection::connect`];
+//!   the [`connection::relay::Relay`] says what each direction does next (CONN-6).
+//! - [`rounds`]: work with no input to trigger it: health probes
+//!   ([`rounds::probe::Probe`], OPT-10) and name lookups (OPT-11).
+//! - [`process`]: the process's own life ([`process::Process`]): stop, drain,
+//!   cut, exit, and what each signal means (PROC-4, OPT-8, FAULT-7).
+//! - [`reports`]: the texts: log lines, session lines, `/metrics`.
 //!
-//! [`connection::Connection`] ties these together for one client, from admission
-//! to close, deciding what every I/O result means; [`forwarder::Forwarder`] is what
-//! all connections of a listener share. Adapters feed the one and lock the other.
+//! Adapters feed a `Connection` and lock the `Forwarder`; one `Process` per
+//! process is fed signals, counts and time.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 /// The `bytes` crate, re-exported so adapters name the same `Bytes` type.
 pub use bytes;
 
-pub mod accept;
-pub mod addr;
-pub mod admission;
-pub mod cli;
-pub mod connect;
+pub mod config;
 pub mod connection;
-pub mod dial;
 pub mod forwarder;
-pub mod health;
-pub mod log;
-pub mod metrics;
 pub mod process;
-pub mod proxy_protocol;
-pub mod relay;
-pub mod rendezvous;
-pub mod resolve;
+pub mod reports;
 pub mod rounds;
-pub mod rules;
-pub mod select;
-pub mod session;
-pub mod stats;
 
-#[cfg(test)]
-mod simulation;
 #[cfg(test)]
 mod test_clock;

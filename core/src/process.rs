@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::log::{LogLevel, LogRecord};
+use crate::reports::log::{LogLevel, LogRecord};
 
 /// How long cut connections have to write their session and `Complete` lines and
 /// hand their counts over before the process exits anyway.

@@ -6,8 +6,8 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
+use plug_core::connection::relay::Side;
 use plug_core::connection::{Output, Ready, Wait};
-use plug_core::relay::Side;
 use plug_shell::conn::{Conn, Pipes};
 use plug_shell::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use plug_core::forwarder::AcceptNext;
-use plug_core::log::LogLevel;
+use plug_core::reports::log::LogLevel;
 use plug_shell::conn::Conn;
 use plug_shell::sys::{self, PollFd, POLLIN};
 use plug_shell::{scrape, sockets, Boot, Context};

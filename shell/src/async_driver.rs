@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 pub use async_io::Async;
 use async_io::Timer;
 use futures_lite::future;
+use plug_core::connection::relay::Side;
 use plug_core::connection::{Output, Ready, Runtime, Wait};
 use plug_core::forwarder::AcceptNext;
-use plug_core::relay::Side;
 
 use std::io::{Read, Write};
 
-use plug_core::metrics::{Scrape, ScrapeOutput};
+use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
 use crate::conn::{Conn, Pipes};
 use crate::scrape::transfer;

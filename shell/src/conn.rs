@@ -13,8 +13,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use plug_core::connection::relay::Side;
 use plug_core::connection::{ConnectFailure, Connection, Output, Transfer};
-use plug_core::relay::Side;
 
 use crate::live::Slot;
 use crate::sockets::{self, ConnectError};

@@ -41,12 +41,12 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use plug_core::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
-use plug_core::connect::ProxyCredentials;
+use plug_core::config::cli::{self, Action, Config, EXIT_FATAL, EXIT_OK};
+use plug_core::connection::connect::ProxyCredentials;
 use plug_core::connection::Runtime;
 use plug_core::forwarder::{AcceptNext, Forwarder};
-use plug_core::log::{self as core_log, LogLevel, LogRecord, LogTargets};
 use plug_core::process::FLUSH_GRACE;
+use plug_core::reports::log::{self as core_log, LogLevel, LogRecord, LogTargets};
 
 pub use conn::Conn;
 use daemon::{ParentOutcome, PidFile, Readiness};

@@ -7,8 +7,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use plug_core::log::LogLevel;
 use plug_core::process::{Process, ProcessOutput, Signal};
+use plug_core::reports::log::LogLevel;
 
 use crate::{sys, Context};
 

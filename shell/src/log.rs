@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use plug_core::log::{LogLevel, LogRecord, LogTargets};
+use plug_core::reports::log::{LogLevel, LogRecord, LogTargets};
 
 use crate::syslog::Syslog;
 

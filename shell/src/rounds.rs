@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plug_core::forwarder::Forwarder;
-use plug_core::health::{Probe, ProbeResult, ProbeStep};
-use plug_core::resolve::Lookup;
+use plug_core::rounds::lookup::Lookup;
+use plug_core::rounds::probe::{Probe, ProbeResult, ProbeStep};
 
 use crate::Context;
 
@@ -149,7 +149,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Carries out one probe with blocking sockets, each step bounded by the probe's
 /// deadline; returns its destination and outcome.
-fn run(mut probe: Probe) -> (plug_core::select::DestId, ProbeResult) {
+fn run(mut probe: Probe) -> (plug_core::forwarder::select::DestId, ProbeResult) {
     let mut socket: Option<TcpStream> = None;
     let mut buf = [0u8; 4096];
     let mut step = probe.start(Instant::now());

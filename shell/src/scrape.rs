@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use plug_core::metrics::{Scrape, ScrapeOutput};
+use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
 use crate::sys::{self, PollFd, POLLIN, POLLOUT};
 use crate::Context;

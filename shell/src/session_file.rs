@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use plug_core::cli::SessionTarget;
+use plug_core::config::cli::SessionTarget;
 
 /// Writes session lines to a file or stdout.
 #[derive(Debug)]

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use plug_core::accept::AcceptFailure;
+use plug_core::forwarder::accept::AcceptFailure;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds and listens on `addr`: SO_REUSEADDR, a large backlog, dual-stack on `::`.

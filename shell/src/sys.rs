@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use plug_core::session::WallTime;
+use plug_core::reports::session::WallTime;
 
 /// The outcome of [`fork`].
 pub enum Fork {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use plug_core::log::{syslog_datagram, Severity};
+use plug_core::reports::log::{syslog_datagram, Severity};
 
 use crate::sys;
 

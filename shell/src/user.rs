@@ -3,7 +3,7 @@
 //! syslog is open and the pid file is written. plug refuses to go on if any step
 //! fails or if it could become root again afterwards.
 
-use plug_core::cli::UserSpec;
+use plug_core::config::cli::UserSpec;
 
 use crate::sys;
 

@@ -13,8 +13,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use plug_core::log::{Limiter, LogKind, LogLevel, LogRecord};
-use plug_core::session::SessionRecord;
+use plug_core::reports::log::{Limiter, LogKind, LogLevel, LogRecord};
+use plug_core::reports::session::SessionRecord;
 
 use crate::log::Logger;
 use crate::session_file::SessionWriter;

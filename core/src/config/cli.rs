@@ -12,12 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::addr::{parse_ip, parse_socket_addr, AddrError, Destination, Source};
-use crate::connect::ProxyCredentials;
-use crate::dial::{DialOptions, DEFAULT_CONNECT_TIMEOUT};
-use crate::relay::{RelayOptions, DEFAULT_BUFFER_SIZE};
-use crate::rules::{AcceptRule, AcceptRules};
-use crate::select::{
+use crate::config::addr::{parse_ip, parse_socket_addr, AddrError, Destination, Source};
+use crate::config::rules::{AcceptRule, AcceptRules};
+use crate::connection::connect::ProxyCredentials;
+use crate::connection::dial::{DialOptions, DEFAULT_CONNECT_TIMEOUT};
+use crate::connection::relay::{RelayOptions, DEFAULT_BUFFER_SIZE};
+use crate::forwarder::select::{
     Order, SelectPolicy, StickyPolicy, DEFAULT_STICKY_CAPACITY, DEFAULT_STICKY_TIMEOUT,
 };
 
@@ -300,7 +300,7 @@ impl Config {
 pub enum Action {
     /// Serve with this configuration.
     Run(Box<Config>),
-    /// `-V`: print [`crate::log::version`] on stdout and exit 0.
+    /// `-V`: print [`crate::reports::log::version`] on stdout and exit 0.
     Version,
     /// `--help`: print [`help`] on stdout and exit 0.
     Help,
@@ -786,7 +786,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Host;
+    use crate::config::addr::Host;
     use proptest::prelude::*;
 
     fn args(words: &[&str]) -> Vec<OsString> {

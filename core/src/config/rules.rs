@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::addr::{canonical_ip, parse_ip};
+use crate::config::addr::{canonical_ip, parse_ip};
 
 /// Why an accept rule is not valid.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::addr::Destination;
+use crate::config::addr::Destination;
 
 /// The largest reply head plug accepts from a proxy (CONN-9).
 pub const MAX_REPLY_HEAD: usize = 16 * 1024;
@@ -267,7 +267,7 @@ impl ProxyReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Host;
+    use crate::config::addr::Host;
     use proptest::prelude::*;
 
     fn dest(w: &str) -> Destination {

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::addr::{canonical_ip, Destination};
-use crate::connect::{connect_request, ProxyCredentials, ProxyFailure, ProxyReply, ReplyStatus};
-use crate::select::{AttemptPlan, Balancer, DestId};
+use crate::config::addr::{canonical_ip, Destination};
+use crate::connection::connect::{
+    connect_request, ProxyCredentials, ProxyFailure, ProxyReply, ReplyStatus,
+};
+use crate::forwarder::select::{AttemptPlan, Balancer, DestId};
 
 /// The `--connect-timeout` default (OPT-1).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -419,7 +421,7 @@ impl Dialer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::select::{Health, SelectPolicy};
+    use crate::forwarder::select::{Health, SelectPolicy};
 
     use crate::test_clock::t0;
 

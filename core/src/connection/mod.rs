@@ -21,6 +21,13 @@
 //! for with [`Output::Sync`]: the adapter then calls [`Connection::sync`] with the
 //! [`Forwarder`] it keeps behind its lock.
 
+pub mod connect;
+pub mod dial;
+pub mod proxy_protocol;
+pub mod relay;
+#[cfg(test)]
+mod simulation;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
@@ -30,18 +37,17 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::addr::{Destination, Source};
-use crate::admission::PipeBudget;
-use crate::cli::ProxyProtocol;
-use crate::dial::{DialStep, Dialer};
-use crate::forwarder::Forwarder;
-use crate::log::{self, CloseStatus, LogKind, LogLevel, LogRecord, LogSettings};
-use crate::proxy_protocol;
-use crate::relay::{
+use crate::config::addr::{Destination, Source};
+use crate::config::cli::ProxyProtocol;
+use crate::connection::dial::{DialStep, Dialer};
+use crate::connection::relay::{
     Direction, ReadInto, Relay, RelayEnd, RelayOptions, RelayOutcome, Side, WriteFrom,
 };
-use crate::select::DestId;
-use crate::session::SessionRecord;
+use crate::forwarder::admission::PipeBudget;
+use crate::forwarder::select::DestId;
+use crate::forwarder::Forwarder;
+use crate::reports::log::{self, CloseStatus, LogKind, LogLevel, LogRecord, LogSettings};
+use crate::reports::session::SessionRecord;
 
 /// Bytes of the proxy's reply read at a time during the CONNECT exchange.
 pub const REPLY_CHUNK: usize = 4096;
@@ -530,7 +536,10 @@ impl Connection {
                 let mut lines = Vec::new();
                 if let Phase::Dialing(d) = &mut self.phase {
                     while let Some(event) = d.dialer.poll_event() {
-                        if !matches!(event.failure, crate::dial::DialFailure::Local(_)) {
+                        if !matches!(
+                            event.failure,
+                            crate::connection::dial::DialFailure::Local(_)
+                        ) {
                             forwarder.stats.handle_connect_failed(event.dest_id);
                         }
                         let record = LogRecord::limited(

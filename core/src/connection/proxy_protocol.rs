@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 
-use crate::addr::canonical_ip;
-use crate::cli::ProxyProtocol;
+use crate::config::addr::canonical_ip;
+use crate::config::cli::ProxyProtocol;
 
 /// The 12-byte signature that starts every v2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

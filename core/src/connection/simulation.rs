@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use crate::cli::{self, Action};
+use crate::config::cli::{self, Action};
+use crate::connection::relay::Side;
 use crate::connection::{ConnectFailure, Connection, Output, Ready, Runtime, Transfer, Wait};
 use crate::forwarder::Forwarder;
-use crate::log::LogLevel;
-use crate::relay::Side;
-use crate::session::SessionRecord;
+use crate::reports::log::LogLevel;
+use crate::reports::session::SessionRecord;
 use crate::test_clock::t0;
 
 /// A small deterministic generator (xorshift64*), seeded by proptest.
@@ -690,7 +690,7 @@ impl Sim {
         assert_eq!(self.fwd.open(), 0, "the open count returns to zero");
         assert_eq!(self.completes, 1, "one Complete line");
         let budget = match s.splice {
-            Some(_) => crate::admission::pipe_budget(1024, self.fwd.max_conns()),
+            Some(_) => crate::forwarder::admission::pipe_budget(1024, self.fwd.max_conns()),
             None => 0,
         };
         let budget_back = self.fwd.settings().pipes.free() == budget;

@@ -7,8 +7,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::addr::canonical_ip;
-use crate::rules::AcceptRules;
+use crate::config::addr::canonical_ip;
+use crate::config::rules::AcceptRules;
 
 /// Descriptors kept back from connections for plug itself (stdio, listener, log,
 /// reactor, session file) when deriving the default `--max-conns`.
@@ -189,7 +189,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::AcceptRule;
+    use crate::config::rules::AcceptRule;
     use proptest::prelude::*;
 
     fn ip(last: u8) -> IpAddr {

@@ -8,28 +8,34 @@
 //! it goes up when a client is admitted and down when its connection is accounted
 //! for, whatever ended it (FAULT-5).
 
+pub mod accept;
+pub mod admission;
+pub mod rendezvous;
+pub mod select;
+pub mod stats;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::accept::{AcceptBackoff, AcceptFailure};
-use crate::addr::Host;
-use crate::admission::{pipe_budget, Admission, PipeBudget, Refusal};
-use crate::cli::Config;
-use crate::connect::connect_request;
-use crate::connect::ProxyCredentials;
+use crate::config::addr::Host;
+use crate::config::cli::Config;
+use crate::connection::connect::connect_request;
+use crate::connection::connect::ProxyCredentials;
+use crate::connection::dial::DialOptions;
+use crate::connection::dial::Dialer;
+use crate::connection::relay::RelayOutcome;
 use crate::connection::{Connection, Runtime, Settings};
-use crate::dial::DialOptions;
-use crate::dial::Dialer;
-use crate::health::{Probe, ProbeResult};
-use crate::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
-use crate::metrics::{Metrics, MAX_SCRAPES};
-use crate::relay::RelayOutcome;
-use crate::resolve::Lookup;
+use crate::forwarder::accept::{AcceptBackoff, AcceptFailure};
+use crate::forwarder::admission::{pipe_budget, Admission, PipeBudget, Refusal};
+use crate::forwarder::select::{Balancer, DestId};
+use crate::forwarder::stats::Stats;
+use crate::reports::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
+use crate::reports::metrics::{Metrics, MAX_SCRAPES};
+use crate::rounds::lookup::Lookup;
+use crate::rounds::probe::{Probe, ProbeResult};
 use crate::rounds::Rounds;
-use crate::select::{Balancer, DestId};
-use crate::stats::Stats;
 
 /// What the accept loop does after accept failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,7 +390,7 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Action;
+    use crate::config::cli::Action;
     use crate::connection::Output;
     use crate::test_clock::t0;
     use std::ffi::OsString;
@@ -402,7 +408,7 @@ mod tests {
         Forwarder::new(&config, None, 1024, runtime)
     }
 
-    use crate::cli;
+    use crate::config::cli;
 
     fn client(last: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, last], 40_000))
@@ -421,7 +427,7 @@ mod tests {
             "127.0.0.1:9000",
         ]);
         let _held = f.handle_accepted(now, client(1)).unwrap();
-        let mut limiter = crate::log::Limiter::new();
+        let mut limiter = crate::reports::log::Limiter::new();
         let mut written = Vec::new();
         for k in 0..25 {
             assert!(
@@ -602,7 +608,7 @@ mod tests {
 
     #[test]
     fn a_lookup_in_another_order_leaves_a_dead_destination_dead_opt_11() {
-        use crate::select::Health;
+        use crate::forwarder::select::Health;
         use std::net::IpAddr;
         let now = t0();
         let mut f = forwarder(&[
@@ -693,7 +699,7 @@ mod tests {
         let mut first = probes.into_iter().next().unwrap();
         assert_eq!(
             first.start(now),
-            crate::health::ProbeStep::Connect {
+            crate::rounds::probe::ProbeStep::Connect {
                 addr: "127.0.0.1:9000".parse().unwrap(),
                 bind: Some("127.0.0.3:0".parse().unwrap())
             }
@@ -731,7 +737,7 @@ mod tests {
         );
         assert_eq!(
             f.balancer().health(DestId(1)),
-            Some(crate::select::Health::Healthy)
+            Some(crate::forwarder::select::Health::Healthy)
         );
         assert_eq!(
             f.report(next).last().unwrap(),
@@ -756,11 +762,11 @@ mod tests {
             Some(Ok(ProxyCredentials::from_file_contents(b"u:p").unwrap())),
         );
         let mut probe = f.poll_probes(now).pop().unwrap();
-        let crate::health::ProbeStep::Connect { addr, .. } = probe.start(now) else {
+        let crate::rounds::probe::ProbeStep::Connect { addr, .. } = probe.start(now) else {
             panic!()
         };
         assert_eq!(addr, "127.0.0.1:3128".parse().unwrap());
-        let crate::health::ProbeStep::Send(request) = probe.handle_connected(now) else {
+        let crate::rounds::probe::ProbeStep::Send(request) = probe.handle_connected(now) else {
             panic!()
         };
         let text = String::from_utf8_lossy(&request);

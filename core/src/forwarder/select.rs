@@ -11,9 +11,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::addr::{canonical_ip, Destination};
-use crate::log::{LogKind, LogLevel, LogRecord};
-use crate::rendezvous;
+use crate::config::addr::{canonical_ip, Destination};
+use crate::forwarder::rendezvous;
+use crate::reports::log::{LogKind, LogLevel, LogRecord};
 
 /// The bound on the sticky table when none is configured (2.5.5 used 16384).
 pub const DEFAULT_STICKY_CAPACITY: usize = 16384;
@@ -546,7 +546,7 @@ impl fmt::Display for SelectEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Host;
+    use crate::config::addr::Host;
     use proptest::prelude::*;
 
     use crate::test_clock::t0;

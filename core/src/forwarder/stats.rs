@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::admission::Refusal;
-use crate::relay::RelayOutcome;
-use crate::select::{Balancer, DestId, Health};
+use crate::connection::relay::RelayOutcome;
+use crate::forwarder::admission::Refusal;
+use crate::forwarder::select::{Balancer, DestId, Health};
 
 /// The counts of one destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -190,9 +190,9 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Destination;
-    use crate::relay::RelayEnd;
-    use crate::select::SelectPolicy;
+    use crate::config::addr::Destination;
+    use crate::connection::relay::RelayEnd;
+    use crate::forwarder::select::SelectPolicy;
     use std::time::Duration;
 
     use crate::test_clock::t0;

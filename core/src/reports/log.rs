@@ -6,8 +6,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::addr::{canonical_ip, Destination, Source};
-use crate::relay::RelayEnd;
+use crate::config::addr::{canonical_ip, Destination, Source};
+use crate::connection::relay::RelayEnd;
 
 /// Where a log line belongs; [`LogTargets::route`] says where that is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +202,7 @@ pub const SYSLOG_FACILITY_DAEMON: u8 = 3;
 /// facility and `severity`, and the time local.
 pub fn syslog_datagram(
     severity: Severity,
-    time: &crate::session::WallTime,
+    time: &crate::reports::session::WallTime,
     ident: &str,
     pid: u32,
     text: &str,
@@ -425,7 +425,11 @@ pub fn refused(source: &Source, peer: IpAddr) -> String {
 
 /// `TAG: Connect from ADDR refused: REASON` for a client over a connection limit
 /// (OPT-3); clients refused by the accept rules keep 2.5.5's [`refused`] text.
-pub fn over_limit(source: &Source, peer: IpAddr, reason: &crate::admission::Refusal) -> String {
+pub fn over_limit(
+    source: &Source,
+    peer: IpAddr,
+    reason: &crate::forwarder::admission::Refusal,
+) -> String {
     format!(
         "{}: Connect from {} refused: {reason}",
         source.log_tag(),
@@ -465,7 +469,7 @@ pub fn program_name(argv0: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::Side;
+    use crate::connection::relay::Side;
 
     #[test]
     fn syslog_texts_proc_5() {
@@ -529,7 +533,7 @@ mod tests {
 
     #[test]
     fn syslog_datagram_is_what_syslog_3_sends_proc_5() {
-        let time = crate::session::WallTime {
+        let time = crate::reports::session::WallTime {
             year: 2026,
             month: 12,
             day: 2,
@@ -541,7 +545,7 @@ mod tests {
             syslog_datagram(Severity::Notice, &time, "plug", 42, "(80): Complete."),
             "<29>Dec  2 07:05:09 plug[42]: (80): Complete."
         );
-        let time = crate::session::WallTime { day: 12, ..time };
+        let time = crate::reports::session::WallTime { day: 12, ..time };
         assert_eq!(
             syslog_datagram(Severity::Error, &time, "plug-smol", 7, "x"),
             "<27>Dec 12 07:05:09 plug-smol[7]: x"
@@ -583,7 +587,7 @@ mod tests {
     #[test]
     fn over_limit_text_opt_3() {
         let s = Source::parse("80").unwrap();
-        let r = crate::admission::Refusal::Capacity { limit: 2 };
+        let r = crate::forwarder::admission::Refusal::Capacity { limit: 2 };
         assert_eq!(
             over_limit(&s, "10.0.0.1".parse().unwrap(), &r),
             "(80): Connect from 10.0.0.1 refused: 2 connections open (--max-conns)"

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::select::Health;
-use crate::stats::{Stats, DURATION_BUCKETS};
+use crate::forwarder::select::Health;
+use crate::forwarder::stats::{Stats, DURATION_BUCKETS};
 
 /// The largest request head accepted; a longer one is answered 400.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -521,9 +521,9 @@ fn error_reply(request: Request) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::Refusal;
-    use crate::relay::{RelayEnd, RelayOutcome};
-    use crate::select::DestId;
+    use crate::connection::relay::{RelayEnd, RelayOutcome};
+    use crate::forwarder::admission::Refusal;
+    use crate::forwarder::select::DestId;
     use crate::test_clock::t0;
     use proptest::prelude::*;
 

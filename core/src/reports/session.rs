@@ -5,8 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::addr::{canonical_ip, Destination, Source};
-use crate::relay::RelayOutcome;
+use crate::config::addr::{canonical_ip, Destination, Source};
+use crate::connection::relay::RelayOutcome;
 
 /// A local wall-clock time, broken down; the adapter reads the clock and time zone
 /// and passes it in, the core only formats it.
@@ -91,7 +91,7 @@ impl SessionRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::RelayEnd;
+    use crate::connection::relay::RelayEnd;
 
     fn wall() -> WallTime {
         WallTime {

@@ -3,7 +3,7 @@
 //! connection path, and reports each result to [`crate::forwarder::Forwarder`];
 //! the balancer holds the addresses.
 
-use crate::select::DestId;
+use crate::forwarder::select::DestId;
 
 /// One host name to look up.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! Work that comes in rounds, with no input to trigger it: the host-name lookups
 //! of `--resolve` (OPT-11) and the health checks of `--health-check` (OPT-10).
 
+pub mod lookup;
+pub mod probe;
+
 use std::time::{Duration, Instant};
 
 /// When the next round is due: at once, then every `every`.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::connect::{ProxyReply, ReplyStatus};
-use crate::select::DestId;
+use crate::connection::connect::{ProxyReply, ReplyStatus};
+use crate::forwarder::select::DestId;
 
 /// What a probe found out about its destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,8 +263,8 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Destination;
-    use crate::connect::connect_request;
+    use crate::config::addr::Destination;
+    use crate::connection::connect::connect_request;
     use crate::test_clock::t0;
 
     fn addr(s: &str) -> SocketAddr {
