@@ -13,8 +13,8 @@ use std::pin::Pin;
 use std::sync::{mpsc, Arc};
 
 use async_global_executor::GlobalExecutorConfig;
-use plug_shell::async_driver::{self, Async, Spawn};
-use plug_shell::conn::Conn;
+use plug_shell::drive::async_driver::{self, Async, Spawn};
+use plug_shell::drive::conn::Conn;
 
 /// Spawns connection tasks on async-std's executor.
 struct AsyncStdSpawn;

@@ -7,8 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use plug_shell::async_driver::{self, Spawn};
-use plug_shell::conn::Conn;
+use plug_shell::drive::async_driver::{self, Spawn};
+use plug_shell::drive::conn::Conn;
 use smol::{Async, Executor};
 
 /// Spawns connection tasks on the shared executor.

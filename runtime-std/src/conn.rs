@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use plug_core::connection::relay::Side;
 use plug_core::connection::{Output, Ready, Wait};
-use plug_shell::conn::{Conn, Pipes};
+use plug_shell::drive::conn::{Conn, Pipes};
 use plug_shell::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
 
 /// Serves one admitted client (non-blocking, from `sockets::accept`) to the end.

@@ -8,7 +8,7 @@ mod serve;
 use std::time::Duration;
 
 use plug_core::connection::Runtime;
-use plug_shell::splice::PIPE_CAPACITY;
+use plug_shell::net::splice::PIPE_CAPACITY;
 
 /// What this runtime offers the core: splicing, and buffers kept through a quiet
 /// second, then freed: a thread serves one connection at a time, so a buffer kept

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use plug_core::forwarder::AcceptNext;
 use plug_core::reports::log::LogLevel;
-use plug_shell::conn::Conn;
+use plug_shell::drive::conn::Conn;
 use plug_shell::sys::{self, PollFd, POLLIN};
-use plug_shell::{scrape, sockets, Boot, Context};
+use plug_shell::{drive::scrape, net::sockets, Boot, Context};
 
 use crate::conn;
 

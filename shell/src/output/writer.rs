@@ -16,8 +16,8 @@ use std::time::{Instant, SystemTime};
 use plug_core::reports::log::{Limiter, LogKind, LogLevel, LogRecord};
 use plug_core::reports::session::SessionRecord;
 
-use crate::log::Logger;
-use crate::session_file::SessionWriter;
+use crate::output::log::Logger;
+use crate::output::session_file::SessionWriter;
 use crate::sys;
 
 /// Lines that may wait for the writer: enough for bursts of thousands of closing

@@ -16,9 +16,9 @@ use std::time::Instant;
 use plug_core::connection::relay::Side;
 use plug_core::connection::{ConnectFailure, Connection, Output, Transfer};
 
-use crate::live::Slot;
-use crate::sockets::{self, ConnectError};
-use crate::splice::Pipe;
+use crate::net::live::Slot;
+use crate::net::sockets::{self, ConnectError};
+use crate::net::splice::Pipe;
 use crate::Context;
 
 /// One accepted client, on its way through plug.
@@ -31,7 +31,7 @@ pub struct Conn {
     slot: Option<Slot>,
 }
 
-/// The pipe of each direction ([`Direction::index`]) while the core holds one.
+/// The pipe of each direction (by `Direction::index`) while the core holds one.
 pub type Pipes = [Option<Pipe>; 2];
 
 impl Conn {

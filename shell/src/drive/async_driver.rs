@@ -22,10 +22,11 @@ use std::io::{Read, Write};
 
 use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
-use crate::conn::{Conn, Pipes};
-use crate::scrape::transfer;
-use crate::splice::PIPE_CAPACITY;
-use crate::{sockets, Context};
+use crate::drive::conn::{Conn, Pipes};
+use crate::drive::scrape::transfer;
+use crate::net::sockets;
+use crate::net::splice::PIPE_CAPACITY;
+use crate::Context;
 
 /// What the async runtimes offer the core: splicing, and buffers given back as
 /// soon as a direction is quiet (thousands of idle tasks then hold none), to a
@@ -106,7 +107,7 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spaw
 pub async fn metrics_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
     accept_each(ctx, listener, |client, _| {
         // Over the budget: dropped, so closed at once (FAULT-6).
-        if let Some(ticket) = crate::scrape::admit(ctx) {
+        if let Some(ticket) = crate::drive::scrape::admit(ctx) {
             let task = serve_scrape(Arc::clone(ctx), client);
             spawner.spawn_boxed(Box::pin(async move {
                 task.await;

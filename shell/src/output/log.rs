@@ -6,7 +6,7 @@ use std::io::Write;
 
 use plug_core::reports::log::{LogLevel, LogRecord, LogTargets};
 
-use crate::syslog::Syslog;
+use crate::output::syslog::Syslog;
 
 /// Sends log lines to the right place for this process's mode.
 #[derive(Debug)]

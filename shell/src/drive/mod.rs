@@ -1,0 +1,9 @@
+//! Carrying out the core's machines on sockets: a connection ([`conn::Conn`],
+//! and with the `async` feature the async-io driver), a scrape, and the rounds of
+//! probes and lookups.
+
+#[cfg(feature = "async")]
+pub mod async_driver;
+pub mod conn;
+pub mod rounds;
+pub mod scrape;
