@@ -511,6 +511,39 @@ mod tests {
             }
         }
 
+        /// CONN-9's rule, with the answer taken from the scenario: a head that
+        /// ends within 16 KiB opens the tunnel exactly when its status is 2xx,
+        /// with exactly the bytes after it as leftover; any other status fails
+        /// with that status; a head that never ends fails as truncated. Every
+        /// split gives that answer.
+        #[test]
+        fn a_tunnel_opens_for_2xx_and_nothing_else(
+            version in prop_oneof![Just("HTTP/1.1"), Just("HTTP/1.0")],
+            status in 100u16..600,
+            headers in proptest::collection::vec(("[A-Za-z-]{1,12}", "[ -~]{0,40}"), 0..6),
+            ends in any::<bool>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut bytes = format!("{version} {status} Reason\r\n").into_bytes();
+            for (k, v) in &headers {
+                bytes.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+            if ends {
+                bytes.extend_from_slice(b"\r\n");
+                bytes.extend_from_slice(&tail);
+            }
+            let got = parse_split(&bytes, &cuts);
+            match (ends, status) {
+                (true, 200..=299) => prop_assert_eq!(got, ReplyStatus::Tunnel { leftover: Bytes::from(tail) }),
+                (true, _) => prop_assert!(
+                    matches!(&got, ReplyStatus::Failed(ProxyFailure::Refused { status: s, .. }) if *s == status),
+                    "{:?}", got
+                ),
+                (false, _) => prop_assert_eq!(got, ReplyStatus::Failed(ProxyFailure::Truncated)),
+            }
+        }
+
         /// Oversized heads fail the same way for every split.
         #[test]
         fn oversized_heads_fail_for_every_split(pad in (MAX_REPLY_HEAD - 64)..(MAX_REPLY_HEAD + 64), cuts in proptest::collection::vec(any::<usize>(), 0..6)) {

@@ -75,6 +75,31 @@ mod tests {
             weight("::ffff:192.0.2.7".parse().unwrap(), &d)
         );
         assert_eq!(weight(c, &d), 3_192_762_732_703_578_691, "pinned");
+        // IPv6 clients are weighed on all 16 bytes, pinned too.
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        let other: IpAddr = "2001:db8::8".parse().unwrap();
+        assert_ne!(weight(v6, &d), weight(other, &d), "the low 64 bits count");
+        assert_eq!(weight(v6, &d), PINNED_V6, "pinned");
+    }
+
+    /// The weight of 10.0.0.5:80 for 2001:db8::7, as every build must give it.
+    const PINNED_V6: u64 = 17_559_296_295_336_745_568;
+
+    #[test]
+    fn clients_of_one_ipv6_subnet_spread_evenly_opt_12() {
+        // Clients that differ only in their low 64 bits (one /64, as behind a
+        // v6 NAT or a mobile network) spread as evenly as any.
+        for n in 2..=8 {
+            let base = u128::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0));
+            let clients: Vec<IpAddr> = (0..20_000u128)
+                .map(|k| IpAddr::from(std::net::Ipv6Addr::from(base | (k * 0x9e37_79b9))))
+                .collect();
+            let counts = spread(n, &clients);
+            let fair = 20_000.0 / n as f64;
+            for &c in &counts {
+                assert!((c as f64 - fair).abs() <= fair * 0.10, "{n}: {counts:?}");
+            }
+        }
     }
 
     /// The spread over `n` destinations of many clients: the share of each is
