@@ -469,3 +469,119 @@ fn a_probe_plug_cannot_run_does_not_mark_the_destination_down_fault_6() {
         );
     });
 }
+
+/// A listener on `addr` whose accept queue is full and never drained: the
+/// kernel drops further SYNs, so a connect to it hangs until its timeout, as to
+/// a blackholed address. Keep the returned values alive while it is needed.
+fn blackhole(addr: &str) -> (socket2::Socket, Vec<socket2::Socket>) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener.set_reuse_address(true).unwrap();
+    listener.bind(&addr.into()).unwrap();
+    listener.listen(0).unwrap();
+    let mut fillers = vec![];
+    // A backlog of 0 holds one connection; a few more fill what the kernel adds.
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    (listener, fillers)
+}
+
+#[test]
+fn a_blackholed_first_address_does_not_fail_a_name_whose_second_answers_opt_10_opt_11() {
+    let dir = TempDir::new("blackhole");
+    let Some(launch) = hosts_launch(&dir, "127.0.0.2 bh.plug-test\n127.0.0.3 bh.plug-test\n")
+    else {
+        return;
+    };
+    each_binary(|bin| {
+        // .2 and .3 sort as written (.1 would be put first, as the source's own
+        // address): the blackhole is tried first.
+        let backend = Backend::start_on("127.0.0.3:0", Behaviour::Echo);
+        let port = backend.addr.port();
+        let _hole = blackhole(&format!("127.0.0.2:{port}"));
+        let dest = format!("bh.plug-test:{port}");
+        // The first round of health checks runs before plug reports ready; each
+        // address gets the whole --connect-timeout.
+        let plug = Plug::start_with(
+            bin,
+            &launch,
+            &[
+                "--resolve",
+                "60",
+                "--health-check",
+                "60",
+                "--connect-timeout",
+                "1",
+                "{port}",
+                &dest,
+            ],
+        );
+        let order = format!("destination {dest} resolves to 127.0.0.2 127.0.0.3");
+        plug.stderr.expect(|l| l.ends_with(&order));
+        plug.signal(libc::SIGUSR1);
+        let line = plug
+            .stderr
+            .expect(|l| l.contains(&format!("destination {dest} ")) && l.contains(" open "));
+        assert!(line.contains(" healthy "), "{line}");
+        let all = plug.stderr.all();
+        assert!(
+            !all.iter().any(|l| l.contains(&format!("{dest} down"))),
+            "the probe gave up on the name at its first address: {all:?}"
+        );
+    });
+}
+
+#[test]
+fn the_same_addresses_in_another_order_leave_a_dead_name_dead_opt_11() {
+    let dir = TempDir::new("round-robin");
+    let hosts = "127.0.0.2 rr.plug-test\n127.0.0.3 rr.plug-test\n127.0.0.1 moving.plug-test\n";
+    let Some(launch) = hosts_launch(&dir, hosts) else {
+        return;
+    };
+    each_binary(|bin| {
+        std::fs::write(dir.path("hosts"), hosts).unwrap();
+        let backend = Backend::start(Behaviour::Echo);
+        let port = backend.addr.port();
+        // Nothing listens on 127.0.0.2 or .3 at that port: rr is dead.
+        let dead = format!("rr.plug-test:{port}");
+        let moving = format!("moving.plug-test:{port}");
+        let plug = Plug::start_with(
+            bin,
+            &launch,
+            &[
+                "--resolve",
+                "1",
+                "--health-check",
+                "60",
+                "{port}",
+                &dead,
+                &moving,
+            ],
+        );
+        plug.stderr
+            .expect(|l| l.contains(&format!("destination {dead} down")));
+        // DNS round robin: rr's addresses the other way round; and a name that
+        // really moves, looked up after rr in the same round, shows the round ran.
+        let swapped =
+            "127.0.0.3 rr.plug-test\n127.0.0.2 rr.plug-test\n127.0.0.4 moving.plug-test\n";
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(dir.path("hosts"))
+            .unwrap()
+            .write_all(swapped.as_bytes())
+            .unwrap();
+        plug.stderr
+            .expect(|l| l.ends_with(&format!("destination {moving} resolves to 127.0.0.4")));
+        plug.signal(libc::SIGUSR1);
+        let line = plug
+            .stderr
+            .expect(|l| l.contains(&format!("destination {dead} ")) && l.contains(" open "));
+        assert!(line.contains("unhealthy"), "{line}");
+    });
+}
