@@ -123,11 +123,6 @@ impl Process {
         self.phase
     }
 
-    /// True while the listeners accept (before a stop began).
-    pub fn is_accepting(&self) -> bool {
-        self.phase == Phase::Running
-    }
-
     /// Takes a signal received at `now`.
     pub fn handle_signal(&mut self, now: Instant, signal: Signal) {
         match (self.phase, signal) {
@@ -266,12 +261,27 @@ mod tests {
             .collect()
     }
 
+    fn logs(outs: &[ProcessOutput]) -> Vec<String> {
+        outs.iter()
+            .filter_map(|o| match o {
+                ProcessOutput::Log(r) => Some(r.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_stop_with_nothing_open_exits_at_once_proc_4() {
         let now = t0();
         let mut p = Process::new(None);
+        assert_eq!(p.phase(), Phase::Running);
         p.handle_signal(now, Signal::Stop);
-        assert_eq!(kinds(&drain(&mut p)), ["stop"]);
+        let outs = drain(&mut p);
+        assert_eq!(kinds(&outs), ["stop"]);
+        assert_eq!(
+            logs(&outs),
+            ["stopping: listener closed, waiting for open connections"]
+        );
         p.handle_open(now, 0);
         assert!(
             drain(&mut p).is_empty(),
@@ -298,7 +308,7 @@ mod tests {
         assert_eq!(p.poll_timeout(), None);
         p.handle_timeout(now + Duration::from_secs(86_400));
         assert_eq!(kinds(&drain(&mut p)), ["stop"]);
-        assert!(!p.is_accepting());
+        assert_eq!(p.phase(), Phase::Draining);
         // A dump and a reload while draining are still served.
         p.handle_signal(now, Signal::Dump);
         p.handle_signal(now, Signal::Reload);
@@ -312,15 +322,26 @@ mod tests {
         let now = t0();
         let mut p = Process::new(Some(Duration::from_secs(5)));
         p.handle_signal(now, Signal::Stop);
+        let outs = drain(&mut p);
+        assert_eq!(kinds(&outs), ["stop"]);
+        assert_eq!(
+            logs(&outs),
+            ["stopping: listener closed, waiting up to 5s for open connections"]
+        );
         p.handle_open(now, 2);
         p.handle_accept_ended(now);
         assert_eq!(p.poll_timeout(), Some(now + Duration::from_secs(5)));
         p.handle_timeout(now + Duration::from_secs(4));
-        assert_eq!(kinds(&drain(&mut p)), ["stop"]);
+        assert!(drain(&mut p).is_empty(), "not before the deadline");
         let at = now + Duration::from_secs(5);
         p.handle_timeout(at);
         let outs = drain(&mut p);
         assert_eq!(kinds(&outs), ["cut"]);
+        assert_eq!(p.phase(), Phase::Cutting);
+        assert_eq!(
+            logs(&outs),
+            ["drain timeout: exiting, resetting 2 open connections"]
+        );
         assert!(outs.contains(&ProcessOutput::CutConnections(CutReason::DrainTimeout)));
         // Cut connections close and report: exit as soon as none is open.
         p.handle_open(at, 1);
@@ -337,11 +358,10 @@ mod tests {
         p.handle_open(now, 1);
         let later = now + Duration::from_secs(60);
         p.handle_signal(later, Signal::Stop);
-        assert_eq!(
-            kinds(&drain(&mut p)),
-            ["stop", "cut"],
-            "the second signal cuts"
-        );
+        let outs = drain(&mut p);
+        assert_eq!(kinds(&outs), ["stop", "cut"], "the second signal cuts");
+        assert!(logs(&outs)
+            .contains(&"second signal: exiting, resetting 1 open connections".to_string()));
         assert_eq!(p.poll_timeout(), Some(later + CUT_GRACE));
         p.handle_timeout(later + CUT_GRACE);
         let outs = drain(&mut p);
@@ -352,6 +372,7 @@ mod tests {
                 flush_until: later + CUT_GRACE + FLUSH_GRACE
             }]
         );
+        assert_eq!(p.phase(), Phase::Exiting);
         // Exiting: nothing more, whatever comes.
         p.handle_signal(later, Signal::Stop);
         p.handle_signal(later, Signal::Dump);

@@ -143,14 +143,15 @@ impl Probe {
                 self.deadline = now.checked_add(self.timeout);
                 ProbeStep::Connect { addr, bind }
             }
+            // Past the first address a reason is always known: the failure
+            // of the one before.
             None => match (self.down.take(), local) {
                 (Some(reason), _) => self.down(reason),
                 (None, Some(reason)) => self.done(ProbeResult::Inconclusive(reason)),
                 (None, None) if self.targets.is_empty() => self.down("no address known".into()),
-                (None, None) if from == 0 => self.done(ProbeResult::Inconclusive(
+                (None, None) => self.done(ProbeResult::Inconclusive(
                     "no address of the family of -p".into(),
                 )),
-                (None, None) => self.down("no address left to try".into()),
             },
         }
     }
@@ -306,11 +307,14 @@ mod tests {
         );
         p.start(now);
         assert_eq!(p.handle_connected(now), ProbeStep::Done(ProbeResult::Up));
-        assert_eq!(
-            p.handle_eof(now),
-            ProbeStep::Done(ProbeResult::Up),
-            "stale inputs keep the outcome"
-        );
+        // Inputs after the outcome (a confused or late driver) keep it.
+        let up = ProbeStep::Done(ProbeResult::Up);
+        assert_eq!(p.handle_eof(now), up, "stale inputs keep the outcome");
+        assert_eq!(p.handle_failed(now, "late"), up);
+        assert_eq!(p.handle_local_failure(now, "late"), up);
+        assert_eq!(p.handle_timeout(now + Duration::from_secs(9)), up);
+        assert_eq!(p.handle_read(now, b"x"), up);
+        assert_eq!(p.handle_sent(now), up);
         let mut p = Probe::new(now, DestId(1), vec![], None, None, Duration::from_secs(3));
         assert_eq!(
             p.start(now),
@@ -351,10 +355,14 @@ mod tests {
             "{refused:?}"
         );
         let mut p = probe(&request);
-        assert!(matches!(
+        p.handle_read(now, b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(
             p.handle_eof(now),
-            ProbeStep::Done(ProbeResult::Down(_))
-        ));
+            ProbeStep::Done(ProbeResult::Down(
+                "proxy closed the connection before its reply ended".into()
+            )),
+            "the reply's own reason"
+        );
         let mut p = probe(&request);
         assert_eq!(
             p.handle_timeout(now + Duration::from_secs(5)),
