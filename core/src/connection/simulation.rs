@@ -228,6 +228,7 @@ struct Sim {
     close_reset: bool,
     connects_logged: usize,
     reached: bool,
+    reached_dest: Option<String>,
     /// The last I/O output that would block: the core must not repeat it before
     /// a new input (FAULT-1).
     blocked: Option<Output>,
@@ -297,6 +298,7 @@ impl Sim {
             close_reset: false,
             connects_logged: 0,
             reached: false,
+            reached_dest: None,
             blocked: None,
             last_report: None,
             spare: Vec::new(),
@@ -422,6 +424,7 @@ impl Sim {
                     }
                     self.closes += 1;
                     self.reached = self.conn.reached().is_some();
+                    self.reached_dest = self.conn.reached().map(ToString::to_string);
                     // The adapter closes the sockets and pipes.
                     self.pipes = [None, None];
                 }
@@ -449,6 +452,11 @@ impl Sim {
                         let unnoticed =
                             self.scenario.poll_mode && (self.client.reset || self.dest.reset);
                         assert!(silent && !unnoticed, "stuck: {wait:?}");
+                        // FAULT-2: with --idle-timeout nothing stays open for good.
+                        assert!(
+                            self.scenario.idle.is_none(),
+                            "--idle-timeout never ended a silent connection: {wait:?}"
+                        );
                         return;
                     }
                     idle_rounds = 0;
@@ -714,6 +722,22 @@ impl Sim {
         };
         let budget_back = self.fwd.settings().pipes.free() == budget;
         assert!(budget_back, "the pipe budget came back");
+        // CONN-4, from the scenario: a client that neither resets nor times out
+        // while plug dials reaches the first destination whose connect is
+        // accepted, after every one before it failed (each tried once);
+        // with none accepted, it reaches none.
+        // Behind -h the destination is the proxy: a silent one never answers
+        // the CONNECT (every attempt fails); one that resets may do so before or
+        // after its reply is out, which the scenario does not fix.
+        let decided = !(s.proxy && matches!(s.dest_end, Ending::ResetAt(_)));
+        if matches!(s.client_end, Ending::Fin | Ending::Silent) && decided {
+            let answers = !(s.proxy && s.dest_end == Ending::Silent);
+            let first = answers
+                .then(|| s.attempts.iter().position(|a| *a == Attempt::Accept))
+                .flatten();
+            let want = first.map(|k| format!("127.0.0.{}:9000", k + 1));
+            assert_eq!(self.reached_dest, want, "attempts {:?}", s.attempts);
+        }
         if self.reached {
             assert_eq!(self.sessions.len(), 1, "one session record");
             assert_eq!(self.connects_logged, 1);
