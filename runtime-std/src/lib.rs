@@ -14,6 +14,7 @@ use plug_shell::net::splice::PIPE_CAPACITY;
 /// second, then freed: a thread serves one connection at a time, so a buffer kept
 /// on it for others would sit there while thousands of threads wait idle.
 pub const RUNTIME: Runtime = Runtime {
+    name: "std",
     pipe_capacity: Some(PIPE_CAPACITY),
     buffer_release_after: Duration::from_secs(1),
     reuse_buffers: false,

@@ -120,3 +120,39 @@ fn unreadable_proxy_credentials_are_fatal_opt_5() {
         assert!(stderr(&o).contains("/nonexistent/auth"));
     });
 }
+
+#[test]
+fn version_names_the_runtime_and_typos_get_a_suggestion_cli_2_cli_9() {
+    each_binary(|bin| {
+        let runtime = match (bin.name, bin.label.as_str()) {
+            ("plug-smol", _) => "smol",
+            ("plug-async-std", _) => "async-std",
+            (_, l) if l.ends_with("--features smol") => "smol",
+            (_, l) if l.ends_with("--features async-std") => "async-std",
+            _ => "std",
+        };
+        let string = format!(
+            "plug {} ({runtime} runtime; plugdaemon 2.5.5 compatible)",
+            env!("CARGO_PKG_VERSION")
+        );
+        // --version acts where it appears, as -V does.
+        let o = run(bin, &["--version", "--bogus"]);
+        assert_eq!(o.status.code(), Some(0));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{string}\n"));
+        let o = run(bin, &["-V"]);
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("{}: {string}\n", bin.name)
+        );
+        let o = run(bin, &["--conect-timeout", "1", "8080", "127.0.0.1:9"]);
+        assert_eq!(o.status.code(), Some(5));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!(
+                "{}: unknown option '--conect-timeout' (did you mean '--connect-timeout'?)",
+                bin.name
+            )),
+            "{err}"
+        );
+    });
+}

@@ -281,3 +281,37 @@ fn dd_shows_more_than_d_cli_2() {
         assert!(dd.len() > d.len() + 4);
     });
 }
+
+#[test]
+fn a_detached_plug_with_no_syslog_says_so_before_it_detaches() {
+    if !private_dev("giving plug a /dev with and without a log socket") {
+        return;
+    }
+    each_binary(|bin| {
+        let backend = Backend::start(Behaviour::Echo);
+        for with_syslog in [false, true] {
+            let dev = TempDir::new("dev");
+            let _syslog = with_syslog.then(|| SyslogReceiver::bind(&dev));
+            let files = TempDir::new("unlogged");
+            let pidfile = files.path("plug.pid");
+            let (program, leading) = private_dev_launch(&dev.0).via.unwrap();
+            let port = free_port().to_string();
+            let out = Command::new(program)
+                .args(leading)
+                .arg(&bin.path)
+                .args(["-P", pidfile.to_str().unwrap(), "-i", "127.0.0.1", &port])
+                .arg(backend.dest())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{err}");
+            stop_daemon(read_pid(&pidfile));
+            let warned = err.contains("no syslog at /dev/log");
+            assert_eq!(
+                warned, !with_syslog,
+                "syslog reachable: {with_syslog}: {err}"
+            );
+        }
+    });
+}

@@ -90,9 +90,11 @@ fn detached_pid_file_failure_reaches_the_terminal_proc_1() {
             Some(4),
             "the parent reports the child's failure"
         );
+        // (A warning that no syslog is reachable may come first, before detaching.)
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.starts_with(&format!("{}: cannot write pid file", bin.name)),
+            err.lines()
+                .any(|l| l.starts_with(&format!("{}: cannot write pid file", bin.name))),
             "{err}"
         );
     });
@@ -320,6 +322,49 @@ fn the_listener_has_a_somaxconn_backlog_and_so_reuseaddr_proc_2() {
         assert!(
             line.as_deref().is_some_and(|l| l.contains("listening on")),
             "{line:?}"
+        );
+    });
+}
+
+#[test]
+fn a_refused_low_port_says_what_would_allow_it_cli_6() {
+    if !running_as_root("running plug as an unprivileged user") {
+        return;
+    }
+    let Some(setpriv) = optional_program("setpriv", "util-linux") else {
+        return;
+    };
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(1024);
+    if start <= 1 {
+        skip_or_fail("every port is open to unprivileged users here (ip_unprivileged_port_start)");
+        return;
+    }
+    let port = (start - 1).min(1023).to_string();
+    each_binary(|bin| {
+        // uid 65534 must reach the binary: a copy in a directory anyone can read.
+        use std::os::unix::fs::PermissionsExt;
+        let reachable = TempDir::new("low-port-bin");
+        let copy = reachable.path(bin.name);
+        std::fs::copy(&bin.path, &copy).unwrap();
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&reachable.0, open.clone()).unwrap();
+        std::fs::set_permissions(&copy, open).unwrap();
+        let out = Command::new(&setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&copy)
+            .args(["-n", "-i", "127.0.0.1", &port, "127.0.0.1:9"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(
+            err.contains(&format!("cannot listen on 127.0.0.1:{port}"))
+                && err.contains("CAP_NET_BIND_SERVICE"),
+            "{err}"
         );
     });
 }

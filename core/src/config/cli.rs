@@ -302,6 +302,8 @@ pub enum Action {
     Run(Box<Config>),
     /// `-V`: print [`crate::reports::log::version`] on stdout and exit 0.
     Version,
+    /// `--version`: the same, as GNU programs print it (no `PROG: `).
+    LongVersion,
     /// `--help`: print [`help`] on stdout and exit 0.
     Help,
 }
@@ -376,6 +378,53 @@ fn short_key(c: u8) -> &'static str {
     }
 }
 
+/// Every long option's name, for suggestions.
+const LONG_NAMES: &[&str] = &[
+    "connect-timeout",
+    "idle-timeout",
+    "max-conns",
+    "max-conns-per-ip",
+    "proxy-protocol",
+    "proxy-auth-file",
+    "drain-timeout",
+    "user",
+    "resolve",
+    "health-check",
+    "metrics",
+    "hash",
+    "help",
+    "version",
+];
+
+/// The long option an operator most likely meant by `name`: the closest by
+/// edit distance, if it is close (at most 2 edits, and fewer than half the
+/// word), so a typo gets a suggestion and a wholly other word does not.
+fn suggestion(name: &str) -> Option<&'static str> {
+    let (best, distance) = LONG_NAMES
+        .iter()
+        .map(|&known| (known, edit_distance(name, known)))
+        .min_by_key(|&(_, d)| d)?;
+    (distance <= 2 && distance * 2 < name.len().max(1)).then_some(best)
+}
+
+/// Levenshtein distance between two words (insertions, deletions, changes).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// The long options that take a value (CLI-9, §6).
 fn long_key(name: &str) -> Option<&'static str> {
     match name {
@@ -411,12 +460,15 @@ fn pre_pass(words: &[String]) -> Result<PrePass, CliError> {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
-            if name == "help" || name == "hash" {
+            if name == "help" || name == "hash" || name == "version" {
                 if inline.is_some() {
                     return Err(CliError::new(format!("option --{name} takes no value")));
                 }
                 if name == "help" {
                     return Ok(PrePass::Early(Action::Help));
+                }
+                if name == "version" {
+                    return Ok(PrePass::Early(Action::LongVersion));
                 }
                 opts.push(Opt {
                     key: "--hash",
@@ -424,8 +476,12 @@ fn pre_pass(words: &[String]) -> Result<PrePass, CliError> {
                 });
                 continue;
             }
-            let key = long_key(name)
-                .ok_or_else(|| CliError::new(format!("unknown option '--{name}'")))?;
+            let key = long_key(name).ok_or_else(|| {
+                let hint = suggestion(name)
+                    .map(|s| format!(" (did you mean '--{s}'?)"))
+                    .unwrap_or_default();
+                CliError::new(format!("unknown option '--{name}'{hint}"))
+            })?;
             let value = match inline {
                 Some(v) => v,
                 None if i < words.len() => {
@@ -875,8 +931,31 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_long_option_gets_a_suggestion_cli_9() {
+        let err = |w: &[&str]| parse(args(w)).unwrap_err().to_string();
+        let e = err(&["--conect-timeout", "5", "8080", "127.0.0.1:80"]);
+        assert!(
+            e.contains("unknown option '--conect-timeout' (did you mean '--connect-timeout'?)"),
+            "{e}"
+        );
+        let e = err(&["--max-con", "5", "8080", "127.0.0.1:80"]);
+        assert!(e.contains("did you mean '--max-conns'?"), "{e}");
+        let e = err(&["--vesion"]);
+        assert!(e.contains("did you mean '--version'?"), "{e}");
+        // A word that is no option's name gets no guess.
+        let e = err(&["--frobnicate", "8080", "127.0.0.1:80"]);
+        assert!(!e.contains("did you mean"), "{e}");
+        let e = err(&["--x", "8080", "127.0.0.1:80"]);
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
     fn version_acts_where_it_appears_cli_1() {
         assert_eq!(parse(args(&["-V"])), Ok(Action::Version));
+        assert_eq!(
+            parse(args(&["--version", "--bogus"])),
+            Ok(Action::LongVersion)
+        );
         assert_eq!(
             parse(args(&["-nV", "-t", "abc", "--bogus"])),
             Ok(Action::Version)

@@ -63,6 +63,8 @@ pub const OUTPUTS_BEFORE_YIELD: u32 = 64;
 /// What a runtime offers the connection machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Runtime {
+    /// Its name, as `--version` reports it (`std`, `smol`, `async-std`).
+    pub name: &'static str,
     /// Capacity of a splice pipe when the runtime can splice; `None` copies only.
     pub pipe_capacity: Option<usize>,
     /// How long a quiet direction keeps its copy buffer before giving it back.

@@ -259,6 +259,7 @@ fn forwarder(s: &Scenario) -> Forwarder {
         panic!("bad simulated command line");
     };
     let runtime = Runtime {
+        name: "simulation",
         pipe_capacity: s.splice,
         reuse_buffers: s.release_immediately,
         buffer_release_after: if s.release_immediately {

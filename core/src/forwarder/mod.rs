@@ -401,6 +401,7 @@ mod tests {
             panic!("bad command line");
         };
         let runtime = Runtime {
+            name: "test",
             pipe_capacity: Some(1 << 20),
             buffer_release_after: Duration::ZERO,
             reuse_buffers: true,

@@ -450,11 +450,45 @@ pub fn complete(source: &Source, status: CloseStatus) -> String {
     }
 }
 
-/// The version line of `-V`: `PROG: VERSION-STRING`.
-pub fn version(program: &str) -> String {
+/// The version string: plug's version, the runtime underneath and what it is a
+/// drop-in replacement for.
+pub fn version_string(runtime: &str) -> String {
     format!(
-        "{program}: plug {} (plugdaemon 2.5.5 compatible)",
+        "plug {} ({runtime} runtime; plugdaemon 2.5.5 compatible)",
         env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The line of `-V`, `PROG: VERSION-STRING` (CLI-2), or of `--version`, the
+/// version string alone as GNU programs print it.
+pub fn version(program: &str, runtime: &str, long: bool) -> String {
+    match long {
+        true => version_string(runtime),
+        false => format!("{program}: {}", version_string(runtime)),
+    }
+}
+
+/// The start-up error for a listener that cannot be bound; a refused port below
+/// 1024 says what would allow it.
+pub fn cannot_listen(addr: std::net::SocketAddr, error: &std::io::Error) -> String {
+    let hint = match (error.kind(), addr.port()) {
+        (std::io::ErrorKind::PermissionDenied, 1..=1023) => {
+            " (a port below 1024 needs root or CAP_NET_BIND_SERVICE: \
+             AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit, or \
+             setcap cap_net_bind_service=+ep on the binary)"
+        }
+        _ => "",
+    };
+    format!("cannot listen on {addr}: {error}{hint}")
+}
+
+/// What to say on the terminal before detaching when no syslog can be reached
+/// (most containers): a detached plug's stderr is /dev/null, so its log lines
+/// would go nowhere. `None` when they have somewhere to go.
+pub fn unlogged_warning(detached: bool, syslog_reachable: bool) -> Option<&'static str> {
+    (detached && !syslog_reachable).then_some(
+        "warning: no syslog at /dev/log, so a detached plug's log lines go nowhere; \
+         run it in the foreground (-n) under a supervisor that keeps stderr, or give it a syslog",
     )
 }
 
@@ -616,7 +650,27 @@ mod tests {
 
     #[test]
     fn version_and_program_name_cli_2() {
-        assert!(version("plug-std").starts_with("plug-std: plug "));
+        let v = version("plug-std", "smol", false);
+        assert!(v.starts_with("plug-std: plug "), "{v}");
+        assert!(
+            v.ends_with(" (smol runtime; plugdaemon 2.5.5 compatible)"),
+            "{v}"
+        );
+        let long = version("plug-std", "std", true);
+        assert!(
+            long.starts_with("plug ") && long.contains("(std runtime;"),
+            "{long}"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let low = cannot_listen("0.0.0.0:80".parse().unwrap(), &refused);
+        assert!(low.contains("CAP_NET_BIND_SERVICE"), "{low}");
+        let high = cannot_listen("0.0.0.0:8080".parse().unwrap(), &refused);
+        assert!(!high.contains("CAP_NET_BIND_SERVICE"), "{high}");
+        let taken = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(!cannot_listen("0.0.0.0:80".parse().unwrap(), &taken).contains("CAP_"));
+        assert!(unlogged_warning(true, false).is_some());
+        assert_eq!(unlogged_warning(true, true), None);
+        assert_eq!(unlogged_warning(false, false), None);
         assert_eq!(program_name("/usr/local/sbin/plug"), "plug");
         assert_eq!(program_name("plug-smol"), "plug-smol");
         assert_eq!(program_name(""), "plug");

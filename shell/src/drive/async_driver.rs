@@ -31,7 +31,9 @@ use crate::Context;
 /// What the async runtimes offer the core: splicing, and buffers given back as
 /// soon as a direction is quiet (thousands of idle tasks then hold none), to a
 /// per-thread pool that the next busy connection on the thread takes them from.
+/// (Its `name` is the adapter's to set: smol and async-std share the rest.)
 pub const RUNTIME: Runtime = Runtime {
+    name: "async-io",
     pipe_capacity: Some(PIPE_CAPACITY),
     buffer_release_after: Duration::ZERO,
     reuse_buffers: true,

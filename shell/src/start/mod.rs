@@ -150,8 +150,9 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
     let program = core_log::program_name(&argv0).to_string();
     let mut config = match cli::parse(argv.collect()) {
         Ok(Action::Run(config)) => *config,
-        Ok(Action::Version) => {
-            println!("{}", core_log::version(&program));
+        Ok(action @ (Action::Version | Action::LongVersion)) => {
+            let long = action == Action::LongVersion;
+            println!("{}", core_log::version(&program, runtime.name, long));
             std::process::exit(EXIT_OK)
         }
         Ok(Action::Help) => {
@@ -223,7 +224,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         None => {
             let addr = config.source.bind_addr();
             sockets::bind(addr).unwrap_or_else(|e| {
-                pid_file_fatal(&mut pid_file, &format!("cannot listen on {addr}: {e}"))
+                pid_file_fatal(&mut pid_file, &core_log::cannot_listen(addr, &e))
             })
         }
     };
@@ -241,6 +242,10 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
     // Opened while plug may still be root (PROC-9); a missing /dev/log is not an
     // error: each line tries again, and a foreground plug falls back to stderr.
     let syslog_socket = syslog::connect().ok();
+    // Still on the terminal: the last chance to say the log goes nowhere.
+    if let Some(warning) = core_log::unlogged_warning(!config.foreground, syslog_socket.is_some()) {
+        let _ = writeln!(io::stderr(), "{program}: {warning}");
+    }
 
     let mut readiness = if config.foreground {
         Readiness::none()
