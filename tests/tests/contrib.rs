@@ -271,3 +271,32 @@ fn fail2ban_finds_refused_clients_in_real_syslog_lines() {
         assert!(text.contains(&want), "want {want:?}:\n{file}\n{text}");
     });
 }
+
+#[test]
+fn the_units_run_plug_where_the_readme_installs_it() {
+    // Following the README must give a plug the shipped units can start.
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let install = readme
+        .lines()
+        .find(|l| l.starts_with("cargo install --locked --path . "))
+        .expect("the README's install command");
+    let words: Vec<&str> = install.split_whitespace().collect();
+    let root = words
+        .iter()
+        .position(|w| *w == "--root")
+        .and_then(|i| words.get(i + 1))
+        .expect("the install command names its --root");
+    let installed = format!("{root}/bin/plug");
+    for unit in UNITS.iter().filter(|u| u.ends_with(".service")) {
+        let text = read(&format!("systemd/{unit}"));
+        let exec = setting(&text, "ExecStart").unwrap();
+        assert_eq!(
+            exec.split_whitespace().next(),
+            Some(installed.as_str()),
+            "{unit} runs plug where the README does not install it"
+        );
+    }
+}
