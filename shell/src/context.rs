@@ -201,7 +201,11 @@ impl Context {
     /// `reloaded`. Serving goes on.
     pub fn reload(&self) {
         let now = Instant::now();
-        let credentials = self.config.proxy_auth_file.as_deref().map(read_credentials);
+        let credentials = self
+            .config
+            .proxy_auth_file
+            .as_deref()
+            .map(|path| (path.display().to_string(), read_credentials(path)));
         self.with_forwarder(now, |f| f.handle_reload(now, credentials));
     }
 }

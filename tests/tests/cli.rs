@@ -1,6 +1,6 @@
 //! SPEC §1: the command line, exit statuses and messages, against every binary.
 
-use plug_tests::{each_binary, Binary};
+use plug_tests::{each_binary, Binary, TempDir};
 use std::process::{Command, Output};
 
 fn run(bin: &Binary, args: &[&str]) -> Output {
@@ -154,5 +154,55 @@ fn version_names_the_runtime_and_typos_get_a_suggestion_cli_2_cli_9() {
             )),
             "{err}"
         );
+    });
+}
+
+#[test]
+fn check_validates_and_binds_writes_and_detaches_nothing_opt_14() {
+    each_binary(|bin| {
+        // A port that is taken: --check does not bind, so it does not care.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port().to_string();
+        let dir = TempDir::new("check");
+        let pid = dir.path("plug.pid");
+        let pid = pid.to_str().unwrap();
+        let o = run(
+            bin,
+            &[
+                "--check",
+                "-P",
+                pid,
+                "-i",
+                "127.0.0.1",
+                &port,
+                "127.0.0.1:9",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            format!("{}: configuration OK (1 listeners)\n", bin.name)
+        );
+        assert!(!dir.path("plug.pid").exists(), "--check wrote the pid file");
+        // A bad command line: the usage error, exit 5.
+        let o = run(bin, &["--check", "-t", "abc", &port, "127.0.0.1:9"]);
+        assert_eq!(o.status.code(), Some(5));
+        assert!(stderr(&o).contains("'abc'"), "{}", stderr(&o));
+        // A credentials file that cannot be read: exit 4, as a start would.
+        let missing = dir.path("no-such-file");
+        let o = run(
+            bin,
+            &[
+                "--check",
+                "-h",
+                "127.0.0.1:3128",
+                "--proxy-auth-file",
+                missing.to_str().unwrap(),
+                &port,
+                "backend.plug-test:22",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+        assert!(stderr(&o).contains("no-such-file"), "{}", stderr(&o));
     });
 }

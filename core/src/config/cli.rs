@@ -192,6 +192,9 @@ pub struct Config {
     pub health_check: Option<Duration>,
     /// `--metrics` (OPT-9): where `/metrics` is served.
     pub metrics: Option<SocketAddr>,
+    /// `--check` (OPT-14): validate as a start would, say so, and exit; bind,
+    /// connect, resolve, write and detach nothing.
+    pub check: bool,
 }
 
 impl Config {
@@ -338,6 +341,7 @@ dest:         addr[:port] or [v6addr][:port]; the port defaults to the source po
   --resolve secs  destinations may be host names, looked up now and every secs\n\
   --health-check secs  probe every destination this often (a connect, or CONNECT with -h)\n\
   --metrics addr:port  serve Prometheus metrics at http://addr:port/metrics\n\
+  --check     check the command line (and the files it names), bind nothing, exit\n\
   --help      print this help and exit\n",
         usage(program)
     )
@@ -460,7 +464,7 @@ fn pre_pass(words: &[String]) -> Result<PrePass, CliError> {
                 Some((n, v)) => (n, Some(v.to_string())),
                 None => (long, None),
             };
-            if name == "help" || name == "hash" || name == "version" {
+            if ["help", "hash", "version", "check"].contains(&name) {
                 if inline.is_some() {
                     return Err(CliError::new(format!("option --{name} takes no value")));
                 }
@@ -471,7 +475,7 @@ fn pre_pass(words: &[String]) -> Result<PrePass, CliError> {
                     return Ok(PrePass::Early(Action::LongVersion));
                 }
                 opts.push(Opt {
-                    key: "--hash",
+                    key: if name == "hash" { "--hash" } else { "--check" },
                     value: None,
                 });
                 continue;
@@ -736,6 +740,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
     let sticky = c.count("-f") > 0;
     let first_healthy = c.count("-o") > 0;
     let hash = c.count("--hash") > 0;
+    let check = c.count("--check") > 0;
     let left = c.args.finish();
     if let Some(extra) = left.first() {
         return Err(CliError::new(format!(
@@ -836,6 +841,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         resolve,
         health_check,
         metrics,
+        check,
     })))
 }
 
@@ -928,6 +934,17 @@ mod tests {
         let c = run(&["80", "-a", "10.0.0.0/8", "10.0.0.5", "-a127.0.0.1"]);
         assert_eq!(c.rules.rules().len(), 2);
         assert!(c.rules.allows("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn check_is_a_flag_opt_14() {
+        let run = |w: &[&str]| match parse(args(w)) {
+            Ok(Action::Run(c)) => c.check,
+            other => panic!("{other:?}"),
+        };
+        assert!(run(&["--check", "8080", "127.0.0.1:80"]));
+        assert!(!run(&["8080", "127.0.0.1:80"]));
+        assert!(parse(args(&["--check=yes", "8080", "127.0.0.1:80"])).is_err());
     }
 
     #[test]

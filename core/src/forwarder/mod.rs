@@ -184,17 +184,20 @@ impl Forwarder {
     pub fn handle_reload(
         &mut self,
         _now: Instant,
-        credentials: Option<Result<ProxyCredentials, String>>,
+        credentials: Option<(String, Result<ProxyCredentials, String>)>,
     ) {
-        match credentials {
-            Some(Ok(c)) => self.dial.credentials = Some(c),
-            Some(Err(why)) => self.push_log(LogRecord::new(
+        let line = match credentials {
+            Some((file, Ok(c))) => {
+                self.dial.credentials = Some(c);
+                LogRecord::new(LogLevel::Notice, log::reloaded(Some(&file)))
+            }
+            Some((_, Err(why))) => LogRecord::new(
                 LogLevel::Error,
                 format!("{why}; keeping the previous proxy credentials"),
-            )),
-            None => {}
-        }
-        self.push_log(LogRecord::new(LogLevel::Notice, log::reloaded()));
+            ),
+            None => LogRecord::new(LogLevel::Notice, log::reloaded(None)),
+        };
+        self.push_log(line);
     }
 
     /// Decides what to do after accept failed at `now` with `failure` (`detail`: the
@@ -470,22 +473,30 @@ mod tests {
         let now = t0();
         let mut f = forwarder(&["-h", "127.0.0.1:3128", "8080", "example.org:22"]);
         let first = ProxyCredentials::from_file_contents(b"a:b\n").unwrap();
-        f.handle_reload(now, Some(Ok(first)));
-        assert_eq!(f.poll_log(now).unwrap().text, "reloaded");
+        f.handle_reload(now, Some(("/etc/plug/auth".into(), Ok(first))));
+        assert_eq!(
+            f.poll_log(now).unwrap().text,
+            "reloaded: proxy credentials from /etc/plug/auth"
+        );
         let header = |f: &Forwarder| f.dial.credentials.as_ref().map(|c| c.header_value());
         assert_eq!(header(&f).as_deref(), Some("Basic YTpi"));
-        f.handle_reload(now, Some(Err("cannot read /x: gone".into())));
+        f.handle_reload(now, Some(("/x".into(), Err("cannot read /x: gone".into()))));
         let lines: Vec<_> = std::iter::from_fn(|| f.poll_log(now))
             .map(|r| r.text)
             .collect();
+        // Nothing was re-read, so nothing says 'reloaded' (OPT-15).
         assert_eq!(
             lines,
-            [
-                "cannot read /x: gone; keeping the previous proxy credentials",
-                "reloaded"
-            ]
+            ["cannot read /x: gone; keeping the previous proxy credentials"]
         );
         assert_eq!(header(&f).as_deref(), Some("Basic YTpi"), "kept");
+        // Without a credentials file SIGHUP says what it did not do.
+        let mut g = forwarder(&["8080", "127.0.0.1:22"]);
+        g.handle_reload(now, None);
+        assert_eq!(
+            g.poll_log(now).unwrap().text,
+            "reloaded: nothing to reload; destinations change only with --config"
+        );
     }
 
     #[test]
@@ -760,7 +771,10 @@ mod tests {
         ]);
         f.handle_reload(
             now,
-            Some(Ok(ProxyCredentials::from_file_contents(b"u:p").unwrap())),
+            Some((
+                "auth".into(),
+                Ok(ProxyCredentials::from_file_contents(b"u:p").unwrap()),
+            )),
         );
         let mut probe = f.poll_probes(now).pop().unwrap();
         let crate::rounds::probe::ProbeStep::Connect { addr, .. } = probe.start(now) else {

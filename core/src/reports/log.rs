@@ -437,9 +437,14 @@ pub fn over_limit(
     )
 }
 
-/// `reloaded`: SIGHUP was handled (PROC-8).
-pub fn reloaded() -> String {
-    "reloaded".to_string()
+/// What SIGHUP re-read (PROC-8, OPT-15): the proxy credentials from `file`, or
+/// nothing, which is said too, since an operator who edited the unit and ran
+/// `systemctl reload` must not believe the destinations changed.
+pub fn reloaded(file: Option<&str>) -> String {
+    match file {
+        Some(file) => format!("reloaded: proxy credentials from {file}"),
+        None => "reloaded: nothing to reload; destinations change only with --config".into(),
+    }
 }
 
 /// `TAG: Complete.` or `TAG: Complete, status=N.`
@@ -466,6 +471,11 @@ pub fn version(program: &str, runtime: &str, long: bool) -> String {
         true => version_string(runtime),
         false => format!("{program}: {}", version_string(runtime)),
     }
+}
+
+/// What `--check` prints on stdout for a valid configuration (OPT-14).
+pub fn configuration_ok(program: &str, listeners: usize) -> String {
+    format!("{program}: configuration OK ({listeners} listeners)")
 }
 
 /// The start-up error for a listener that cannot be bound; a refused port below

@@ -694,6 +694,14 @@ mod tests {
         assert!(scrape(b"\x16\x03\x01garbage\r\n\r\n", &[], "").starts_with("HTTP/1.1 400"));
         let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
         assert!(scrape(long.as_bytes(), &[], "").starts_with("HTTP/1.1 400"));
+        // A long but legal head (under 8 KiB, as a browser's with many cookies)
+        // is served.
+        let head = format!(
+            "GET /metrics HTTP/1.1\r\nCookie: {}\r\n\r\n",
+            "c".repeat(7000)
+        );
+        assert!(head.len() < MAX_REQUEST_HEAD);
+        assert!(scrape(head.as_bytes(), &[300], "m 1\n").starts_with("HTTP/1.1 200"));
         // A client that leaves before its head ends gets nothing.
         assert_eq!(scrape(b"GET /metr", &[], ""), "");
     }

@@ -194,6 +194,12 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         .user
         .as_ref()
         .map(|spec| Account::look_up(spec).unwrap_or_else(|e| fatal(&e)));
+    // --check: everything a start reads has been read and found good; nothing
+    // has been bound, written or detached (OPT-14).
+    if config.check {
+        println!("{}", core_log::configuration_ok(&program, 1));
+        std::process::exit(EXIT_OK)
+    }
 
     // Connections need descriptors; the hard limit is what the operator allowed.
     // The default --max-conns and the pipe budget follow from it (OPT-3, FAULT-3).
