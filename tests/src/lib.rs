@@ -168,6 +168,33 @@ pub fn binaries() -> Vec<Binary> {
     all
 }
 
+/// A copy of `bin`, under its own name, in a directory anyone can read, for a
+/// plug run as an unprivileged user: the checkout may sit in a directory only
+/// root can enter (`mktemp -d`). Keep the directory while the copy runs.
+///
+/// The copy is written by install(1), not by this process: a file this
+/// process had open for writing could still be open in a child another test
+/// thread forks at that moment, and executing it would fail with ETXTBSY.
+pub fn reachable_copy(bin: &Binary) -> (TempDir, Binary) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("reachable-bin");
+    let copy = dir.path(bin.name);
+    let installed = Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&bin.path)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(installed.success(), "install {}", bin.path.display());
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&dir.0, open).unwrap();
+    let copied = Binary {
+        path: copy,
+        ..bin.clone()
+    };
+    (dir, copied)
+}
+
 /// Runs `test` once per binary, saying which binary failed.
 pub fn each_binary(test: impl Fn(&Binary)) {
     for bin in binaries() {

@@ -4,7 +4,6 @@
 //! fail2ban's own matcher finds the refused clients in plug's real syslog lines.
 
 use plug_tests::*;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -120,19 +119,9 @@ fn plug_runs_as_the_socket_activated_unit_starts_it_opt_7() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let port = free_port();
         let launch = socket_activation_as(port, nonblocking, uid);
-        // The unprivileged account must be able to reach the binary: the checkout
-        // may sit in a directory only root can enter (mktemp -d), so a copy of
-        // plug, under its own name, runs from a directory anyone can read.
-        let reachable = TempDir::new("activated-bin");
-        let copy = reachable.path(bin.name);
-        std::fs::copy(&bin.path, &copy).unwrap();
-        let open = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(&reachable.0, open.clone()).unwrap();
-        std::fs::set_permissions(&copy, open).unwrap();
-        let bin = &Binary {
-            path: copy,
-            ..bin.clone()
-        };
+        // The unprivileged account must be able to reach the binary.
+        let (_dir, copy) = reachable_copy(bin);
+        let bin = &copy;
         let plug = Plug::start_quiet_with(bin, &launch, &args);
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         assert_eq!(exchange(connect(addr), b"activated".to_vec()), b"activated");

@@ -344,17 +344,11 @@ fn a_refused_low_port_says_what_would_allow_it_cli_6() {
     }
     let port = (start - 1).min(1023).to_string();
     each_binary(|bin| {
-        // uid 65534 must reach the binary: a copy in a directory anyone can read.
-        use std::os::unix::fs::PermissionsExt;
-        let reachable = TempDir::new("low-port-bin");
-        let copy = reachable.path(bin.name);
-        std::fs::copy(&bin.path, &copy).unwrap();
-        let open = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(&reachable.0, open.clone()).unwrap();
-        std::fs::set_permissions(&copy, open).unwrap();
+        // uid 65534 must reach the binary.
+        let (_dir, copy) = reachable_copy(bin);
         let out = Command::new(&setpriv)
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&copy)
+            .arg(&copy.path)
             .args(["-n", "-i", "127.0.0.1", &port, "127.0.0.1:9"])
             .stdin(Stdio::null())
             .output()

@@ -592,6 +592,24 @@ mod tests {
     }
 
     #[test]
+    fn a_head_is_never_read_past_its_limit_opt_9() {
+        // The head buffer is bounded: each read asks for no more than the head
+        // may still grow, plus one byte to notice it is too long.
+        let now = t0();
+        let mut s = Scrape::new(now);
+        let part = vec![b'a'; 8000];
+        let mut fed = 0;
+        while fed < part.len() {
+            let space = s.read_space();
+            let n = space.len().min(part.len() - fed);
+            space[..n].copy_from_slice(&part[fed..fed + n]);
+            s.handle_read(now, Ok(n));
+            fed += n;
+        }
+        assert_eq!(s.read_space().len(), MAX_REQUEST_HEAD + 1 - 8000);
+    }
+
+    #[test]
     fn lingering_ends_by_its_deadline_and_its_byte_budget() {
         let now = t0();
         let mut s = Scrape::new(now);
