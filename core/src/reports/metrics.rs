@@ -592,6 +592,46 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_that_would_block_waits_and_readiness_resumes_it() {
+        // Each phase: WouldBlock means wait for that readiness; the poller's
+        // word that it came means try again, and nothing else does.
+        let now = t0();
+        let mut s = Scrape::new(now);
+        let deadline = now + SCRAPE_TIMEOUT;
+        s.handle_read(now, Err(true));
+        let wait_read = ScrapeOutput::Wait {
+            read: true,
+            deadline,
+        };
+        assert_eq!(s.poll_output(now), wait_read);
+        assert_eq!(s.poll_output(now), wait_read, "no readiness, no retry");
+        s.handle_ready(now);
+        assert_eq!(s.poll_output(now), ScrapeOutput::Read);
+        let req = b"GET /nowhere HTTP/1.1\r\n\r\n";
+        s.read_space()[..req.len()].copy_from_slice(req);
+        s.handle_read(now, Ok(req.len()));
+        assert_eq!(s.poll_output(now), ScrapeOutput::Write);
+        s.handle_written(now, Err(true));
+        let wait_write = ScrapeOutput::Wait {
+            read: false,
+            deadline,
+        };
+        assert_eq!(s.poll_output(now), wait_write);
+        s.handle_ready(now);
+        assert_eq!(s.poll_output(now), ScrapeOutput::Write);
+        let n = s.write_data().len();
+        s.handle_written(now, Ok(n));
+        s.handle_shutdown(now, true);
+        s.handle_read(now, Err(true));
+        assert!(matches!(
+            s.poll_output(now),
+            ScrapeOutput::Wait { read: true, .. }
+        ));
+        s.handle_ready(now);
+        assert_eq!(s.poll_output(now), ScrapeOutput::Read, "lingering resumes");
+    }
+
+    #[test]
     fn a_head_is_never_read_past_its_limit_opt_9() {
         // The head buffer is bounded: each read asks for no more than the head
         // may still grow, plus one byte to notice it is too long.
