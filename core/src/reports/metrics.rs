@@ -760,6 +760,19 @@ mod tests {
         );
         assert!(head.len() < MAX_REQUEST_HEAD);
         assert!(scrape(head.as_bytes(), &[300], "m 1\n").starts_with("HTTP/1.1 200"));
+        // The boundary: a complete head of exactly 8 KiB is served, one byte
+        // more is refused.
+        for (len, status) in [
+            (MAX_REQUEST_HEAD, "HTTP/1.1 200"),
+            (MAX_REQUEST_HEAD + 1, "HTTP/1.1 400"),
+        ] {
+            let start = "GET /metrics HTTP/1.1\r\nX: ";
+            let pad = "p".repeat(len - start.len() - 4);
+            let head = format!("{start}{pad}\r\n\r\n");
+            assert_eq!(head.len(), len);
+            let reply = scrape(head.as_bytes(), &[], "m 1\n");
+            assert!(reply.starts_with(status), "{len}: {reply}");
+        }
         // A client that leaves before its head ends gets nothing.
         assert_eq!(scrape(b"GET /metr", &[], ""), "");
     }
