@@ -642,6 +642,8 @@ mod tests {
         while fed < part.len() {
             let space = s.read_space();
             let n = space.len().min(part.len() - fed);
+            // Bounded: a read with no room would never end the loop.
+            assert!(n > 0, "no room to read after {fed} of 8000 bytes");
             space[..n].copy_from_slice(&part[fed..fed + n]);
             s.handle_read(now, Ok(n));
             fed += n;
