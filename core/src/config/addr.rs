@@ -59,6 +59,13 @@ impl fmt::Display for AddrError {
 
 impl std::error::Error for AddrError {}
 
+/// True when a socket bound to `bind` (`-p`) can connect to `addr`: no bind, or
+/// one of the same family. An address of the other family is skipped, never a
+/// reason to drop a client or to mark a destination down (OPT-11, FAULT-6).
+pub fn reachable_from(bind: Option<IpAddr>, addr: &SocketAddr) -> bool {
+    bind.is_none_or(|b| b.is_ipv4() == addr.is_ipv4())
+}
+
 /// Returns the address a client really has: an IPv4-mapped IPv6 address
 /// (`::ffff:a.b.c.d`, as a dual-stack listener reports IPv4 clients) becomes the IPv4
 /// address it carries (CLI-8); every other address is returned unchanged.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::config::addr::{canonical_ip, Destination};
+use crate::config::addr::{canonical_ip, reachable_from, Destination};
 use crate::connection::connect::{
     connect_request, ProxyCredentials, ProxyFailure, ProxyReply, ReplyStatus,
 };
@@ -212,10 +212,6 @@ impl Dialer {
         dest: DestId,
         address: usize,
     ) -> Option<DialStep> {
-        // An address of the other family than `-p` cannot be reached from it: it
-        // is skipped, never a reason to drop the client (OPT-11, FAULT-6).
-        let family_fits =
-            |a: &SocketAddr| self.options.bind.is_none_or(|b| b.is_ipv4() == a.is_ipv4());
         let (address, addr) = match self.options.proxy {
             Some(proxy) if address == 0 => (0, proxy),
             Some(_) => return None,
@@ -224,7 +220,7 @@ impl Dialer {
                 .iter()
                 .enumerate()
                 .skip(address)
-                .find(|(_, a)| family_fits(a))
+                .find(|(_, a)| reachable_from(self.options.bind, a))
                 .map(|(i, a)| (i, *a))?,
         };
         self.phase = Phase::Connecting {

@@ -711,6 +711,14 @@ impl Connection {
         self.queue.retain(|o| !matches!(o, Output::Sync));
     }
 
+    /// Reports that the process cut this connection at the end of a drain
+    /// (OPT-8): its sockets were reset from outside. It ends as if both had
+    /// failed, with its session line and a non-zero `Complete` status; one
+    /// already closing finishes as it was. Repeating it changes nothing.
+    pub fn handle_cut(&mut self, now: Instant) {
+        self.abandon(now);
+    }
+
     fn log(&mut self, level: LogLevel, text: impl FnOnce() -> String) {
         if self.settings.log.wants(level) {
             self.queue

@@ -535,6 +535,60 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_connection_is_reset_and_recorded_once_opt_8() {
+        use crate::connection::relay::Side;
+        use crate::connection::Ready;
+        let now = t0();
+        let mut f = forwarder(&["-S", "-", "-l", "8080", "127.0.0.1:9000"]);
+        let mut c = f.handle_accepted(now, client(1)).unwrap();
+        // Reach the destination.
+        for _ in 0..20 {
+            match c.poll_output(now) {
+                Output::Sync => c.sync(now, &mut f),
+                Output::Connect { .. } => c.handle_connect_started(now, Ok(())),
+                Output::FinishConnect => c.handle_connect_result(now, Ok(())),
+                Output::Wait(_) if c.reached().is_some() => break,
+                Output::Wait(_) => {
+                    let writable = Ready {
+                        write: true,
+                        ..Ready::default()
+                    };
+                    c.handle_ready(now, Side::Destination, writable);
+                }
+                _ => {}
+            }
+        }
+        assert!(c.reached().is_some(), "relaying");
+        // The cut, reported again at every wake-up as a driver does.
+        let (mut closes, mut sessions, mut completes) = (vec![], 0, vec![]);
+        for _ in 0..50 {
+            c.handle_cut(now);
+            match c.poll_output(now) {
+                Output::Sync => c.sync(now, &mut f),
+                Output::Close { reset } => closes.push(reset),
+                Output::Session(_) => sessions += 1,
+                Output::Log(r) if r.text.contains("Complete") => completes.push(r.text),
+                Output::Done => break,
+                _ => {}
+            }
+        }
+        assert!(c.is_done());
+        assert_eq!(
+            closes,
+            [true],
+            "one close, a reset (no peer takes it for complete)"
+        );
+        assert_eq!(sessions, 1);
+        // OPT-8: a Complete line whose status is not 0.
+        assert_eq!(completes.len(), 1, "{completes:?}");
+        assert!(
+            completes[0].starts_with("(8080): Complete, status=") && !completes[0].ends_with("=0."),
+            "{completes:?}"
+        );
+        assert_eq!(f.open(), 0, "its count is handed over");
+    }
+
+    #[test]
     fn a_non_blocking_listener_is_waited_on_not_retried_fault_1() {
         let now = t0();
         let mut f = forwarder(&["8080", "127.0.0.1:9000"]);

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::config::addr::reachable_from;
 use crate::connection::connect::{ProxyReply, ReplyStatus};
 use crate::forwarder::select::DestId;
 
@@ -129,13 +130,12 @@ impl Probe {
     /// inconclusive if every one was plug's own.
     fn connect(&mut self, now: Instant, from: usize, local: Option<String>) -> ProbeStep {
         let bind = self.bind;
-        let fits = |a: &SocketAddr| bind.is_none_or(|b| b.is_ipv4() == a.is_ipv4());
         let next = self
             .targets
             .iter()
             .enumerate()
             .skip(from)
-            .find(|(_, a)| fits(a))
+            .find(|(_, a)| reachable_from(bind.map(|b| b.ip()), a))
             .map(|(i, a)| (i, *a));
         match next {
             Some((address, addr)) => {

@@ -73,10 +73,9 @@ impl Conn {
     /// done here: [`Output::Sync`] with the shared state, log and session lines
     /// to the writer thread.
     pub fn next(&mut self, now: Instant) -> Output {
-        // Cut by the end of a drain (OPT-8): the sockets were reset from outside;
-        // the connection ends here with its records, as if both had failed.
-        if self.ctx.is_cutting() && !self.core.is_closing() {
-            self.core.abandon(now);
+        // Cut by the end of a drain (OPT-8): what that means is the core's.
+        if self.ctx.is_cutting() {
+            self.core.handle_cut(now);
         }
         loop {
             match self.core.poll_output(now) {
