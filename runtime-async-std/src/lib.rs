@@ -34,11 +34,7 @@ impl Spawn for AsyncStdSpawn {
 pub fn main() -> ! {
     // Start-up (and the fork) happens here; async-std starts its threads lazily, on
     // the first spawn, so none exists yet.
-    let runtime = plug_shell::plug_core::connection::Runtime {
-        name: "async-std",
-        ..async_driver::RUNTIME
-    };
-    let boot = plug_shell::boot(std::env::args_os(), runtime);
+    let boot = plug_shell::boot(std::env::args_os(), async_driver::runtime("async-std"));
     // async-std's own default is a thread per core; configured first, this wins.
     let threads = async_driver::executor_threads("ASYNC_STD_THREAD_COUNT");
     async_global_executor::init_with_config(

@@ -27,11 +27,7 @@ impl Spawn for SmolSpawn {
 /// Runs plug on smol with the process's arguments; never returns.
 pub fn main() -> ! {
     // Start-up (and the fork) happens here, before any executor thread exists.
-    let runtime = plug_shell::plug_core::connection::Runtime {
-        name: "smol",
-        ..async_driver::RUNTIME
-    };
-    let boot = plug_shell::boot(std::env::args_os(), runtime);
+    let boot = plug_shell::boot(std::env::args_os(), async_driver::runtime("smol"));
     let executor = Arc::new(Executor::new());
     let (ctx, (listener, metrics)) = boot.serve(|listener: TcpListener, metrics| {
         let listener = Async::new(listener)?;

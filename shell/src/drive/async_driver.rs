@@ -18,26 +18,26 @@ use plug_core::connection::relay::Side;
 use plug_core::connection::{Output, Ready, Runtime, Wait};
 use plug_core::forwarder::AcceptNext;
 
-use std::io::{Read, Write};
-
 use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
 use crate::drive::conn::{Conn, Pipes};
-use crate::drive::scrape::transfer;
+use crate::drive::scrape;
 use crate::net::sockets;
 use crate::net::splice::PIPE_CAPACITY;
 use crate::Context;
 
-/// What the async runtimes offer the core: splicing, and buffers given back as
-/// soon as a direction is quiet (thousands of idle tasks then hold none), to a
-/// per-thread pool that the next busy connection on the thread takes them from.
-/// (Its `name` is the adapter's to set: smol and async-std share the rest.)
-pub const RUNTIME: Runtime = Runtime {
-    name: "async-io",
-    pipe_capacity: Some(PIPE_CAPACITY),
-    buffer_release_after: Duration::ZERO,
-    reuse_buffers: true,
-};
+/// What an async runtime named `name` (`smol`, `async-std`) offers the core:
+/// splicing, and buffers given back as soon as a direction is quiet (thousands
+/// of idle tasks then hold none), to a per-thread pool that the next busy
+/// connection on the thread takes them from.
+pub const fn runtime(name: &'static str) -> Runtime {
+    Runtime {
+        name,
+        pipe_capacity: Some(PIPE_CAPACITY),
+        buffer_release_after: Duration::ZERO,
+        reuse_buffers: true,
+    }
+}
 
 /// How a runtime starts a connection's task.
 pub trait Spawn: Sync {
@@ -109,7 +109,7 @@ pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spaw
 pub async fn metrics_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
     accept_each(ctx, listener, |client, _| {
         // Over the budget: dropped, so closed at once (FAULT-6).
-        if let Some(ticket) = crate::drive::scrape::admit(ctx) {
+        if let Some(ticket) = scrape::admit(ctx) {
             let task = serve_scrape(Arc::clone(ctx), client);
             spawner.spawn_boxed(Box::pin(async move {
                 task.await;
@@ -125,20 +125,11 @@ pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
     let mut scrape = Scrape::new(Instant::now());
     loop {
         let now = Instant::now();
-        match scrape.poll_output(now) {
-            ScrapeOutput::Read => {
-                let result = (&mut stream.get_ref()).read(scrape.read_space());
-                scrape.handle_read(now, transfer(result));
-            }
-            ScrapeOutput::Render => scrape.handle_metrics(now, ctx.metrics_text()),
-            ScrapeOutput::Write => {
-                let result = (&mut stream.get_ref()).write(scrape.write_data());
-                scrape.handle_written(now, transfer(result));
-            }
-            ScrapeOutput::ShutdownWrite => {
-                let ok = stream.get_ref().shutdown(std::net::Shutdown::Write).is_ok();
-                scrape.handle_shutdown(now, ok);
-            }
+        let out = scrape.poll_output(now);
+        if scrape::perform(&ctx, &mut scrape, now, &out, stream.get_ref()) {
+            continue;
+        }
+        match out {
             ScrapeOutput::Wait { read, deadline } => {
                 let ready = async {
                     let _ = match read {
@@ -155,7 +146,7 @@ pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
                     scrape.handle_ready(Instant::now());
                 }
             }
-            ScrapeOutput::Close => return,
+            _ => return,
         }
     }
 }

@@ -13,6 +13,7 @@ use plug_core::forwarder::Forwarder;
 use plug_core::rounds::lookup::Lookup;
 use plug_core::rounds::probe::{Probe, ProbeResult, ProbeStep};
 
+use crate::net::sockets::ConnectError;
 use crate::Context;
 
 /// Looks every name of `lookups` up (blocking) and reports the results.
@@ -165,10 +166,10 @@ fn run(mut probe: Probe) -> (plug_core::forwarder::select::DestId, ProbeResult) 
                     Ok(probe.handle_connected(Instant::now()))
                 }
                 // No socket, or no bind: plug's own failure (FAULT-6).
-                Err(Failure::Local(e)) => {
+                Err(ConnectError::Local(e)) => {
                     Ok(probe.handle_local_failure(Instant::now(), &e.to_string()))
                 }
-                Err(Failure::Remote(e)) => Err(e),
+                Err(ConnectError::Remote(e)) => Err(e),
             },
             ProbeStep::Send(request) => (|| {
                 let s = socket.as_mut().ok_or(io::ErrorKind::NotConnected)?;
@@ -198,33 +199,26 @@ fn run(mut probe: Probe) -> (plug_core::forwarder::select::DestId, ProbeResult) 
     (probe.dest(), ProbeResult::Inconclusive(stuck))
 }
 
-/// Why a probe's connect failed: plug's own reason, or the destination's.
-enum Failure {
-    /// The socket could not be made or bound.
-    Local(io::Error),
-    /// The connect itself failed.
-    Remote(io::Error),
-}
-
+/// A blocking connect bounded by `deadline`; what failed says whose fault it is.
 fn connect(
     addr: SocketAddr,
     bind: Option<SocketAddr>,
     deadline: Option<Instant>,
-) -> Result<TcpStream, Failure> {
+) -> Result<TcpStream, ConnectError> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )
-    .map_err(Failure::Local)?;
+    .map_err(ConnectError::Local)?;
     if let Some(bind) = bind {
-        socket.bind(&bind.into()).map_err(Failure::Local)?;
+        socket.bind(&bind.into()).map_err(ConnectError::Local)?;
     }
-    let left = remaining(deadline).map_err(Failure::Remote)?;
+    let left = remaining(deadline).map_err(ConnectError::Remote)?;
     let connected = match left {
         Some(left) => socket.connect_timeout(&addr.into(), left),
         None => socket.connect(&addr.into()),
     };
-    connected.map_err(Failure::Remote)?;
+    connected.map_err(ConnectError::Remote)?;
     Ok(socket.into())
 }

@@ -45,25 +45,46 @@ pub fn admit(ctx: &Arc<Context>) -> Option<ScrapeTicket> {
         .then(|| ScrapeTicket(Arc::clone(ctx)))
 }
 
+/// Carries out an output of `scrape` that needs no waiting (read, render,
+/// write, shut down) on the non-blocking `stream` and reports its result;
+/// false for the ones a driver does its own way (wait, close). Every scrape
+/// driver, poll(2) or async, does I/O through this.
+pub fn perform(
+    ctx: &Context,
+    scrape: &mut Scrape,
+    now: Instant,
+    out: &ScrapeOutput,
+    mut stream: &TcpStream,
+) -> bool {
+    match out {
+        ScrapeOutput::Read => {
+            let result = stream.read(scrape.read_space());
+            scrape.handle_read(now, transfer(result));
+        }
+        ScrapeOutput::Render => scrape.handle_metrics(now, ctx.metrics_text()),
+        ScrapeOutput::Write => {
+            let result = stream.write(scrape.write_data());
+            scrape.handle_written(now, transfer(result));
+        }
+        ScrapeOutput::ShutdownWrite => {
+            let ok = stream.shutdown(Shutdown::Write).is_ok();
+            scrape.handle_shutdown(now, ok);
+        }
+        ScrapeOutput::Wait { .. } | ScrapeOutput::Close => return false,
+    }
+    true
+}
+
 /// Serves one scrape connection to its end on this thread.
-pub fn serve(ctx: &Context, mut stream: TcpStream) {
+pub fn serve(ctx: &Context, stream: TcpStream) {
     let mut scrape = Scrape::new(Instant::now());
     loop {
         let now = Instant::now();
-        match scrape.poll_output(now) {
-            ScrapeOutput::Read => {
-                let result = stream.read(scrape.read_space());
-                scrape.handle_read(now, transfer(result));
-            }
-            ScrapeOutput::Render => scrape.handle_metrics(now, ctx.metrics_text()),
-            ScrapeOutput::Write => {
-                let result = stream.write(scrape.write_data());
-                scrape.handle_written(now, transfer(result));
-            }
-            ScrapeOutput::ShutdownWrite => {
-                let ok = stream.shutdown(Shutdown::Write).is_ok();
-                scrape.handle_shutdown(now, ok);
-            }
+        let out = scrape.poll_output(now);
+        if perform(ctx, &mut scrape, now, &out, &stream) {
+            continue;
+        }
+        match out {
             ScrapeOutput::Wait { read, deadline } => {
                 let events = if read { POLLIN } else { POLLOUT };
                 let mut fds = [PollFd {
@@ -81,7 +102,7 @@ pub fn serve(ctx: &Context, mut stream: TcpStream) {
                     Err(_) => return,
                 }
             }
-            ScrapeOutput::Close => return,
+            _ => return,
         }
     }
 }
