@@ -453,6 +453,34 @@ pub fn private_hosts_launch(hosts: &Path) -> Launch {
     in_private_mount_namespace(&format!("mount --bind '{h}' /etc/hosts"))
 }
 
+/// A launch whose system resolver answers from `hosts`, written to `dir`, or
+/// `None`, said loudly, where that cannot be had (not root, no unshare). The
+/// test may rewrite `dir/hosts` later: the bind mount shows the same file.
+pub fn hosts_launch(dir: &TempDir, hosts: &str) -> Option<Launch> {
+    if !running_as_root("giving plug its own /etc/hosts") {
+        return None;
+    }
+    optional_program("unshare", "util-linux")?;
+    let path = dir.path("hosts");
+    std::fs::write(&path, hosts).unwrap();
+    Some(private_hosts_launch(&path))
+}
+
+/// Waits for `child` to exit, up to the deadline; `None` if it is still running
+/// then (it is left running: the caller says what that means).
+pub fn wait_exit_within_deadline(child: &mut Child) -> Option<ExitStatus> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A launch that runs the shell commands `mounts` in a private mount namespace
 /// (`unshare --mount`), then execs plug there.
 fn in_private_mount_namespace(mounts: &str) -> Launch {
@@ -756,14 +784,8 @@ impl Plug {
 
     /// Waits for the process to exit; panics at the deadline.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
-            thread::sleep(Duration::from_millis(5));
-        }
+        let status = wait_exit_within_deadline(&mut self.child);
+        status.unwrap_or_else(|| panic!("{} did not exit", self.name))
     }
 
     /// True while the process runs.

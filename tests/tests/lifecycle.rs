@@ -153,17 +153,10 @@ fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bo
         );
     }
     send_signal(child.id(), libc::SIGTERM);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?}: still running after SIGTERM with its output stalled");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    let Some(status) = wait_exit_within_deadline(&mut child) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{args:?}: still running after SIGTERM with its output stalled");
     };
     assert_eq!(status.code(), Some(0), "{args:?}");
 }
@@ -402,18 +395,6 @@ fn sighup_with_a_fifo_for_the_credentials_never_blocks_fault_7() {
         plug.signal(libc::SIGTERM);
         assert_eq!(plug.wait_exit().code(), Some(0));
     });
-}
-
-/// A launch whose resolver answers from `hosts`, or `None` (said loudly) where
-/// that cannot be had.
-fn hosts_launch(dir: &TempDir, hosts: &str) -> Option<Launch> {
-    if !running_as_root("giving plug its own /etc/hosts") {
-        return None;
-    }
-    optional_program("unshare", "util-linux")?;
-    let path = dir.path("hosts");
-    std::fs::write(&path, hosts).unwrap();
-    Some(private_hosts_launch(&path))
 }
 
 #[test]

@@ -352,23 +352,19 @@ fn host_names_are_resolved_at_start_and_again_opt_11() {
 
 #[test]
 fn a_name_that_moves_is_followed_every_secs_opt_11() {
-    if !running_as_root("giving plug its own /etc/hosts") {
+    let dir = TempDir::new("hosts");
+    let Some(launch) = hosts_launch(&dir, "127.0.0.1 backend.plug-test\n") else {
         return;
-    }
-    if optional_program("unshare", "util-linux").is_none() {
-        return;
-    }
+    };
+    let hosts = dir.path("hosts");
     each_binary(|bin| {
+        std::fs::write(&hosts, "127.0.0.1 backend.plug-test\n").unwrap();
         let first = Backend::start_on("127.0.0.1:0", Behaviour::Tagged("first".into()));
         let port = first.addr.port();
         let second = Backend::start_on(
             &format!("127.0.0.2:{port}"),
             Behaviour::Tagged("second".into()),
         );
-        let dir = TempDir::new("hosts");
-        let hosts = dir.path("hosts");
-        std::fs::write(&hosts, "127.0.0.1 backend.plug-test\n").unwrap();
-        let launch = private_hosts_launch(&hosts);
         let dest = format!("backend.plug-test:{port}");
         let plug = Plug::start_with(bin, &launch, &["--resolve", "1", "{port}", &dest]);
         assert_eq!(which(plug.addr()), "first");
