@@ -29,6 +29,14 @@ pub enum AddrError {
     MissingPort(String),
     /// An IPv6 address with a port was written without brackets.
     UnbracketedIpv6(String),
+    /// A destination attribute (OPT-16) that is unknown, out of range or given
+    /// twice; the message says which, the word is kept whole.
+    BadAttribute {
+        /// What is wrong with it.
+        why: String,
+        /// The whole destination word.
+        word: String,
+    },
 }
 
 impl fmt::Display for AddrError {
@@ -53,6 +61,7 @@ impl fmt::Display for AddrError {
             AddrError::UnbracketedIpv6(w) => {
                 write!(f, "'{w}': write an IPv6 address with a port as [addr]:port")
             }
+            AddrError::BadAttribute { why, word } => write!(f, "bad destination '{word}': {why}"),
         }
     }
 }
@@ -188,19 +197,117 @@ fn is_host_name(name: &str) -> bool {
         })
 }
 
-/// A destination as given on the command line: host and port (CLI-4, CLI-5).
+/// The largest `,weight=N` (OPT-16).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// What a destination word may add after commas (OPT-16): how much of the
+/// rotation it takes, and whether it takes new clients at all. Not part of the
+/// destination's identity: its text without them is ([`Destination`]'s `Display`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Attributes {
+    /// `,weight=N`: 1 to [`MAX_WEIGHT`], 1 when not given.
+    pub weight: u32,
+    /// `,drain`: no new clients; open connections go on.
+    pub drain: bool,
+}
+
+impl Default for Attributes {
+    fn default() -> Self {
+        Attributes {
+            weight: 1,
+            drain: false,
+        }
+    }
+}
+
+impl Attributes {
+    /// Parses what follows the first comma of `word` (`weight=3,drain`): each
+    /// attribute at most once, weights 1 to [`MAX_WEIGHT`].
+    fn parse(list: &str, word: &str) -> Result<Self, AddrError> {
+        let bad = |why: String| AddrError::BadAttribute {
+            why,
+            word: word.to_string(),
+        };
+        let mut attrs = Attributes::default();
+        let (mut weighted, mut drained) = (false, false);
+        for item in list.split(',') {
+            let (name, value) = match item.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (item, None),
+            };
+            let twice = |name: &str| bad(format!("attribute '{name}' given twice"));
+            match (name, value) {
+                ("weight", Some(v)) => {
+                    if std::mem::replace(&mut weighted, true) {
+                        return Err(twice("weight"));
+                    }
+                    attrs.weight = match v.parse::<u32>() {
+                        Ok(w)
+                            if (1..=MAX_WEIGHT).contains(&w)
+                                && v.bytes().all(|b| b.is_ascii_digit()) =>
+                        {
+                            w
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "bad weight '{v}': expected a whole number from 1 to {MAX_WEIGHT}"
+                            )))
+                        }
+                    };
+                }
+                ("drain", None) => {
+                    if std::mem::replace(&mut drained, true) {
+                        return Err(twice("drain"));
+                    }
+                    attrs.drain = true;
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown attribute '{item}': expected weight=N or drain"
+                    )))
+                }
+            }
+        }
+        Ok(attrs)
+    }
+}
+
+/// A destination as given on the command line: host and port (CLI-4, CLI-5),
+/// and its attributes (OPT-16).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Destination {
     /// The host: numeric, or a name when going through an upstream proxy.
     pub host: Host,
     /// The port; the source port when the word had none (CLI-4).
     pub port: u16,
+    /// `,weight=N`, `,drain`.
+    pub attributes: Attributes,
 }
 
 impl Destination {
+    /// A destination with default attributes.
+    pub fn new(host: Host, port: u16) -> Self {
+        Destination {
+            host,
+            port,
+            attributes: Attributes::default(),
+        }
+    }
+
     /// Parses `addr[:port]`, `[v6][:port]` or, when `allow_names` (only with `-h`),
     /// `name[:port]`; `default_port` (the source port) is used when there is none.
+    /// Attributes follow commas: `10.0.0.5:80,weight=3,drain` (OPT-16).
     pub fn parse(word: &str, default_port: u16, allow_names: bool) -> Result<Self, AddrError> {
+        let (address, attributes) = match word.split_once(',') {
+            Some((a, list)) => (a, Attributes::parse(list, word)?),
+            None => (word, Attributes::default()),
+        };
+        let mut dest = Self::parse_address(address, default_port, allow_names)?;
+        dest.attributes = attributes;
+        Ok(dest)
+    }
+
+    fn parse_address(word: &str, default_port: u16, allow_names: bool) -> Result<Self, AddrError> {
         let (host, port) = split_host_port(word)?;
         let port = match port {
             Some(p) => parse_port_in(p, word)?,
@@ -214,7 +321,7 @@ impl Destination {
             Err(_) if allow_names => return Err(AddrError::BadHost(word.to_string())),
             Err(_) => return Err(AddrError::BadAddress(word.to_string())),
         };
-        Ok(Destination { host, port })
+        Ok(Destination::new(host, port))
     }
 
     /// The socket address to connect to, or `None` for a named host (which only an
@@ -228,7 +335,9 @@ impl Destination {
 }
 
 impl fmt::Display for Destination {
-    /// `addr:port`, `[v6]:port` or `name:port`: the TO field and the CONNECT target.
+    /// `addr:port`, `[v6]:port` or `name:port`: the TO field, the CONNECT
+    /// target, and the destination's identity across a reload (OPT-16: without
+    /// attributes).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
@@ -421,5 +530,50 @@ mod tests {
         };
         assert_eq!(s.session_text(), "192.168.0.14:119");
         assert_eq!(s.log_tag(), "(192.168.0.14 119)");
+    }
+
+    #[test]
+    fn destination_attributes_opt_16() {
+        let d = Destination::parse("10.0.0.5:80,weight=3,drain", 1, false).unwrap();
+        assert_eq!(
+            d.attributes,
+            Attributes {
+                weight: 3,
+                drain: true
+            }
+        );
+        assert_eq!(d.to_string(), "10.0.0.5:80", "named without its attributes");
+        let d = Destination::parse("[::1],drain", 22, false).unwrap();
+        assert_eq!(
+            (d.to_string().as_str(), d.attributes.weight),
+            ("[::1]:22", 1)
+        );
+        for (word, says) in [
+            ("10.0.0.5,weight=0", "bad weight '0'"),
+            ("10.0.0.5,weight=1001", "bad weight '1001'"),
+            ("10.0.0.5,weight=+5", "bad weight '+5'"),
+            ("10.0.0.5,weight=", "bad weight ''"),
+            (
+                "10.0.0.5,weight=2,weight=3",
+                "attribute 'weight' given twice",
+            ),
+            ("10.0.0.5,drain,drain", "attribute 'drain' given twice"),
+            ("10.0.0.5,backup", "unknown attribute 'backup'"),
+            ("10.0.0.5,drain=1", "unknown attribute 'drain=1'"),
+            ("10.0.0.5,", "unknown attribute ''"),
+        ] {
+            let e = Destination::parse(word, 80, false).unwrap_err().to_string();
+            assert!(
+                e.contains(says) && e.contains(&format!("'{word}'")),
+                "{word}: {e}"
+            );
+        }
+        assert_eq!(
+            Destination::parse("10.0.0.5,weight=1000", 80, false)
+                .unwrap()
+                .attributes
+                .weight,
+            MAX_WEIGHT
+        );
     }
 }

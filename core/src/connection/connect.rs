@@ -290,10 +290,7 @@ mod tests {
             b"CONNECT customer.example.com:22 HTTP/1.1\r\nHost: customer.example.com:22\r\n\r\n"
         );
         let req = connect_request(
-            &Destination {
-                host: Host::Ip("::1".parse().unwrap()),
-                port: 22,
-            },
+            &Destination::new(Host::Ip("::1".parse().unwrap()), 22),
             None,
         );
         assert_eq!(

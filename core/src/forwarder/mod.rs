@@ -374,9 +374,13 @@ impl Forwarder {
     /// A copy of the counts `/metrics` shows (OPT-9), to render after letting go
     /// of the lock.
     pub fn metrics(&self) -> Metrics {
-        let names = self.balancer.destinations().iter().map(ToString::to_string);
-        let health = |i: usize| self.balancer.health(DestId(i));
-        Metrics::new(&self.stats, names, health, self.open())
+        let b = &self.balancer;
+        let each = b
+            .destinations()
+            .iter()
+            .zip(b.ids())
+            .map(|(d, id)| (d.to_string(), id, b.health(id), d.attributes.drain));
+        Metrics::new(&self.stats, each, self.open())
     }
 
     /// The SIGUSR1 state dump at `now` (OPT-6).

@@ -51,6 +51,19 @@ pub fn weight_with(key: u64, client: IpAddr) -> u64 {
     splitmix64(h)
 }
 
+/// The score of a destination whose rendezvous hash for a client is `hash` and
+/// whose `,weight=` is `weight` (OPT-16): `weight / -ln(u)`, `u` the hash as a
+/// fraction in (0, 1). Each destination then wins a share of clients
+/// proportional to its weight, and a removed destination's clients still are
+/// the only ones that move. For equal weights the order is the hashes' order.
+pub fn weighted_score(hash: u64, weight: u32) -> f64 {
+    // The midpoint of the hash's interval: never 0, never 1.
+    #[allow(clippy::cast_precision_loss)]
+    let u = (hash as f64 + 0.5) / 18_446_744_073_709_551_616.0;
+    let u = u.clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
+    f64::from(weight) / -u.ln()
+}
+
 /// The weight of `dest` for `client`.
 pub fn weight(client: IpAddr, dest: &Destination) -> u64 {
     weight_with(destination_key(dest), client)

@@ -100,6 +100,8 @@ pub enum SelectEvent {
     },
     /// Every destination was unhealthy, so all were marked healthy again (CONN-2).
     AllReset,
+    /// Every destination is draining (OPT-16): a new client was closed at once.
+    AllDraining,
     /// A host name resolved to addresses other than before (OPT-11).
     Resolved {
         /// The destination.
@@ -132,8 +134,9 @@ pub enum Health {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptPlan {
     client: IpAddr,
-    tried: Vec<bool>,
-    attempts: usize,
+    /// The destinations given so far, by identity: a reload between two attempts
+    /// neither forgets nor repeats one.
+    tried: Vec<DestId>,
 }
 
 impl AttemptPlan {
@@ -144,12 +147,12 @@ impl AttemptPlan {
 
     /// How many destinations this client has been given so far.
     pub fn attempts(&self) -> usize {
-        self.attempts
+        self.tried.len()
     }
 
     /// True when this client has already been given `dest`.
     pub fn has_tried(&self, dest: DestId) -> bool {
-        self.tried.get(dest.0).copied().unwrap_or(false)
+        self.tried.contains(&dest)
     }
 }
 
@@ -186,56 +189,97 @@ impl StickyTable {
         self.by_age.insert((now, client));
         true
     }
+
+    /// Forgets every client of a destination that is gone (OPT-15).
+    fn retain(&mut self, keep: impl Fn(DestId) -> bool) {
+        let gone: Vec<(IpAddr, Instant)> = self
+            .entries
+            .iter()
+            .filter(|(_, &(dest, _))| !keep(dest))
+            .map(|(&client, &(_, seen))| (client, seen))
+            .collect();
+        for (client, seen) in gone {
+            self.entries.remove(&client);
+            self.by_age.remove(&(seen, client));
+        }
+    }
+}
+
+/// One destination and what the balancer knows of it.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: DestId,
+    dest: Destination,
+    health: Health,
+    /// What the log last said of it: up (true) or down. Health flips back and
+    /// forth with `-r` and the all-down reset without anything proven; this
+    /// changes only when a connect succeeds or fails.
+    reported_up: bool,
+    /// When its current outage began: the start of the outage, which failed
+    /// retries and health checks do not move (the `-r` clock in
+    /// [`Health::Unhealthy`] they do move).
+    down_since: Option<Instant>,
+    /// Its part of its rendezvous weights (`--hash`).
+    key: u64,
+    /// Where it is reached: its address, or for a host name under `--resolve`
+    /// the addresses the last lookup returned, in its order (OPT-11). Empty for
+    /// a name not (yet) resolved, and for names given to a `-h` proxy.
+    addresses: Vec<SocketAddr>,
+    /// Its running score in smooth weighted round robin (OPT-16).
+    current: i64,
+}
+
+impl Entry {
+    fn new(id: DestId, dest: Destination) -> Self {
+        Entry {
+            id,
+            key: rendezvous::destination_key(&dest),
+            addresses: dest.socket_addr().into_iter().collect(),
+            dest,
+            health: Health::Healthy,
+            reported_up: true,
+            down_since: None,
+            current: 0,
+        }
+    }
+
+    fn weight(&self) -> i64 {
+        i64::from(self.dest.attributes.weight)
+    }
+
+    fn draining(&self) -> bool {
+        self.dest.attributes.drain
+    }
 }
 
 /// The shared selection state of one listener: destinations, their health, the
 /// rotation cursor and the sticky table.
 #[derive(Debug)]
 pub struct Balancer {
+    entries: Vec<Entry>,
+    /// The destinations in order, as [`Balancer::destinations`] lends them.
     destinations: Vec<Destination>,
-    health: Vec<Health>,
     cursor: usize,
+    /// The identity the next new destination gets; never reused.
+    next_id: usize,
     policy: SelectPolicy,
     sticky: StickyTable,
-    /// What the log last said of each destination: up (true) or down. Health
-    /// flips back and forth with `-r` and the all-down reset without anything
-    /// proven; this changes only when a connect succeeds or fails.
-    reported_up: Vec<bool>,
-    /// When each destination reported down went down: the start of the outage,
-    /// which failed retries and health checks do not move (the `-r` clock in
-    /// [`Health::Unhealthy`] they do move).
-    down_since: Vec<Option<Instant>>,
-    /// Each destination's part of its rendezvous weights (`--hash`).
-    keys: Vec<u64>,
-    /// Where each destination is reached: its address, or for a host name under
-    /// `--resolve` the addresses the last lookup returned, in its order (OPT-11).
-    /// Empty for a name not (yet) resolved, and for names given to a `-h` proxy.
-    addresses: Vec<Vec<SocketAddr>>,
     events: VecDeque<SelectEvent>,
 }
 
 impl Balancer {
     /// Creates a balancer over `destinations` in command-line order, all healthy,
-    /// rotation starting with the first.
+    /// rotation starting with the first; their identities are their positions.
     pub fn new(destinations: Vec<Destination>, policy: SelectPolicy) -> Self {
-        let health = vec![Health::Healthy; destinations.len()];
-        let reported_up = vec![true; destinations.len()];
-        let down_since = vec![None; destinations.len()];
-        let keys = destinations
+        let entries: Vec<Entry> = destinations
             .iter()
-            .map(rendezvous::destination_key)
-            .collect();
-        let addresses = destinations
-            .iter()
-            .map(|d| d.socket_addr().into_iter().collect())
+            .enumerate()
+            .map(|(i, d)| Entry::new(DestId(i), d.clone()))
             .collect();
         Balancer {
-            keys,
-            addresses,
+            next_id: entries.len(),
+            entries,
             destinations,
-            health,
-            reported_up,
-            down_since,
             cursor: 0,
             policy,
             sticky: StickyTable::default(),
@@ -243,20 +287,77 @@ impl Balancer {
         }
     }
 
+    /// Takes a new list of destinations and policy (a reload, OPT-15). A
+    /// destination whose text is in the old list too (attributes aside) keeps
+    /// its identity, health, addresses and sticky clients; a new one starts
+    /// healthy with a new identity; sticky clients of one that is gone are
+    /// forgotten.
+    pub fn reconfigure(&mut self, destinations: Vec<Destination>, policy: SelectPolicy) {
+        let mut old: Vec<Option<Entry>> = self.entries.drain(..).map(Some).collect();
+        let mut entries = Vec::with_capacity(destinations.len());
+        for dest in &destinations {
+            let text = dest.to_string();
+            let kept = old
+                .iter_mut()
+                .find(|e| e.as_ref().is_some_and(|e| e.dest.to_string() == text))
+                .and_then(Option::take);
+            let entry = match kept {
+                Some(mut e) => {
+                    e.dest = dest.clone();
+                    e.current = 0;
+                    e
+                }
+                None => {
+                    self.next_id += 1;
+                    Entry::new(DestId(self.next_id - 1), dest.clone())
+                }
+            };
+            entries.push(entry);
+        }
+        self.entries = entries;
+        self.destinations = destinations;
+        self.cursor = 0;
+        self.policy = policy;
+        let ids: Vec<DestId> = self.entries.iter().map(|e| e.id).collect();
+        self.sticky.retain(|id| ids.contains(&id));
+    }
+
     /// The destinations in command-line order.
     pub fn destinations(&self) -> &[Destination] {
         &self.destinations
     }
 
-    /// The destination `id` names, or `None` if there is no such position.
+    /// The identity of each destination, in command-line order.
+    pub fn ids(&self) -> impl Iterator<Item = DestId> + '_ {
+        self.entries.iter().map(|e| e.id)
+    }
+
+    /// Where `id` is in command-line order now (`None`: it is gone).
+    pub fn position(&self, id: DestId) -> Option<usize> {
+        // Identities are positions until a reload; lists are short after one.
+        match self.entries.get(id.0) {
+            Some(e) if e.id == id => Some(id.0),
+            _ => self.entries.iter().position(|e| e.id == id),
+        }
+    }
+
+    fn entry(&self, id: DestId) -> Option<&Entry> {
+        self.position(id).map(|i| &self.entries[i])
+    }
+
+    fn entry_mut(&mut self, id: DestId) -> Option<&mut Entry> {
+        self.position(id).map(|i| &mut self.entries[i])
+    }
+
+    /// The destination `id` names, or `None` if it is gone.
     pub fn destination(&self, id: DestId) -> Option<&Destination> {
-        self.destinations.get(id.0)
+        self.entry(id).map(|e| &e.dest)
     }
 
     /// The addresses `id` is reached at, in the order to try them: its own, or
     /// what the last lookup of its name returned (empty: none known).
     pub fn addresses(&self, id: DestId) -> &[SocketAddr] {
-        self.addresses.get(id.0).map_or(&[], Vec::as_slice)
+        self.entry(id).map_or(&[], |e| e.addresses.as_slice())
     }
 
     /// Takes the result of looking up `id`'s host name at `now` (OPT-11): new
@@ -270,10 +371,10 @@ impl Balancer {
         id: DestId,
         result: Result<Vec<IpAddr>, String>,
     ) {
-        let i = id.0;
-        let Some(dest) = self.destinations.get(i).cloned() else {
+        let Some(entry) = self.entry_mut(id) else {
             return;
         };
+        let dest = entry.dest.clone();
         let found: Result<Vec<SocketAddr>, String> = result.and_then(|ips| {
             let mut addrs: Vec<SocketAddr> = Vec::with_capacity(ips.len());
             for ip in ips {
@@ -293,18 +394,20 @@ impl Balancer {
                 // addresses in another order (DNS round robin) change nothing but
                 // the order they are tried in. Only a new set of addresses, or the
                 // first one found, earns a fresh chance.
-                let known = &self.addresses[i];
+                let known = &entry.addresses;
                 let same_set =
                     addrs.len() == known.len() && addrs.iter().all(|a| known.contains(a));
                 if !same_set {
                     let list: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+                    entry.health = Health::Healthy;
                     self.events.push_back(SelectEvent::Resolved {
                         dest,
                         addresses: list.join(" "),
                     });
-                    self.health[i] = Health::Healthy;
                 }
-                self.addresses[i] = addrs;
+                if let Some(entry) = self.entry_mut(id) {
+                    entry.addresses = addrs;
+                }
             }
             Err(e) => {
                 self.handle_connect_failed(now, id, &format!("cannot resolve {}: {e}", dest.host));
@@ -315,13 +418,13 @@ impl Balancer {
     /// When `id`'s current outage began (`None`: it is not reported down): for the
     /// state dump, which says how long a destination has been out.
     pub fn down_since(&self, id: DestId) -> Option<Instant> {
-        self.down_since.get(id.0).copied().flatten()
+        self.entry(id).and_then(|e| e.down_since)
     }
 
     /// The recorded health of `id` (an unhealthy one whose `-r` time has passed is
     /// still reported unhealthy until a client tries it).
     pub fn health(&self, id: DestId) -> Option<Health> {
-        self.health.get(id.0).copied()
+        self.entry(id).map(|e| e.health)
     }
 
     /// The number of clients in the sticky table right now (expired entries that no
@@ -334,19 +437,41 @@ impl Balancer {
     pub fn plan(&self, client: IpAddr) -> AttemptPlan {
         AttemptPlan {
             client: canonical_ip(client),
-            tried: vec![false; self.destinations.len()],
-            attempts: 0,
+            tried: Vec::new(),
         }
     }
 
+    /// True when position `i` may take a new client at `now`: not draining
+    /// (OPT-16), and healthy or past its `-r` time (CONN-3).
     fn eligible(&self, i: usize, now: Instant) -> bool {
-        match self.health[i] {
-            Health::Healthy => true,
-            Health::Unhealthy { since } => match self.policy.retry {
-                Some(retry) => now.saturating_duration_since(since) >= retry,
-                None => false,
-            },
-        }
+        let e = &self.entries[i];
+        !e.draining()
+            && match e.health {
+                Health::Healthy => true,
+                Health::Unhealthy { since } => match self.policy.retry {
+                    Some(retry) => now.saturating_duration_since(since) >= retry,
+                    None => false,
+                },
+            }
+    }
+
+    /// True when position `i` may be given to `plan`'s client now.
+    fn open_to(&self, i: usize, plan: &AttemptPlan, now: Instant) -> bool {
+        !plan.has_tried(self.entries[i].id) && self.eligible(i, now)
+    }
+
+    /// When no destination is eligible at all (every one that takes clients is
+    /// unhealthy), all are marked healthy again (CONN-2) and the first untried
+    /// one that takes clients is returned; `None` when none takes clients or
+    /// the client has tried them all.
+    fn reset_all(&mut self, plan: &AttemptPlan) -> Option<usize> {
+        let untried = |e: &Entry| !plan.has_tried(e.id) && !e.draining();
+        let i = self.entries.iter().position(untried)?;
+        self.entries
+            .iter_mut()
+            .for_each(|e| e.health = Health::Healthy);
+        self.events.push_back(SelectEvent::AllReset);
+        Some(i)
     }
 
     /// Chooses the destination this client should try next, or `None` when it has
@@ -356,12 +481,20 @@ impl Balancer {
     /// [`Balancer::handle_connect_failed`] for that plan. The first attempt of a
     /// known sticky client goes to its destination if that is still eligible;
     /// otherwise destinations rotate (or `-o` takes the first), skipping unhealthy
-    /// ones and ones this client tried. When no destination at all is eligible,
-    /// every one is marked healthy again and the first untried one is used, with
-    /// rotation continuing after it (CONN-2).
+    /// ones, draining ones and ones this client tried. With weights (OPT-16) the
+    /// rotation is smooth weighted round robin. When no destination at all is
+    /// eligible, every one is marked healthy again and the first untried one is
+    /// used, with rotation continuing after it (CONN-2). When every destination
+    /// is draining, none is chosen.
     pub fn next_attempt(&mut self, now: Instant, plan: &mut AttemptPlan) -> Option<DestId> {
-        let n = self.destinations.len();
-        if n == 0 || plan.attempts >= n || plan.tried.len() != n {
+        let n = self.entries.len();
+        if n == 0 || plan.attempts() >= n {
+            return None;
+        }
+        if self.entries.iter().all(Entry::draining) {
+            if plan.attempts() == 0 {
+                self.events.push_back(SelectEvent::AllDraining);
+            }
             return None;
         }
         if self.policy.hash {
@@ -372,27 +505,27 @@ impl Balancer {
             self.sticky.purge(now, policy.timeout);
         }
         let remembered = match sticky {
-            Some(_) if plan.attempts == 0 => self.sticky.lookup(plan.client),
+            Some(_) if plan.attempts() == 0 => self.sticky.lookup(plan.client),
             _ => None,
         };
-        let chosen = match remembered {
-            Some(DestId(i)) if i < n && self.eligible(i, now) => i,
+        let chosen = match remembered.and_then(|id| self.position(id)) {
+            Some(i) if self.eligible(i, now) => i,
             _ => {
-                let start = match self.policy.order {
-                    Order::RoundRobin => self.cursor % n,
-                    Order::FirstHealthy => 0,
+                let weighted = self.entries.iter().any(|e| e.weight() != 1);
+                let found = match self.policy.order {
+                    Order::RoundRobin if weighted => self.smooth_pick(now, plan),
+                    Order::RoundRobin => {
+                        let start = self.cursor % n;
+                        (0..n)
+                            .map(|k| (start + k) % n)
+                            .find(|&i| self.open_to(i, plan, now))
+                    }
+                    Order::FirstHealthy => (0..n).find(|&i| self.open_to(i, plan, now)),
                 };
-                let found = (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| !plan.tried[i] && self.eligible(i, now));
                 let i = match found {
                     Some(i) => i,
                     None if (0..n).any(|i| self.eligible(i, now)) => return None,
-                    None => {
-                        self.health.iter_mut().for_each(|h| *h = Health::Healthy);
-                        self.events.push_back(SelectEvent::AllReset);
-                        (0..n).find(|&i| !plan.tried[i])?
-                    }
+                    None => self.reset_all(plan)?,
                 };
                 if self.policy.order == Order::RoundRobin {
                     self.cursor = (i + 1) % n;
@@ -400,17 +533,9 @@ impl Balancer {
                 i
             }
         };
-        if let Health::Unhealthy { .. } = self.health[chosen] {
-            self.health[chosen] = Health::Healthy;
-            if let Some(dest) = self.destinations.get(chosen).cloned() {
-                self.events.push_back(SelectEvent::Retrying { dest });
-            }
-        }
+        let id = self.take(chosen, plan);
         if let Some(policy) = sticky {
-            if self
-                .sticky
-                .record(plan.client, DestId(chosen), now, policy.capacity)
-            {
+            if self.sticky.record(plan.client, id, now, policy.capacity) {
                 if self.sticky.entries.len() < policy.capacity {
                     self.sticky.full_reported = false;
                 }
@@ -421,44 +546,82 @@ impl Balancer {
                 });
             }
         }
-        plan.tried[chosen] = true;
-        plan.attempts += 1;
-        Some(DestId(chosen))
+        Some(id)
+    }
+
+    /// Smooth weighted round robin (OPT-16, as nginx does it): every candidate's
+    /// score grows by its weight, the highest is chosen (the first on a tie) and
+    /// drops by the candidates' total weight. Over any W choices with the same
+    /// candidates (W their total weight) each is chosen its weight times, spread.
+    fn smooth_pick(&mut self, now: Instant, plan: &AttemptPlan) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.open_to(i, plan, now))
+            .collect();
+        let total: i64 = candidates.iter().map(|&i| self.entries[i].weight()).sum();
+        let mut best: Option<usize> = None;
+        for &i in &candidates {
+            let e = &mut self.entries[i];
+            e.current += e.weight();
+            if best.is_none_or(|b| self.entries[i].current > self.entries[b].current) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            self.entries[b].current -= total;
+        }
+        best
+    }
+
+    /// Gives position `i` to `plan`'s client: a destination out of rotation whose
+    /// `-r` time has passed is being retried.
+    fn take(&mut self, i: usize, plan: &mut AttemptPlan) -> DestId {
+        let e = &mut self.entries[i];
+        if let Health::Unhealthy { .. } = e.health {
+            e.health = Health::Healthy;
+            let dest = e.dest.clone();
+            self.events.push_back(SelectEvent::Retrying { dest });
+        }
+        let id = self.entries[i].id;
+        plan.tried.push(id);
+        id
     }
 
     /// `--hash` (OPT-12): the untried eligible destination with the highest
-    /// rendezvous weight for this client; when none at all is eligible, every one
-    /// is marked healthy again first (CONN-2), as in rotation.
+    /// rendezvous score for this client, weighted (OPT-16); when none at all is
+    /// eligible, every one is marked healthy again first (CONN-2), as in rotation.
     fn next_by_weight(&mut self, now: Instant, plan: &mut AttemptPlan) -> Option<DestId> {
-        let n = self.destinations.len();
+        let n = self.entries.len();
         let best = |b: &Self, eligible_only: bool| {
             (0..n)
-                .filter(|&i| !plan.tried[i] && (!eligible_only || b.eligible(i, now)))
+                .filter(|&i| {
+                    let e = &b.entries[i];
+                    !plan.has_tried(e.id) && !e.draining() && (!eligible_only || b.eligible(i, now))
+                })
                 // Ties (never seen) go by the text, so the list order never matters.
                 .max_by(|&x, &y| {
-                    let w = |i: usize| rendezvous::weight_with(b.keys[i], plan.client);
-                    w(x).cmp(&w(y))
-                        .then_with(|| b.destinations[x].cmp(&b.destinations[y]))
+                    let score = |i: usize| {
+                        let e = &b.entries[i];
+                        let hash = rendezvous::weight_with(e.key, plan.client);
+                        (
+                            rendezvous::weighted_score(hash, e.dest.attributes.weight),
+                            hash,
+                        )
+                    };
+                    let ((sx, hx), (sy, hy)) = (score(x), score(y));
+                    sx.total_cmp(&sy)
+                        .then(hx.cmp(&hy))
+                        .then_with(|| b.entries[x].dest.cmp(&b.entries[y].dest))
                 })
         };
         let chosen = match best(self, true) {
             Some(i) => i,
             None if (0..n).any(|i| self.eligible(i, now)) => return None,
             None => {
-                self.health.iter_mut().for_each(|h| *h = Health::Healthy);
-                self.events.push_back(SelectEvent::AllReset);
+                self.reset_all(plan)?;
                 best(self, false)?
             }
         };
-        if let Health::Unhealthy { .. } = self.health[chosen] {
-            self.health[chosen] = Health::Healthy;
-            if let Some(dest) = self.destinations.get(chosen).cloned() {
-                self.events.push_back(SelectEvent::Retrying { dest });
-            }
-        }
-        plan.tried[chosen] = true;
-        plan.attempts += 1;
-        Some(DestId(chosen))
+        Some(self.take(chosen, plan))
     }
 
     /// Records that a connect to `dest` (or its CONNECT exchange) failed at `now`
@@ -466,17 +629,16 @@ impl Balancer {
     /// destination has failed (CONN-3). The first failure of an outage is
     /// reported as [`SelectEvent::Down`].
     pub fn handle_connect_failed(&mut self, now: Instant, dest: DestId, reason: &str) {
-        let i = dest.0;
-        let Some(h) = self.health.get_mut(i) else {
+        let Some(e) = self.entry_mut(dest) else {
             return;
         };
-        *h = Health::Unhealthy { since: now };
-        if let (Some(up @ true), Some(d)) = (self.reported_up.get_mut(i), self.destinations.get(i))
-        {
-            *up = false;
-            self.down_since[i] = Some(now);
+        e.health = Health::Unhealthy { since: now };
+        if e.reported_up {
+            e.reported_up = false;
+            e.down_since = Some(now);
+            let dest = e.dest.clone();
             self.events.push_back(SelectEvent::Down {
-                dest: d.clone(),
+                dest,
                 reason: reason.to_string(),
             });
         }
@@ -485,15 +647,15 @@ impl Balancer {
     /// Records that a connection to `dest` was established: it is healthy, and
     /// if it was reported down, [`SelectEvent::Up`] says it is back.
     pub fn handle_connected(&mut self, _now: Instant, dest: DestId) {
-        let i = dest.0;
-        if let Some(h) = self.health.get_mut(i) {
-            *h = Health::Healthy;
-        }
-        if let (Some(up @ false), Some(d)) = (self.reported_up.get_mut(i), self.destinations.get(i))
-        {
-            *up = true;
-            self.down_since[i] = None;
-            self.events.push_back(SelectEvent::Up { dest: d.clone() });
+        let Some(e) = self.entry_mut(dest) else {
+            return;
+        };
+        e.health = Health::Healthy;
+        if !e.reported_up {
+            e.reported_up = true;
+            e.down_since = None;
+            let dest = e.dest.clone();
+            self.events.push_back(SelectEvent::Up { dest });
         }
     }
 
@@ -510,7 +672,10 @@ impl SelectEvent {
     pub fn log_record(&self) -> LogRecord {
         let text = self.to_string();
         match self {
-            SelectEvent::Down { .. } | SelectEvent::Up { .. } | SelectEvent::AllReset => {
+            SelectEvent::Down { .. }
+            | SelectEvent::Up { .. }
+            | SelectEvent::AllReset
+            | SelectEvent::AllDraining => {
                 LogRecord::limited(LogKind::Health, LogLevel::Notice, text)
             }
             SelectEvent::StickyTableFull { .. } | SelectEvent::Resolved { .. } => {
@@ -533,6 +698,9 @@ impl fmt::Display for SelectEvent {
             SelectEvent::AllReset => {
                 f.write_str("all destinations are down; trying every one again")
             }
+            SelectEvent::AllDraining => {
+                f.write_str("all destinations are draining; closing new clients")
+            }
             SelectEvent::StickyTableFull { capacity } => {
                 write!(
                     f,
@@ -553,9 +721,11 @@ mod tests {
 
     fn dests(n: usize) -> Vec<Destination> {
         (0..n)
-            .map(|i| Destination {
-                host: Host::Ip(format!("127.0.0.{}", i + 10).parse().unwrap()),
-                port: 9000,
+            .map(|i| {
+                Destination::new(
+                    Host::Ip(format!("127.0.0.{}", i + 10).parse().unwrap()),
+                    9000,
+                )
             })
             .collect()
     }
@@ -1126,5 +1296,196 @@ mod tests {
         assert_eq!(pick(&mut b, now, c), Some(by_weight[0]));
         assert_eq!(b.poll_event(), Some(SelectEvent::AllReset));
         assert_eq!(b.sticky_len(), 0, "no table with --hash");
+    }
+
+    fn words(list: &[&str]) -> Vec<Destination> {
+        list.iter()
+            .map(|w| Destination::parse(w, 9000, false).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_weight_of_two_gives_a_b_a_not_a_a_b_opt_16() {
+        let now = t0();
+        let mut b = Balancer::new(
+            words(&["10.0.0.1,weight=2", "10.0.0.2"]),
+            SelectPolicy::default(),
+        );
+        let picks: Vec<_> = (0..9)
+            .map(|k| pick(&mut b, now, client(k)).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 0, 0, 1, 0, 0, 1, 0]);
+    }
+
+    proptest! {
+        /// OPT-16: with no change of health, every run of W consecutive choices
+        /// (W the total weight) gives each destination exactly its weight.
+        #[test]
+        fn every_run_of_w_choices_follows_the_weights_opt_16(
+            weights in proptest::collection::vec(1u32..8, 1..5),
+            skip in 0usize..20,
+        ) {
+            let now = t0();
+            let list: Vec<String> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| format!("10.0.0.{}:80,weight={w}", i + 1))
+                .collect();
+            let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+            let mut b = Balancer::new(words(&refs), SelectPolicy::default());
+            let total: u32 = weights.iter().sum();
+            let picks: Vec<usize> = (0..skip + 3 * total as usize)
+                .map(|k| pick(&mut b, now, client((k % 250) as u8)).unwrap())
+                .collect();
+            for run in picks[skip..].windows(total as usize) {
+                for (i, &w) in weights.iter().enumerate() {
+                    let times = run.iter().filter(|&&p| p == i).count();
+                    prop_assert_eq!(times, w as usize, "destination {} in {:?}", i, run);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_draining_destination_takes_no_new_client_opt_16() {
+        let now = t0();
+        let policy = SelectPolicy {
+            sticky: Some(StickyPolicy {
+                timeout: Duration::from_secs(60),
+                capacity: 100,
+            }),
+            ..SelectPolicy::default()
+        };
+        let mut b = Balancer::new(words(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), policy);
+        // Client 1 sticks to the first destination.
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        b.reconfigure(words(&["10.0.0.1,drain", "10.0.0.2", "10.0.0.3"]), policy);
+        let picks: Vec<_> = (2..8)
+            .map(|k| pick(&mut b, now, client(k)).unwrap())
+            .collect();
+        assert!(!picks.contains(&0), "{picks:?}");
+        assert_ne!(
+            pick(&mut b, now, client(1)),
+            Some(0),
+            "its sticky client is re-assigned"
+        );
+        // Every one draining: nobody is chosen, and the log says why, once per client.
+        b.reconfigure(words(&["10.0.0.1,drain", "10.0.0.2,drain"]), policy);
+        while b.poll_event().is_some() {}
+        assert_eq!(pick(&mut b, now, client(9)), None);
+        assert_eq!(b.poll_event(), Some(SelectEvent::AllDraining));
+        assert_eq!(b.poll_event(), None);
+    }
+
+    #[test]
+    fn draining_ones_are_not_brought_back_by_the_all_down_reset_conn_2_opt_16() {
+        let now = t0();
+        let mut b = Balancer::new(
+            words(&["10.0.0.1,drain", "10.0.0.2", "10.0.0.3"]),
+            SelectPolicy::default(),
+        );
+        b.handle_connect_failed(now, DestId(1), "refused");
+        b.handle_connect_failed(now, DestId(2), "refused");
+        let mut plan = b.plan(client(1));
+        let mut given = vec![];
+        while let Some(id) = b.next_attempt(now, &mut plan) {
+            given.push(id.index());
+            b.handle_connect_failed(now, id, "refused");
+        }
+        given.sort_unstable();
+        assert_eq!(given, [1, 2], "each one that takes clients, once");
+    }
+
+    #[test]
+    fn weighted_hash_shares_follow_the_weights_and_only_a_removed_ones_clients_move_opt_16() {
+        let now = t0();
+        let policy = SelectPolicy {
+            sticky: Some(StickyPolicy {
+                timeout: Duration::from_secs(60),
+                capacity: 100,
+            }),
+            hash: true,
+            ..SelectPolicy::default()
+        };
+        let all = words(&[
+            "10.0.0.1,weight=1",
+            "10.0.0.2,weight=3",
+            "10.0.0.3,weight=4",
+        ]);
+        let mut b = Balancer::new(all.clone(), policy);
+        let clients: Vec<IpAddr> = (0..4000u32)
+            .map(|k| IpAddr::from([172, 16, (k >> 8) as u8, k as u8]))
+            .collect();
+        let first: Vec<usize> = clients
+            .iter()
+            .map(|&c| pick(&mut b, now, c).unwrap())
+            .collect();
+        for (i, w) in [1.0, 3.0, 4.0].into_iter().enumerate() {
+            let share = first.iter().filter(|&&p| p == i).count() as f64 / 4000.0;
+            let expected = w / 8.0;
+            assert!(
+                (share - expected).abs() < 0.03,
+                "{i}: {share} vs {expected}"
+            );
+        }
+        // The second destination leaves: only its clients move.
+        let mut c = Balancer::new(vec![all[0].clone(), all[2].clone()], policy);
+        for (k, &cl) in clients.iter().enumerate() {
+            let now_at = pick(&mut c, now, cl).unwrap();
+            let was = first[k];
+            if was != 1 {
+                assert_eq!([0, 2][now_at], was, "client {cl} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn a_reload_keeps_what_is_known_of_a_destination_that_stays_opt_15() {
+        let now = t0();
+        let policy = SelectPolicy {
+            sticky: Some(StickyPolicy {
+                timeout: Duration::from_secs(60),
+                capacity: 100,
+            }),
+            ..SelectPolicy::default()
+        };
+        let mut b = Balancer::new(words(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), policy);
+        assert_eq!(pick(&mut b, now, client(1)), Some(0));
+        assert_eq!(pick(&mut b, now, client(2)), Some(1));
+        assert_eq!(pick(&mut b, now, client(3)), Some(2));
+        b.handle_connect_failed(now, DestId(2), "refused");
+        while b.poll_event().is_some() {}
+        // Reordered, one gone, one new, one with a weight now.
+        b.reconfigure(
+            words(&["10.0.0.3,weight=2", "10.0.0.4", "10.0.0.1"]),
+            policy,
+        );
+        let ids: Vec<DestId> = b.ids().collect();
+        assert_eq!(ids[0], DestId(2), "the same destination, the same identity");
+        assert_eq!(ids[2], DestId(0));
+        assert!(
+            !ids.contains(&DestId(1)),
+            "a gone destination's identity is not reused"
+        );
+        assert!(
+            !matches!(b.health(DestId(2)), Some(Health::Healthy)),
+            "still down"
+        );
+        assert_eq!(b.down_since(DestId(2)), Some(now));
+        assert_eq!(
+            b.health(ids[1]),
+            Some(Health::Healthy),
+            "a new one starts healthy"
+        );
+        assert_eq!(b.destination(DestId(1)), None);
+        assert_eq!(
+            b.sticky_len(),
+            2,
+            "the gone destination's client is forgotten"
+        );
+        // Client 1 is still sent to 10.0.0.1, wherever it is listed now.
+        let mut plan = b.plan(client(1));
+        assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(0)));
+        assert_eq!(b.poll_event(), None);
     }
 }

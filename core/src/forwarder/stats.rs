@@ -1,5 +1,6 @@
 //! The counters behind the SIGUSR1 state dump (OPT-6) and the text of its lines.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::connection::relay::RelayOutcome;
@@ -76,8 +77,9 @@ impl RefusedStats {
 /// Connection counts of one listener, overall and per destination.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
-    /// Per destination, in command-line order.
-    pub destinations: Vec<DestinationStats>,
+    /// Per destination, by identity: a reload keeps a staying destination's
+    /// counts (OPT-15) whatever its new place.
+    pub destinations: BTreeMap<DestId, DestinationStats>,
     /// Clients admitted.
     pub accepted: u64,
     /// Clients refused.
@@ -89,12 +91,29 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// Creates zeroed counters for `destinations` destinations.
+    /// Creates zeroed counters for `destinations` destinations, identified by
+    /// their positions (as [`Balancer::new`] identifies them).
     pub fn new(destinations: usize) -> Self {
         Stats {
-            destinations: vec![DestinationStats::default(); destinations],
+            destinations: (0..destinations)
+                .map(|i| (DestId(i), DestinationStats::default()))
+                .collect(),
             ..Stats::default()
         }
+    }
+
+    /// After a reload (OPT-15): counters for the destinations `ids` names, the
+    /// ones that stayed keeping theirs.
+    pub fn reconfigure(&mut self, ids: impl Iterator<Item = DestId>) {
+        let mut old = std::mem::take(&mut self.destinations);
+        self.destinations = ids
+            .map(|id| (id, old.remove(&id).unwrap_or_default()))
+            .collect();
+    }
+
+    /// The counts of `id` (zero for one not known).
+    pub fn of(&self, id: DestId) -> DestinationStats {
+        self.destinations.get(&id).copied().unwrap_or_default()
     }
 
     /// Counts a client that was admitted. The open count is not kept here: the
@@ -114,14 +133,14 @@ impl Stats {
 
     /// Counts a connect to `dest` that failed for a client (not a health check).
     pub fn handle_connect_failed(&mut self, dest: DestId) {
-        if let Some(d) = self.destinations.get_mut(dest.index()) {
+        if let Some(d) = self.destinations.get_mut(&dest) {
             d.connect_failures += 1;
         }
     }
 
     /// Counts a connection that reached `dest`.
     pub fn handle_established(&mut self, dest: DestId) {
-        if let Some(d) = self.destinations.get_mut(dest.index()) {
+        if let Some(d) = self.destinations.get_mut(&dest) {
             d.open += 1;
             d.total += 1;
         }
@@ -136,7 +155,7 @@ impl Stats {
         outcome: Option<&RelayOutcome>,
         duration: Duration,
     ) {
-        match reached.and_then(|r| self.destinations.get_mut(r.index())) {
+        match reached.and_then(|r| self.destinations.get_mut(&r)) {
             Some(d) => {
                 d.open = d.open.saturating_sub(1);
                 if let Some(o) = outcome {
@@ -150,19 +169,19 @@ impl Stats {
     }
 
     /// The dump's lines at `now` with `open` connections open: one per destination,
-    /// `destination ADDR:PORT healthy|unhealthy[ since SECONDS] open N total N in N out N`,
-    /// then `summary open N accepted N refused N failed N`.
+    /// `destination ADDR:PORT healthy|unhealthy[ since SECONDS][ draining] open N
+    /// total N in N out N`, then `summary open N accepted N refused N failed N`.
     pub fn report(&self, now: Instant, balancer: &Balancer, open: usize) -> Vec<String> {
         let mut lines: Vec<String> = balancer
             .destinations()
             .iter()
-            .enumerate()
-            .map(|(i, dest)| {
-                let d = self.destinations.get(i).copied().unwrap_or_default();
-                let health = match balancer.health(DestId(i)) {
+            .zip(balancer.ids())
+            .map(|(dest, id)| {
+                let d = self.of(id);
+                let health = match balancer.health(id) {
                     Some(Health::Unhealthy { since }) => {
                         // Since the outage began, not the last failed retry or probe.
-                        let began = balancer.down_since(DestId(i)).unwrap_or(since);
+                        let began = balancer.down_since(id).unwrap_or(since);
                         format!(
                             "unhealthy since {}",
                             now.saturating_duration_since(began).as_secs()
@@ -170,8 +189,13 @@ impl Stats {
                     }
                     _ => "healthy".to_string(),
                 };
+                let draining = if dest.attributes.drain {
+                    " draining"
+                } else {
+                    ""
+                };
                 format!(
-                    "destination {dest} {health} open {} total {} in {} out {}",
+                    "destination {dest} {health}{draining} open {} total {} in {} out {}",
                     d.open, d.total, d.from_client, d.from_destination
                 )
             })

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::forwarder::select::Health;
+use crate::forwarder::select::{DestId, Health};
 use crate::forwarder::stats::{Stats, DURATION_BUCKETS};
 
 /// The largest request head accepted; a longer one is answered 400.
@@ -40,6 +40,8 @@ pub struct DestinationMetrics {
     pub name: String,
     /// Healthy (in rotation) now.
     pub up: bool,
+    /// `,drain` (OPT-16): takes no new clients.
+    pub draining: bool,
     /// Connections that reached it.
     pub connections: u64,
     /// Connects that failed for a client.
@@ -62,23 +64,23 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Copies the counts of `stats`, with each destination's name and health
-    /// (`health(i)`), and `open` connections.
+    /// Copies the counts of `stats` and `open` connections, with each
+    /// destination's name, identity, health and whether it drains, in order.
     pub fn new(
         stats: &Stats,
-        names: impl Iterator<Item = String>,
-        health: impl Fn(usize) -> Option<Health>,
+        destinations_in_order: impl Iterator<Item = (String, DestId, Option<Health>, bool)>,
         open: usize,
     ) -> Self {
         // A destination listed twice (2.5.5's way of weighting it) is one series,
         // its counts summed: Prometheus rejects a scrape with duplicate series.
         let mut destinations: Vec<DestinationMetrics> = Vec::new();
-        for (i, name) in names.enumerate() {
-            let d = stats.destinations.get(i).copied().unwrap_or_default();
-            let up = matches!(health(i), Some(Health::Healthy));
+        for (name, id, health, draining) in destinations_in_order {
+            let d = stats.of(id);
+            let up = matches!(health, Some(Health::Healthy));
             match destinations.iter_mut().find(|m| m.name == name) {
                 Some(m) => {
                     m.up |= up;
+                    m.draining &= draining;
                     m.connections += d.total;
                     m.connect_failures += d.connect_failures;
                     m.bytes_in += d.from_client;
@@ -87,6 +89,7 @@ impl Metrics {
                 None => destinations.push(DestinationMetrics {
                     name,
                     up,
+                    draining,
                     connections: d.total,
                     connect_failures: d.connect_failures,
                     bytes_in: d.from_client,
@@ -103,125 +106,187 @@ impl Metrics {
 
     /// The text exposition (format 0.0.4) of these metrics.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048 + 512 * self.destinations.len());
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        let s = &self.stats;
-        family(
-            &mut out,
+        render(&[(None, self)])
+    }
+}
+
+/// The text exposition (format 0.0.4) of every listener's metrics: each
+/// family once, with a series per listener, labelled `listener="ADDR:PORT"`
+/// when there is a label (`--config`, OPT-13).
+pub fn render(listeners: &[(Option<&str>, &Metrics)]) -> String {
+    let dests: usize = listeners.iter().map(|(_, m)| m.destinations.len()).sum();
+    let mut out = String::with_capacity(2048 * listeners.len().max(1) + 512 * dests);
+    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    // The listener label, then the given ones: `{listener="…",reason="rules"}`.
+    let labels = |listener: Option<&str>, rest: &str| -> String {
+        let mut parts = Vec::with_capacity(2);
+        if let Some(l) = listener {
+            parts.push(format!("listener=\"{}\"", escape(l)));
+        }
+        if !rest.is_empty() {
+            parts.push(rest.to_string());
+        }
+        match parts.is_empty() {
+            true => String::new(),
+            false => format!("{{{}}}", parts.join(",")),
+        }
+    };
+    type Total = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&Metrics) -> u64,
+    );
+    let totals: [Total; 2] = [
+        (
             "plug_connections_accepted_total",
             "counter",
             "Clients admitted.",
-        );
-        let _ = writeln!(out, "plug_connections_accepted_total {}", s.accepted);
-        family(
-            &mut out,
+            |m| m.stats.accepted,
+        ),
+        (
             "plug_connections_refused_total",
             "counter",
             "Clients closed at once, by reason.",
-        );
-        for (reason, n) in [
-            ("rules", s.refused.rules),
-            ("max_conns", s.refused.max_conns),
-            ("max_conns_per_ip", s.refused.max_conns_per_ip),
-        ] {
-            let _ = writeln!(
-                out,
-                "plug_connections_refused_total{{reason=\"{reason}\"}} {n}"
-            );
+            |_| 0,
+        ),
+    ];
+    for (name, kind, help, value) in totals {
+        family(&mut out, name, kind, help);
+        for &(l, m) in listeners {
+            if name == "plug_connections_refused_total" {
+                let r = &m.stats.refused;
+                for (reason, n) in [
+                    ("rules", r.rules),
+                    ("max_conns", r.max_conns),
+                    ("max_conns_per_ip", r.max_conns_per_ip),
+                ] {
+                    let set = labels(l, &format!("reason=\"{reason}\""));
+                    let _ = writeln!(out, "{name}{set} {n}");
+                }
+            } else {
+                let _ = writeln!(out, "{name}{} {}", labels(l, ""), value(m));
+            }
         }
-        family(
-            &mut out,
+    }
+    let plain: [Total; 2] = [
+        (
             "plug_connections_failed_total",
             "counter",
             "Admitted clients that reached no destination.",
-        );
-        let _ = writeln!(out, "plug_connections_failed_total {}", s.failed);
-        family(
-            &mut out,
+            |m| m.stats.failed,
+        ),
+        (
             "plug_connections_open",
             "gauge",
             "Connections open now.",
-        );
-        let _ = writeln!(out, "plug_connections_open {}", self.open);
-        type Family = (
-            &'static str,
-            &'static str,
-            &'static str,
-            fn(&DestinationMetrics) -> u64,
-        );
-        let per_dest: [Family; 3] = [
-            (
-                "plug_destination_up",
-                "gauge",
-                "1 while the destination is in rotation, 0 while it is out.",
-                |d| u64::from(d.up),
-            ),
-            (
-                "plug_destination_connections_total",
-                "counter",
-                "Connections that reached the destination.",
-                |d| d.connections,
-            ),
-            (
-                "plug_destination_connect_failures_total",
-                "counter",
-                "Connects to the destination that failed for a client.",
-                |d| d.connect_failures,
-            ),
-        ];
-        for (name, kind, help, value) in per_dest {
-            family(&mut out, name, kind, help);
-            for d in &self.destinations {
-                let label = escape(&d.name);
-                let _ = writeln!(out, "{name}{{destination=\"{label}\"}} {}", value(d));
+            |m| u64::try_from(m.open).unwrap_or(u64::MAX),
+        ),
+    ];
+    for (name, kind, help, value) in plain {
+        family(&mut out, name, kind, help);
+        for &(l, m) in listeners {
+            let _ = writeln!(out, "{name}{} {}", labels(l, ""), value(m));
+        }
+    }
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&DestinationMetrics) -> u64,
+    );
+    let per_dest: [Family; 4] = [
+        (
+            "plug_destination_up",
+            "gauge",
+            "1 while the destination is in rotation, 0 while it is out.",
+            |d| u64::from(d.up),
+        ),
+        (
+            "plug_destination_draining",
+            "gauge",
+            "1 while the destination is draining (,drain): it takes no new clients.",
+            |d| u64::from(d.draining),
+        ),
+        (
+            "plug_destination_connections_total",
+            "counter",
+            "Connections that reached the destination.",
+            |d| d.connections,
+        ),
+        (
+            "plug_destination_connect_failures_total",
+            "counter",
+            "Connects to the destination that failed for a client.",
+            |d| d.connect_failures,
+        ),
+    ];
+    for (name, kind, help, value) in per_dest {
+        family(&mut out, name, kind, help);
+        for &(l, m) in listeners {
+            for d in &m.destinations {
+                let set = labels(l, &format!("destination=\"{}\"", escape(&d.name)));
+                let _ = writeln!(out, "{name}{set} {}", value(d));
             }
         }
-        family(
-            &mut out,
-            "plug_bytes_total",
-            "counter",
-            "Bytes relayed by closed connections: in from clients, out from destinations.",
-        );
-        for d in &self.destinations {
+    }
+    family(
+        &mut out,
+        "plug_bytes_total",
+        "counter",
+        "Bytes relayed by closed connections: in from clients, out from destinations.",
+    );
+    for &(l, m) in listeners {
+        for d in &m.destinations {
             let label = escape(&d.name);
             for (direction, n) in [("in", d.bytes_in), ("out", d.bytes_out)] {
-                let _ = writeln!(
-                    out,
-                    "plug_bytes_total{{destination=\"{label}\",direction=\"{direction}\"}} {n}"
+                let set = labels(
+                    l,
+                    &format!("destination=\"{label}\",direction=\"{direction}\""),
                 );
+                let _ = writeln!(out, "plug_bytes_total{set} {n}");
             }
         }
-        let h = &s.durations;
-        family(
-            &mut out,
-            "plug_connection_duration_seconds",
-            "histogram",
-            "From accept to close, of connections that reached a destination.",
-        );
+    }
+    family(
+        &mut out,
+        "plug_connection_duration_seconds",
+        "histogram",
+        "From accept to close, of connections that reached a destination.",
+    );
+    for &(l, m) in listeners {
+        let h = &m.stats.durations;
         let mut cumulative = 0;
         for (bound, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
             cumulative += n;
+            let set = labels(l, &format!("le=\"{bound}\""));
             let _ = writeln!(
                 out,
-                "plug_connection_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+                "plug_connection_duration_seconds_bucket{set} {cumulative}"
             );
         }
+        let set = labels(l, "le=\"+Inf\"");
         let _ = writeln!(
             out,
-            "plug_connection_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            "plug_connection_duration_seconds_bucket{set} {}",
             h.count
         );
         let secs = h.sum_micros / 1_000_000;
         let micros = h.sum_micros % 1_000_000;
+        let plain = labels(l, "");
         let _ = writeln!(
             out,
-            "plug_connection_duration_seconds_sum {secs}.{micros:06}"
+            "plug_connection_duration_seconds_sum{plain} {secs}.{micros:06}"
         );
-        let _ = writeln!(out, "plug_connection_duration_seconds_count {}", h.count);
-        out
+        let _ = writeln!(
+            out,
+            "plug_connection_duration_seconds_count{plain} {}",
+            h.count
+        );
     }
+    out
 }
 
 /// A label value as the exposition format wants it: `\`, `"` and newline escaped.
@@ -715,7 +780,11 @@ mod tests {
                 _ => Health::Unhealthy { since: t0() },
             })
         };
-        let text = Metrics::new(&stats, names.into_iter(), health, 0).render();
+        let each = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, DestId(i), health(i), false));
+        let text = Metrics::new(&stats, each, 0).render();
         let series: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -855,7 +924,11 @@ mod tests {
                 _ => Health::Unhealthy { since: t0() },
             })
         };
-        let text = Metrics::new(&stats, names.into_iter(), health, 0).render();
+        let each = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, DestId(i), health(i), false));
+        let text = Metrics::new(&stats, each, 0).render();
         for line in [
             "# TYPE plug_connections_accepted_total counter",
             "plug_connections_accepted_total 2",
