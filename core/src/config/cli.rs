@@ -195,6 +195,8 @@ pub struct Config {
     /// `--check` (OPT-14): validate as a start would, say so, and exit; bind,
     /// connect, resolve, write and detach nothing.
     pub check: bool,
+    /// `--config` (OPT-13): the file the listeners came from, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -309,6 +311,80 @@ pub enum Action {
     LongVersion,
     /// `--help`: print [`help`] on stdout and exit 0.
     Help,
+    /// `--config FILE` (OPT-13): read the file, then make its listeners with
+    /// [`crate::config::file::parse`].
+    RunFile(Box<FileStart>),
+}
+
+/// A start with `--config` (OPT-13), before the file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStart {
+    /// The file named by `--config`.
+    pub file: PathBuf,
+    /// `--check`: validate and exit (OPT-14).
+    pub check: bool,
+    /// The command line's options, every line's defaults.
+    pub defaults: Defaults,
+}
+
+/// The options given on the command line, as every line of a `--config` file
+/// starts from them (OPT-13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defaults {
+    opts: Vec<Opt>,
+}
+
+/// Options that belong to the whole process: on a `--config` line they are an
+/// error (OPT-13).
+const PROCESS_WIDE: &[&str] = &[
+    "-n",
+    "-d",
+    "-l",
+    "-P",
+    "--user",
+    "--metrics",
+    "--max-conns",
+    "--drain-timeout",
+    "--config",
+    "--check",
+];
+
+/// Makes the configuration of the listener one `--config` line describes
+/// (`words`: the line split at blanks, comment removed): the command line's
+/// options, overridden by the line's own (its `-a` rules replace the command
+/// line's), then the line's `source dest...` (OPT-13).
+pub fn listener_from_line(defaults: &Defaults, words: &[String]) -> Result<Config, CliError> {
+    let (line_opts, positionals) = match pre_pass(words)? {
+        PrePass::Parsed { opts, positionals } => (opts, positionals),
+        PrePass::Early(_) => {
+            return Err(CliError::new(
+                "-V, --version and --help belong on the command line",
+            ))
+        }
+    };
+    if let Some(o) = line_opts.iter().find(|o| PROCESS_WIDE.contains(&o.key)) {
+        return Err(CliError::new(format!(
+            "option {} applies to the whole process: give it on the command line",
+            o.key
+        )));
+    }
+    let own_rules = line_opts.iter().any(|o| o.key == "-a");
+    let mut opts: Vec<Opt> = defaults
+        .opts
+        .iter()
+        .filter(|o| !(own_rules && o.key == "-a") && o.key != "--config")
+        .cloned()
+        .collect();
+    opts.extend(line_opts);
+    let mut config = assemble(values(opts)?, positionals)?;
+    config.config_file = defaults
+        .opts
+        .iter()
+        .rev()
+        .find(|o| o.key == "--config")
+        .and_then(|o| o.value.clone())
+        .map(PathBuf::from);
+    Ok(config)
 }
 
 /// The usage summary printed after a syntax error.
@@ -348,6 +424,7 @@ dest:         addr[:port] or [v6addr][:port]; the port defaults to the source po
 }
 
 /// One option after the pre-pass: a key pico-args knows and its value, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Opt {
     key: &'static str,
     value: Option<String>,
@@ -395,6 +472,8 @@ const LONG_NAMES: &[&str] = &[
     "resolve",
     "health-check",
     "metrics",
+    "config",
+    "check",
     "hash",
     "help",
     "version",
@@ -443,6 +522,7 @@ fn long_key(name: &str) -> Option<&'static str> {
         "resolve" => Some("--resolve"),
         "health-check" => Some("--health-check"),
         "metrics" => Some("--metrics"),
+        "config" => Some("--config"),
         _ => None,
     }
 }
@@ -654,6 +734,60 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         PrePass::Early(action) => return Ok(action),
         PrePass::Parsed { opts, positionals } => (opts, positionals),
     };
+    if opts.iter().any(|o| o.key == "--config") {
+        // The command line's own values are checked now, once; a line's are
+        // checked with them when the file is read (OPT-13).
+        let v = values(opts.clone())?;
+        if let Some(extra) = positionals.first() {
+            return Err(CliError::new(format!(
+                "unexpected argument '{extra}': with --config the listeners come from the file"
+            )));
+        }
+        let file = v.config_file.unwrap_or_default();
+        return Ok(Action::RunFile(Box::new(FileStart {
+            file,
+            check: v.check,
+            defaults: Defaults { opts },
+        })));
+    }
+    assemble(values(opts)?, positionals).map(|c| Action::Run(Box::new(c)))
+}
+
+/// Every option's value, each checked on its own (CLI-7); what depends on the
+/// source, the destinations or other options is checked by [`assemble`].
+struct Values {
+    pid_file: Option<PathBuf>,
+    session: Option<SessionTarget>,
+    listen: Option<IpAddr>,
+    bind: Option<IpAddr>,
+    rules: Vec<AcceptRule>,
+    proxy: Option<SocketAddr>,
+    sticky_timeout: Option<Duration>,
+    retry: Option<Duration>,
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    resolve: Option<Duration>,
+    health_check: Option<Duration>,
+    metrics: Option<SocketAddr>,
+    drain_timeout: Option<Duration>,
+    max_conns: Option<u32>,
+    max_conns_per_ip: Option<u32>,
+    proxy_protocol: Option<ProxyProtocol>,
+    proxy_auth_file: Option<PathBuf>,
+    user: Option<UserSpec>,
+    config_file: Option<PathBuf>,
+    foreground_flag: bool,
+    debug: u8,
+    log_connections: bool,
+    keepalive: bool,
+    sticky: bool,
+    first_healthy: bool,
+    hash: bool,
+    check: bool,
+}
+
+/// Collects and checks the options' values.
+fn values(opts: Vec<Opt>) -> Result<Values, CliError> {
     let mut c = Collected::new(opts);
 
     // Values first, then flags: the keys are unambiguous either way, but this is
@@ -733,6 +867,10 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         .transpose()?;
     let user = c.last("--user")?.map(|w| UserSpec::parse(&w)).transpose()?;
 
+    let config_file = c
+        .last("--config")?
+        .map(|w| path("--config", w))
+        .transpose()?;
     let foreground_flag = c.count("-n") > 0;
     let debug = u8::try_from(c.count("-d")).unwrap_or(u8::MAX);
     let log_connections = c.count("-l") > 0;
@@ -749,6 +887,71 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         )));
     }
 
+    Ok(Values {
+        pid_file,
+        session,
+        listen,
+        bind,
+        rules,
+        proxy,
+        sticky_timeout,
+        retry,
+        connect_timeout,
+        idle_timeout,
+        resolve,
+        health_check,
+        metrics,
+        drain_timeout,
+        max_conns,
+        max_conns_per_ip,
+        proxy_protocol,
+        proxy_auth_file,
+        user,
+        config_file,
+        foreground_flag,
+        debug,
+        log_connections,
+        keepalive,
+        sticky,
+        first_healthy,
+        hash,
+        check,
+    })
+}
+
+/// Makes the configuration of one listener from the options' values and its
+/// `source dest...` words, checking what depends on them together.
+fn assemble(v: Values, positionals: Vec<String>) -> Result<Config, CliError> {
+    let Values {
+        pid_file,
+        session,
+        listen,
+        bind,
+        rules,
+        proxy,
+        sticky_timeout,
+        retry,
+        connect_timeout,
+        idle_timeout,
+        resolve,
+        health_check,
+        metrics,
+        drain_timeout,
+        max_conns,
+        max_conns_per_ip,
+        proxy_protocol,
+        proxy_auth_file,
+        user,
+        config_file,
+        foreground_flag,
+        debug,
+        log_connections,
+        keepalive,
+        sticky,
+        first_healthy,
+        hash,
+        check,
+    } = v;
     let mut positionals = positionals.into_iter();
     let Some(source_word) = positionals.next() else {
         return Err(CliError::new("missing source port and destination"));
@@ -817,7 +1020,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         hash,
     };
     let foreground = foreground_flag || debug > 0 || session == Some(SessionTarget::Stdout);
-    Ok(Action::Run(Box::new(Config {
+    Ok(Config {
         source,
         destinations,
         foreground,
@@ -842,7 +1045,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Action, CliError> {
         health_check,
         metrics,
         check,
-    })))
+        config_file,
+    })
 }
 
 #[cfg(test)]

@@ -4,4 +4,5 @@
 
 pub mod addr;
 pub mod cli;
+pub mod file;
 pub mod rules;

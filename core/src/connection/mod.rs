@@ -89,8 +89,14 @@ pub struct Settings {
     pub sessions: bool,
     /// What the runtime offers.
     pub runtime: Runtime,
-    /// The splice pipes that may still be opened (FAULT-3).
-    pub pipes: PipeBudget,
+    /// The splice pipes that may still be opened, shared by every listener
+    /// (FAULT-3).
+    pub pipes: Arc<PipeBudget>,
+    /// `-k`: SO_KEEPALIVE on both sockets.
+    pub keepalive: bool,
+    /// The listener's label (`listener="ADDR:PORT"` and the dump's TAG) when
+    /// there are several (`--config`, OPT-13).
+    pub label: Option<String>,
 }
 
 /// The result of one read, write or splice, as the adapter saw it.

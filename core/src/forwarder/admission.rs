@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::config::addr::canonical_ip;
 use crate::config::rules::AcceptRules;
@@ -79,6 +80,67 @@ impl PipeBudget {
     }
 }
 
+/// What every listener of a process shares (OPT-3, FAULT-3): `--max-conns`
+/// bounds all listeners together, and the descriptors left for splice pipes are
+/// one budget. Atomic, so a listener's admission takes from it under its own
+/// lock only.
+#[derive(Debug)]
+pub struct ProcessBudget {
+    open: AtomicUsize,
+    max_conns: usize,
+    pipes: Arc<PipeBudget>,
+}
+
+impl ProcessBudget {
+    /// The budget for `--max-conns` (`None`: [`default_max_conns`] of the
+    /// open-file limit `nofile`), with pipes when the runtime splices.
+    pub fn new(max_conns: Option<u32>, nofile: u64, splicing: bool) -> Self {
+        let max_conns = max_conns.map_or_else(
+            || default_max_conns(nofile),
+            |n| usize::try_from(n).unwrap_or(usize::MAX),
+        );
+        let pipes = match splicing {
+            true => pipe_budget(nofile, max_conns),
+            false => 0,
+        };
+        ProcessBudget {
+            open: AtomicUsize::new(0),
+            max_conns,
+            pipes: Arc::new(PipeBudget::new(pipes)),
+        }
+    }
+
+    /// The `--max-conns` in force.
+    pub fn max_conns(&self) -> usize {
+        self.max_conns
+    }
+
+    /// Connections open on every listener together.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The splice pipes every connection shares.
+    pub fn pipes(&self) -> Arc<PipeBudget> {
+        Arc::clone(&self.pipes)
+    }
+
+    fn try_take(&self) -> bool {
+        let max = self.max_conns;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        let _ = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+}
+
 /// Why a client was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -115,37 +177,43 @@ impl fmt::Display for Refusal {
 #[derive(Debug)]
 pub struct Admission {
     rules: AcceptRules,
-    max_conns: usize,
+    budget: Arc<ProcessBudget>,
     max_per_client: Option<usize>,
     open: usize,
     per_client: BTreeMap<IpAddr, usize>,
 }
 
 impl Admission {
-    /// Creates it from the accept rules and the limits; `max_conns` defaults to
-    /// [`default_max_conns`] of the open-file limit `nofile`.
+    /// Creates it from the accept rules, the per-client limit and the budget
+    /// every listener shares.
     pub fn new(
         rules: AcceptRules,
-        max_conns: Option<u32>,
         max_per_client: Option<u32>,
-        nofile: u64,
+        budget: Arc<ProcessBudget>,
     ) -> Self {
         let to_usize = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
         Admission {
             rules,
-            max_conns: max_conns.map_or_else(|| default_max_conns(nofile), to_usize),
+            budget,
             max_per_client: max_per_client.map(to_usize),
             open: 0,
             per_client: BTreeMap::new(),
         }
     }
 
-    /// The connection limit in force.
+    /// The connection limit in force (of all listeners together).
     pub fn max_conns(&self) -> usize {
-        self.max_conns
+        self.budget.max_conns()
     }
 
-    /// Connections admitted and not yet released.
+    /// Takes new accept rules and per-client limit (a reload, OPT-15); the
+    /// connections open stay counted.
+    pub fn reconfigure(&mut self, rules: AcceptRules, max_per_client: Option<u32>) {
+        self.rules = rules;
+        self.max_per_client = max_per_client.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    }
+
+    /// Connections of this listener admitted and not yet released.
     pub fn open(&self) -> usize {
         self.open
     }
@@ -157,16 +225,16 @@ impl Admission {
         if !self.rules.allows(client) {
             return Err(Refusal::Rules);
         }
-        if self.open >= self.max_conns {
+        let mine = self.per_client.get(&client).copied().unwrap_or(0);
+        let over_own = self.max_per_client.filter(|&limit| mine >= limit);
+        if !self.budget.try_take() {
             return Err(Refusal::Capacity {
-                limit: self.max_conns,
+                limit: self.budget.max_conns(),
             });
         }
-        let mine = self.per_client.get(&client).copied().unwrap_or(0);
-        if let Some(limit) = self.max_per_client {
-            if mine >= limit {
-                return Err(Refusal::PerClient { limit });
-            }
+        if let Some(limit) = over_own {
+            self.budget.give_back();
+            return Err(Refusal::PerClient { limit });
         }
         self.open += 1;
         self.per_client.insert(client, mine + 1);
@@ -176,6 +244,9 @@ impl Admission {
     /// Records that an admitted client's connection has ended.
     pub fn release(&mut self, client: IpAddr) {
         let client = canonical_ip(client);
+        if self.open > 0 {
+            self.budget.give_back();
+        }
         self.open = self.open.saturating_sub(1);
         if let Some(n) = self.per_client.get_mut(&client) {
             *n = n.saturating_sub(1);
@@ -192,6 +263,10 @@ mod tests {
     use crate::config::rules::AcceptRule;
     use proptest::prelude::*;
 
+    fn budget(max_conns: Option<u32>) -> Arc<ProcessBudget> {
+        Arc::new(ProcessBudget::new(max_conns, 1024, true))
+    }
+
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
     }
@@ -201,7 +276,7 @@ mod tests {
         assert_eq!(default_max_conns(20_000), 9_864);
         assert_eq!(default_max_conns(1024), 441);
         assert_eq!(default_max_conns(8), 1);
-        let a = Admission::new(AcceptRules::default(), None, None, 1024);
+        let a = Admission::new(AcceptRules::default(), None, budget(None));
         assert_eq!(a.max_conns(), 441);
     }
 
@@ -234,7 +309,7 @@ mod tests {
     #[test]
     fn rules_come_first_conn_1() {
         let rules = AcceptRules::new(vec![AcceptRule::parse("10.0.0.0/30").unwrap()]);
-        let mut a = Admission::new(rules, Some(1), None, 1024);
+        let mut a = Admission::new(rules, None, budget(Some(1)));
         assert_eq!(a.admit(ip(9)), Err(Refusal::Rules));
         assert_eq!(a.admit(ip(1)), Ok(()));
         assert_eq!(
@@ -247,7 +322,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_the_excess_and_capacity_returns_opt_3() {
-        let mut a = Admission::new(AcceptRules::default(), Some(3), Some(2), 1024);
+        let mut a = Admission::new(AcceptRules::default(), Some(2), budget(Some(3)));
         assert_eq!(a.admit(ip(1)), Ok(()));
         assert_eq!(a.admit(ip(1)), Ok(()));
         assert_eq!(a.admit(ip(1)), Err(Refusal::PerClient { limit: 2 }));
@@ -278,7 +353,7 @@ mod tests {
             per in proptest::option::of(1u32..4),
             ops in proptest::collection::vec((any::<bool>(), 0u8..4), 0..120),
         ) {
-            let mut a = Admission::new(AcceptRules::default(), Some(max), per, 1024);
+            let mut a = Admission::new(AcceptRules::default(), per, budget(Some(max)));
             let mut model: Vec<u8> = vec![];
             for (admit, c) in ops {
                 if admit {

@@ -14,7 +14,7 @@ pub mod rendezvous;
 pub mod select;
 pub mod stats;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use crate::connection::dial::Dialer;
 use crate::connection::relay::RelayOutcome;
 use crate::connection::{Connection, Runtime, Settings};
 use crate::forwarder::accept::{AcceptBackoff, AcceptFailure};
-use crate::forwarder::admission::{pipe_budget, Admission, PipeBudget, Refusal};
+use crate::forwarder::admission::{Admission, ProcessBudget, Refusal};
 use crate::forwarder::select::{Balancer, DestId};
 use crate::forwarder::stats::Stats;
 use crate::reports::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
@@ -63,33 +63,68 @@ pub struct Forwarder {
     /// `--health-check`: when the destinations are probed next (OPT-10), and
     /// which have a probe under way (one at a time each).
     health: Option<Rounds>,
-    probing: Vec<bool>,
+    probing: BTreeSet<DestId>,
+    /// What every listener shares: `--max-conns`, the pipes.
+    budget: Arc<ProcessBudget>,
     /// Scrape connections being served (FAULT-6: at most [`MAX_SCRAPES`]).
     scrapes: usize,
     logs: VecDeque<LogRecord>,
 }
 
 impl Forwarder {
-    /// Sets up the listener's shared state from the command line, the proxy
-    /// credentials, the open-file limit `nofile` (for the default `--max-conns` and
-    /// the pipe budget, FAULT-3) and what the runtime offers.
+    /// Sets up the shared state of a plug's only listener from the command
+    /// line, the proxy credentials, the open-file limit `nofile` (for the
+    /// default `--max-conns` and the pipe budget, FAULT-3) and what the runtime
+    /// offers.
     pub fn new(
         config: &Config,
         credentials: Option<ProxyCredentials>,
         nofile: u64,
         runtime: Runtime,
     ) -> Self {
+        let splicing = runtime.pipe_capacity.is_some();
+        let budget = Arc::new(ProcessBudget::new(config.max_conns, nofile, splicing));
+        Self::with_budget(config, credentials, budget, runtime, None)
+    }
+
+    /// Sets up the shared state of one of several listeners (`--config`,
+    /// OPT-13): `budget` is every listener's, `label` names this one in
+    /// metrics and the dump.
+    pub fn with_budget(
+        config: &Config,
+        credentials: Option<ProxyCredentials>,
+        budget: Arc<ProcessBudget>,
+        runtime: Runtime,
+        label: Option<String>,
+    ) -> Self {
         let admission = Admission::new(
             config.rules.clone(),
-            config.max_conns,
             config.max_conns_per_ip,
-            nofile,
+            Arc::clone(&budget),
         );
-        let pipes = match runtime.pipe_capacity {
-            Some(_) => pipe_budget(nofile, admission.max_conns()),
-            None => 0,
-        };
-        let settings = Settings {
+        Forwarder {
+            settings: Arc::new(Self::settings_for(config, runtime, &budget, label)),
+            balancer: Balancer::new(config.destinations.clone(), config.select),
+            admission,
+            budget,
+            stats: Stats::new(config.destinations.len()),
+            backoff: AcceptBackoff::new(),
+            dial: config.dial_options(credentials),
+            resolve: config.resolve.map(Rounds::new),
+            health: config.health_check.map(Rounds::new),
+            probing: BTreeSet::new(),
+            scrapes: 0,
+            logs: VecDeque::new(),
+        }
+    }
+
+    fn settings_for(
+        config: &Config,
+        runtime: Runtime,
+        budget: &ProcessBudget,
+        label: Option<String>,
+    ) -> Settings {
+        Settings {
             source: config.source,
             relay: config.relay_options(),
             proxy_protocol: config.proxy_protocol,
@@ -99,21 +134,41 @@ impl Forwarder {
             },
             sessions: config.session.is_some(),
             runtime,
-            pipes: PipeBudget::new(pipes),
-        };
-        Forwarder {
-            settings: Arc::new(settings),
-            balancer: Balancer::new(config.destinations.clone(), config.select),
-            admission,
-            stats: Stats::new(config.destinations.len()),
-            backoff: AcceptBackoff::new(),
-            dial: config.dial_options(credentials),
-            resolve: config.resolve.map(Rounds::new),
-            health: config.health_check.map(Rounds::new),
-            probing: vec![false; config.destinations.len()],
-            scrapes: 0,
-            logs: VecDeque::new(),
+            pipes: budget.pipes(),
+            keepalive: config.keepalive,
+            label,
         }
+    }
+
+    /// Takes a listener's new line after a reload (OPT-15). New connections
+    /// follow it from now on; open ones keep the settings they started with.
+    /// Destinations that stay keep their health, sticky clients and counts;
+    /// the open counts stay. `credentials`: the line's `--proxy-auth-file`,
+    /// read anew.
+    pub fn handle_reconfigure(
+        &mut self,
+        _now: Instant,
+        config: &Config,
+        credentials: Option<ProxyCredentials>,
+    ) {
+        let runtime = self.settings.runtime;
+        let label = self.settings.label.clone();
+        self.settings = Arc::new(Self::settings_for(config, runtime, &self.budget, label));
+        self.admission
+            .reconfigure(config.rules.clone(), config.max_conns_per_ip);
+        self.balancer
+            .reconfigure(config.destinations.clone(), config.select);
+        self.stats.reconfigure(self.balancer.ids());
+        self.dial = config.dial_options(credentials);
+        // A schedule that stays keeps its rhythm; a new one starts at once.
+        if self.resolve.as_ref().map(Rounds::period) != config.resolve {
+            self.resolve = config.resolve.map(Rounds::new);
+        }
+        if self.health.as_ref().map(Rounds::period) != config.health_check {
+            self.health = config.health_check.map(Rounds::new);
+        }
+        let ids: Vec<DestId> = self.balancer.ids().collect();
+        self.probing.retain(|id| ids.contains(id));
     }
 
     /// The settings every connection shares.
@@ -252,10 +307,10 @@ impl Forwarder {
         self.balancer
             .destinations()
             .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match &d.host {
+            .zip(self.balancer.ids())
+            .filter_map(|(d, id)| match &d.host {
                 Host::Name(name) => Some(Lookup {
-                    dest: DestId(i),
+                    dest: id,
                     name: name.clone(),
                     port: d.port,
                 }),
@@ -304,9 +359,8 @@ impl Forwarder {
         }
         let bind = self.dial.bind.map(|ip| SocketAddr::new(ip, 0));
         let mut probes = Vec::new();
-        for (i, dest) in self.balancer.destinations().iter().enumerate() {
-            let id = DestId(i);
-            if std::mem::replace(&mut self.probing[i], true) {
+        for (dest, id) in self.balancer.destinations().iter().zip(self.balancer.ids()) {
+            if !self.probing.insert(id) {
                 continue;
             }
             let (targets, request) = match self.dial.proxy {
@@ -337,9 +391,7 @@ impl Forwarder {
     /// A probe plug could not run for a reason of its own changes nothing about
     /// the destination (FAULT-6); it is logged, and the next round tries again.
     pub fn handle_probe_result(&mut self, now: Instant, dest: DestId, result: ProbeResult) {
-        if let Some(p) = self.probing.get_mut(dest.index()) {
-            *p = false;
-        }
+        self.probing.remove(&dest);
         match result {
             ProbeResult::Up => self.balancer.handle_connected(now, dest),
             ProbeResult::Down(reason) => self.balancer.handle_connect_failed(now, dest, &reason),
@@ -383,9 +435,22 @@ impl Forwarder {
         Metrics::new(&self.stats, each, self.open())
     }
 
-    /// The SIGUSR1 state dump at `now` (OPT-6).
+    /// The SIGUSR1 state dump at `now` (OPT-6); with several listeners each
+    /// line starts with this one's TAG (OPT-13).
     pub fn report(&self, now: Instant) -> Vec<String> {
-        self.stats.report(now, &self.balancer, self.open())
+        let lines = self.stats.report(now, &self.balancer, self.open());
+        match self.settings.label {
+            None => lines,
+            Some(_) => {
+                let tag = self.settings.source.log_tag();
+                lines.into_iter().map(|l| format!("{tag}: {l}")).collect()
+            }
+        }
+    }
+
+    /// The label of this listener's metrics (`--config`, OPT-13).
+    pub fn label(&self) -> Option<&str> {
+        self.settings.label.as_deref()
     }
 
     /// The balancer (destinations and their health).

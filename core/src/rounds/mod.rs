@@ -19,6 +19,11 @@ impl Rounds {
         Rounds { every, due: None }
     }
 
+    /// How often rounds come.
+    pub fn period(&self) -> Duration {
+        self.every
+    }
+
     /// True when a round is due at `now`; the next is then due `every` later.
     /// Idempotent within a round: a second call at the same `now` says false.
     pub fn poll(&mut self, now: Instant) -> bool {
