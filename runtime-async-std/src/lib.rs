@@ -8,13 +8,15 @@
 //! own reactor; only task spawning and the accept loop's executor are async-std's.
 
 use std::future::Future;
-use std::net::TcpStream;
+use std::io;
+use std::net::{TcpListener, TcpStream};
 use std::pin::Pin;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use async_global_executor::GlobalExecutorConfig;
 use plug_shell::drive::async_driver::{self, Async, Spawn};
 use plug_shell::drive::conn::Conn;
+use plug_shell::{Acceptor, Context, Listener};
 
 /// Spawns connection tasks on async-std's executor.
 struct AsyncStdSpawn;
@@ -27,6 +29,37 @@ impl Spawn for AsyncStdSpawn {
 
     fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
         drop(async_std::task::spawn(task));
+    }
+}
+
+/// Runs accept loops as tasks on async-std's executor.
+#[derive(Debug)]
+struct Tasks;
+
+impl Acceptor for Tasks {
+    fn serve(
+        &self,
+        ctx: &Arc<Context>,
+        listener: Arc<Listener>,
+        socket: TcpListener,
+    ) -> io::Result<()> {
+        let socket = Async::new(socket)?;
+        let ctx = Arc::clone(ctx);
+        // The accept loop runs on the runtime's threads beside the connections, so
+        // a new connection starts where it was accepted.
+        drop(async_std::task::spawn(async move {
+            async_driver::accept_loop(&ctx, &listener, socket, &AsyncStdSpawn).await;
+        }));
+        Ok(())
+    }
+
+    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> io::Result<()> {
+        let socket = Async::new(socket)?;
+        let ctx = Arc::clone(ctx);
+        drop(async_std::task::spawn(async move {
+            async_driver::metrics_loop(&ctx, &socket, &AsyncStdSpawn).await;
+        }));
+        Ok(())
     }
 }
 
@@ -43,25 +76,7 @@ pub fn main() -> ! {
             .with_max_threads(threads)
             .with_thread_name_fn(|| "async-std/runtime".to_string()),
     );
-    let (ctx, (listener, metrics)) = boot.serve(|listener, metrics| {
-        Ok((Async::new(listener)?, metrics.map(Async::new).transpose()?))
-    });
-    if let Some(metrics) = metrics {
-        let scraping = Arc::clone(&ctx);
-        drop(async_std::task::spawn(async move {
-            async_driver::metrics_loop(&scraping, &metrics, &AsyncStdSpawn).await;
-        }));
-    }
-    // The accept loop runs on the runtime's threads beside the connections, so a
-    // new connection starts where it was accepted; this thread only waits, without
-    // taking turns at the reactor (which would hand readiness between threads).
-    let (done, accept_ended) = mpsc::channel();
-    let accepting = Arc::clone(&ctx);
-    drop(async_std::task::spawn(async move {
-        async_driver::accept_loop(&accepting, &listener, &AsyncStdSpawn).await;
-        drop(listener);
-        let _ = done.send(());
-    }));
-    let _ = accept_ended.recv();
-    ctx.accept_ended_wait()
+    // This thread only waits, without taking turns at the reactor (which would
+    // hand readiness between threads); the lifecycle thread exits the process.
+    boot.serve(Arc::new(Tasks)).wait_for_exit()
 }

@@ -3,12 +3,14 @@
 //! two cores). The connection driver is plug-shell's, futures over async-io.
 
 use std::future::Future;
+use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use plug_shell::drive::async_driver::{self, Spawn};
 use plug_shell::drive::conn::Conn;
+use plug_shell::{Acceptor, Context, Listener};
 use smol::{Async, Executor};
 
 /// Spawns connection tasks on the shared executor.
@@ -24,42 +26,66 @@ impl Spawn for SmolSpawn {
     }
 }
 
+/// Runs accept loops as tasks on the shared executor.
+///
+/// An accept loop is a task like the connections: as the future given to
+/// `run` it would be polled on every wake-up of the main thread, and try
+/// accept(2) (EAGAIN) each time a connection's socket was ready.
+struct Tasks(Arc<Executor<'static>>);
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("smol tasks")
+    }
+}
+
+impl Acceptor for Tasks {
+    fn serve(
+        &self,
+        ctx: &Arc<Context>,
+        listener: Arc<Listener>,
+        socket: TcpListener,
+    ) -> io::Result<()> {
+        let socket = Async::new(socket)?;
+        let ctx = Arc::clone(ctx);
+        let spawner = SmolSpawn(Arc::clone(&self.0));
+        self.0
+            .spawn(
+                async move { async_driver::accept_loop(&ctx, &listener, socket, &spawner).await },
+            )
+            .detach();
+        Ok(())
+    }
+
+    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> io::Result<()> {
+        let socket = Async::new(socket)?;
+        let ctx = Arc::clone(ctx);
+        let spawner = SmolSpawn(Arc::clone(&self.0));
+        self.0
+            .spawn(async move { async_driver::metrics_loop(&ctx, &socket, &spawner).await })
+            .detach();
+        Ok(())
+    }
+}
+
 /// Runs plug on smol with the process's arguments; never returns.
 pub fn main() -> ! {
     // Start-up (and the fork) happens here, before any executor thread exists.
     let boot = plug_shell::boot(std::env::args_os(), async_driver::runtime("smol"));
     let executor = Arc::new(Executor::new());
-    let (ctx, (listener, metrics)) = boot.serve(|listener: TcpListener, metrics| {
-        let listener = Async::new(listener)?;
-        let metrics = metrics.map(Async::new).transpose()?;
-        // This thread runs the executor too, so one thread means no other.
-        for i in 1..async_driver::executor_threads("SMOL_THREADS") {
-            let ex = Arc::clone(&executor);
-            std::thread::Builder::new()
-                .name(format!("smol-{i}"))
-                .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))?;
+    // This thread runs the executor too, so one thread means no other.
+    for i in 1..async_driver::executor_threads("SMOL_THREADS") {
+        let ex = Arc::clone(&executor);
+        let spawned = std::thread::Builder::new()
+            .name(format!("smol-{i}"))
+            .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())));
+        if let Err(e) = spawned {
+            boot.ctx
+                .fatal(&format!("cannot start an executor thread: {e}"))
         }
-        Ok((listener, metrics))
-    });
-    // The accept loop is a task like the connections: the future given to `run`
-    // is polled on every wake-up of this thread, and as that future the loop
-    // would try accept(2) (EAGAIN) each time a connection's socket was ready.
-    if let Some(metrics) = metrics {
-        let scraping = Arc::clone(&ctx);
-        let spawner = SmolSpawn(Arc::clone(&executor));
-        executor
-            .spawn(async move { async_driver::metrics_loop(&scraping, &metrics, &spawner).await })
-            .detach();
     }
-    let accepting = Arc::clone(&ctx);
-    let spawner = SmolSpawn(Arc::clone(&executor));
-    let accept = executor.spawn(async move {
-        async_driver::accept_loop(&accepting, &listener, &spawner).await;
-    });
-    smol::block_on(executor.run(accept));
-    // The listener is closed. Open connections may all be on this thread's
-    // executor, so it keeps running them; the lifecycle thread exits the process.
-    ctx.accept_ended();
+    let _ctx = boot.serve(Arc::new(Tasks(Arc::clone(&executor))));
+    // The lifecycle thread exits the process; until then this thread runs tasks.
     loop {
         smol::block_on(executor.run(smol::future::pending::<()>()));
     }

@@ -12,7 +12,7 @@ use plug_core::forwarder::AcceptNext;
 use plug_core::reports::log::LogLevel;
 use plug_shell::drive::conn::Conn;
 use plug_shell::sys::{self, PollFd, POLLIN};
-use plug_shell::{drive::scrape, net::sockets, Boot, Context};
+use plug_shell::{drive::scrape, net::sockets, Acceptor, Boot, Context, Listener};
 
 use crate::conn;
 
@@ -31,13 +31,13 @@ const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
 type Job = (Conn, TcpStream);
 
 /// Threads between connections, and connections handed to them.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Pool {
     state: Mutex<PoolState>,
     handed: Condvar,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct PoolState {
     jobs: VecDeque<Job>,
     /// Threads waiting on `handed` (each will take at most one job).
@@ -102,21 +102,25 @@ fn work(pool: &Pool, first: Job) {
 /// Stack for scrape threads: a scrape holds its reply on the heap.
 const SCRAPE_STACK: usize = 64 * 1024;
 
-/// Accepts on `listener` until a graceful stop shuts it, handing each socket to
-/// `serve`; what a failed accept means is the core's (§5, FAULT-1).
+/// Stack for accept threads: they hold nothing but the loop.
+const ACCEPT_STACK: usize = 64 * 1024;
+
+/// Accepts on `socket` until it is shut and `ends` says so, handing each
+/// socket to `serve`; what a failed accept means is the core's (§5, FAULT-1).
 fn accept_each(
-    ctx: &Context,
-    listener: &TcpListener,
+    socket: &TcpListener,
+    ends: impl Fn() -> bool,
+    failed: impl Fn(&std::io::Error) -> AcceptNext,
     mut serve: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
-        match sockets::accept(listener) {
-            Ok((socket, peer)) => serve(socket, peer),
-            Err(_) if ctx.is_stopping() => return,
-            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
+        match sockets::accept(socket) {
+            Ok((client, peer)) => serve(client, peer),
+            Err(_) if ends() => return,
+            Err(e) => match failed(&e) {
                 AcceptNext::Retry => {}
                 AcceptNext::Pause(pause) => std::thread::sleep(pause),
-                AcceptNext::WaitReadable => wait_readable(listener),
+                AcceptNext::WaitReadable => wait_readable(socket),
             },
         }
     }
@@ -124,65 +128,108 @@ fn accept_each(
 
 /// Serves scrapes of the `--metrics` listener (OPT-9), a thread each, as
 /// connections are served.
-fn serve_metrics(ctx: &Arc<Context>, listener: &TcpListener) {
-    accept_each(ctx, listener, |stream, _| {
-        // Over the budget: dropped, so closed at once (FAULT-6).
-        let Some(ticket) = scrape::admit(ctx) else {
-            return;
-        };
-        let mine = Arc::clone(ctx);
-        let spawned = std::thread::Builder::new()
-            .name("scrape".into())
-            .stack_size(SCRAPE_STACK)
-            .spawn(move || {
-                scrape::serve(&mine, stream);
-                drop(ticket);
-            });
-        if let Err(e) = spawned {
-            ctx.log(
-                LogLevel::Error,
-                format!("cannot start a scrape thread: {e}"),
-            );
-        }
-    });
+fn serve_metrics(ctx: &Arc<Context>, socket: &TcpListener) {
+    accept_each(
+        socket,
+        || ctx.is_stopping(),
+        |e| ctx.scrape_accept_failed(e),
+        |stream, _| {
+            // Over the budget: dropped, so closed at once (FAULT-6).
+            let Some(ticket) = scrape::admit(ctx) else {
+                return;
+            };
+            let mine = Arc::clone(ctx);
+            let spawned = std::thread::Builder::new()
+                .name("scrape".into())
+                .stack_size(SCRAPE_STACK)
+                .spawn(move || {
+                    scrape::serve(&mine, stream);
+                    drop(ticket);
+                });
+            if let Err(e) = spawned {
+                ctx.log(
+                    LogLevel::Error,
+                    format!("cannot start a scrape thread: {e}"),
+                );
+            }
+        },
+    );
 }
 
-/// Serves until a graceful stop shuts the listener; the lifecycle thread then
-/// exits the process once the core says so.
-pub fn run(boot: Boot) -> ! {
-    let (ctx, (listener, metrics)) = boot.serve(|l, m| Ok((l, m)));
-    if let Some(metrics) = metrics {
-        let mine = Arc::clone(&ctx);
-        let spawned = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || serve_metrics(&mine, &metrics));
-        if let Err(e) = spawned {
-            ctx.fatal(&format!("cannot start the metrics thread: {e}"))
-        }
+/// Serves `listener`'s clients until a stop or a reload shuts it, each
+/// admitted one on a thread of the pool.
+fn serve_clients(
+    ctx: &Arc<Context>,
+    pool: &Arc<Pool>,
+    listener: &Arc<Listener>,
+    socket: &TcpListener,
+) {
+    accept_each(
+        socket,
+        || ctx.accept_should_end(listener),
+        |e| ctx.accept_failed(listener, Instant::now(), e),
+        |client, peer| {
+            // Refused: dropping `client` closes it at once (CONN-1).
+            let Some(connection) = ctx.accept(listener, Instant::now(), peer) else {
+                return;
+            };
+            let Some(job) = pool.hand_over((connection, client)) else {
+                return;
+            };
+            let mine = Arc::clone(pool);
+            let spawned = std::thread::Builder::new()
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || work(&mine, job));
+            // A thread that cannot start drops its job: the connection is still
+            // accounted for (FAULT-5), and the failure logged.
+            if let Err(e) = spawned {
+                let text = format!("cannot start a connection thread: {e}");
+                ctx.log(LogLevel::Error, text);
+            }
+        },
+    );
+}
+
+/// Runs each accept loop on a thread of its own, connections on the pool's.
+#[derive(Debug, Default)]
+struct Threads {
+    pool: Arc<Pool>,
+}
+
+impl Acceptor for Threads {
+    fn serve(
+        &self,
+        ctx: &Arc<Context>,
+        listener: Arc<Listener>,
+        socket: TcpListener,
+    ) -> std::io::Result<()> {
+        let ctx = Arc::clone(ctx);
+        let pool = Arc::clone(&self.pool);
+        std::thread::Builder::new()
+            .name("accept".into())
+            .stack_size(ACCEPT_STACK)
+            .spawn(move || {
+                serve_clients(&ctx, &pool, &listener, &socket);
+                // Closed now, so a new instance (or a reload) can bind the port.
+                drop(socket);
+                ctx.accept_loop_ended();
+            })
+            .map(drop)
     }
-    let pool = Arc::new(Pool::default());
-    accept_each(&ctx, &listener, |client, peer| {
-        // Refused: dropping `client` closes it at once (CONN-1).
-        let Some(connection) = ctx.accept(Instant::now(), peer) else {
-            return;
-        };
-        let Some(job) = pool.hand_over((connection, client)) else {
-            return;
-        };
-        let mine = Arc::clone(&pool);
-        let spawned = std::thread::Builder::new()
-            .stack_size(CONNECTION_STACK)
-            .spawn(move || work(&mine, job));
-        // A thread that cannot start drops its job: the connection is still
-        // accounted for (FAULT-5), and the failure logged.
-        if let Err(e) = spawned {
-            let text = format!("cannot start a connection thread: {e}");
-            ctx.log(LogLevel::Error, text);
-        }
-    });
-    // Close the listener now so a new instance can bind while connections drain.
-    drop(listener);
-    ctx.accept_ended_wait()
+
+    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> std::io::Result<()> {
+        let ctx = Arc::clone(ctx);
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve_metrics(&ctx, &socket))
+            .map(drop)
+    }
+}
+
+/// Serves until the lifecycle thread exits the process, as the core says.
+pub fn run(boot: Boot) -> ! {
+    let ctx = boot.serve(Arc::new(Threads::default()));
+    ctx.wait_for_exit()
 }
 
 /// Waits until a non-blocking listener has a client (or is shut down).

@@ -3,21 +3,28 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use plug_core::config::cli::{Config, EXIT_FATAL};
+use plug_core::config::cli::{Config, FileStart, EXIT_FATAL};
+use plug_core::config::file::listener_label;
+use plug_core::connection::connect::ProxyCredentials;
+use plug_core::connection::Runtime;
+use plug_core::forwarder::admission::ProcessBudget;
 use plug_core::forwarder::{AcceptNext, Forwarder};
 use plug_core::process::FLUSH_GRACE;
 use plug_core::reports::log::{LogLevel, LogRecord};
+use plug_core::reports::metrics;
 
 use crate::drive::conn::Conn;
 use crate::lifecycle::Event;
+use crate::listeners::{self, Acceptor, Listener};
 use crate::net::live::LiveSockets;
 use crate::net::sockets;
 use crate::output::log::Logger;
+use crate::output::session_file::SessionWriter;
 use crate::output::writer::Writer;
 use crate::start::credentials::read_credentials;
 use crate::start::daemon::PidFile;
@@ -27,10 +34,23 @@ use crate::{sys, systemd};
 #[derive(Debug)]
 pub struct Context {
     pub(crate) program: String,
+    /// The process-wide options (and, without `--config`, the one listener's).
     pub(crate) config: Config,
+    /// `--config`: how the file's lines are read again on SIGHUP (OPT-15).
+    pub(crate) file_start: Option<FileStart>,
     pub(crate) log: Arc<Logger>,
     pub(crate) writer: Writer,
-    pub(crate) forwarder: Mutex<Forwarder>,
+    /// The listeners serving now, in the file's order.
+    pub(crate) listeners: Mutex<Vec<Arc<Listener>>>,
+    /// What every listener shares: `--max-conns`, pipes, scrapes.
+    pub(crate) budget: Arc<ProcessBudget>,
+    pub(crate) runtime: Runtime,
+    /// Accept loops running (the lifecycle learns when the last has ended).
+    pub(crate) accepting: AtomicUsize,
+    pub(crate) acceptor: std::sync::OnceLock<Arc<dyn Acceptor>>,
+    /// The `--metrics` listening socket, kept so shutting it at a stop never
+    /// touches a reused descriptor (the accept loop serves a duplicate).
+    pub(crate) metrics_socket: Mutex<Option<std::net::TcpListener>>,
     pub(crate) pid_file: Mutex<Option<PidFile>>,
     pub(crate) pid: u32,
     /// Set once the graceful stop has begun: the accept loops end.
@@ -66,30 +86,94 @@ impl Context {
         self.writer.log(LogRecord::new(level, text));
     }
 
-    /// The shared state, locked.
-    pub(crate) fn forwarder(&self) -> MutexGuard<'_, Forwarder> {
-        lock(&self.forwarder)
+    /// The listeners serving now.
+    pub(crate) fn listeners(&self) -> Vec<Arc<Listener>> {
+        lock(&self.listeners).clone()
     }
 
-    /// Decides about a client accepted at `now` (CONN-1, OPT-3): its connection,
-    /// or `None` when refused (close it at once without contacting a destination).
-    pub fn accept(self: &Arc<Self>, now: Instant, peer: SocketAddr) -> Option<Conn> {
-        let conn = self.with_forwarder(now, |f| f.handle_accepted(now, peer));
-        conn.map(|core| Conn::new(Arc::clone(self), core))
+    pub(crate) fn set_listeners(&self, listeners: Vec<Arc<Listener>>) {
+        *lock(&self.listeners) = listeners;
     }
 
-    /// Decides what to do after accept failed at `now` with `error` (§5, FAULT-1).
-    pub fn accept_failed(&self, now: Instant, error: &io::Error) -> AcceptNext {
+    /// How a `--config` line is read (the command line's defaults).
+    pub(crate) fn file_start(&self) -> FileStart {
+        self.file_start.clone().unwrap_or_else(|| FileStart {
+            file: std::path::PathBuf::new(),
+            check: false,
+            defaults: plug_core::config::cli::Defaults::default(),
+        })
+    }
+
+    /// The shared state of a listener for `config`: labelled when there may
+    /// be several (`--config`).
+    pub(crate) fn listener_for(
+        &self,
+        config: &Config,
+        credentials: Option<ProxyCredentials>,
+        session: Option<Arc<SessionWriter>>,
+    ) -> Listener {
+        let label = self.file_start.as_ref().map(|_| listener_label(config));
+        let forwarder = Forwarder::with_budget(
+            config,
+            credentials,
+            Arc::clone(&self.budget),
+            self.runtime,
+            label,
+        );
+        Listener::new(forwarder, config.clone(), session)
+    }
+
+    /// Decides about a client of `listener` accepted at `now` (CONN-1, OPT-3):
+    /// its connection, or `None` when refused (close it at once without
+    /// contacting a destination).
+    pub fn accept(
+        self: &Arc<Self>,
+        listener: &Arc<Listener>,
+        now: Instant,
+        peer: SocketAddr,
+    ) -> Option<Conn> {
+        let conn = self.with(listener, now, |f| f.handle_accepted(now, peer));
+        conn.map(|core| Conn::new(Arc::clone(self), Arc::clone(listener), core))
+    }
+
+    /// Decides what to do after accept on `listener` failed at `now` with
+    /// `error` (§5, FAULT-1).
+    pub fn accept_failed(
+        &self,
+        listener: &Listener,
+        now: Instant,
+        error: &io::Error,
+    ) -> AcceptNext {
         let failure = sockets::accept_failure(error);
-        self.with_forwarder(now, |f| {
+        self.with(listener, now, |f| {
             f.handle_accept_failed(now, failure, &error.to_string())
         })
     }
 
-    /// Runs `work` on the shared state under its lock, then queues the log lines
-    /// it made (the writer thread writes them).
-    pub fn with_forwarder<R>(&self, now: Instant, work: impl FnOnce(&mut Forwarder) -> R) -> R {
-        let mut forwarder = self.forwarder();
+    /// Decides what to do after accept on the `--metrics` listener failed: as
+    /// for the first listener, whose state logs it (§5, FAULT-1).
+    pub fn scrape_accept_failed(&self, error: &io::Error) -> AcceptNext {
+        match self.listeners().first() {
+            Some(first) => self.accept_failed(first, Instant::now(), error),
+            None => AcceptNext::Pause(std::time::Duration::from_secs(1)),
+        }
+    }
+
+    /// True when `listener`'s accept loop should end: plug stops, or a reload
+    /// closed it.
+    pub fn accept_should_end(&self, listener: &Listener) -> bool {
+        self.is_stopping() || listener.is_closed()
+    }
+
+    /// Runs `work` on a listener's shared state under its lock, then queues the
+    /// log lines it made (the writer thread writes them).
+    pub(crate) fn with<R>(
+        &self,
+        listener: &Listener,
+        now: Instant,
+        work: impl FnOnce(&mut Forwarder) -> R,
+    ) -> R {
+        let mut forwarder = listener.forwarder();
         let result = work(&mut forwarder);
         while let Some(record) = forwarder.poll_log(now) {
             self.writer.log(record);
@@ -97,11 +181,46 @@ impl Context {
         result
     }
 
-    /// The text of `/metrics` now (OPT-9): the counts are copied under the lock
-    /// and rendered after it, so a scrape holds up connections for a copy only.
+    /// The text of `/metrics` now (OPT-9): the counts are copied under each
+    /// listener's lock and rendered after it, so a scrape holds up connections
+    /// for a copy only.
     pub fn metrics_text(&self) -> String {
-        let metrics = self.forwarder().metrics();
-        metrics.render()
+        let copies: Vec<_> = self
+            .listeners()
+            .iter()
+            .map(|l| {
+                let f = l.forwarder();
+                (f.label().map(str::to_string), f.metrics())
+            })
+            .collect();
+        let each: Vec<(Option<&str>, &metrics::Metrics)> =
+            copies.iter().map(|(l, m)| (l.as_deref(), m)).collect();
+        metrics::render(&each)
+    }
+
+    /// The scrape budget (FAULT-6).
+    pub(crate) fn budget(&self) -> &ProcessBudget {
+        &self.budget
+    }
+
+    /// An accept loop has started.
+    pub(crate) fn accept_loop_started(&self) {
+        self.accepting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Reports that an accept loop has returned (its listener shut by a stop,
+    /// or closed by a reload). Once plug is stopping and the last has ended,
+    /// the lifecycle thread learns that no client can still be admitted and
+    /// exits the process once connections have drained. The caller's thread
+    /// may keep running tasks meanwhile.
+    pub fn accept_loop_ended(&self) {
+        let left = self
+            .accepting
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
+        if left == 0 && self.is_stopping() {
+            let _ = self.events.send(Event::AcceptEnded);
+        }
     }
 
     /// True once a graceful stop has begun.
@@ -114,9 +233,9 @@ impl Context {
         self.cutting.load(Ordering::Relaxed)
     }
 
-    /// Connections open now.
+    /// Connections open now, on every listener.
     pub(crate) fn open(&self) -> usize {
-        self.forwarder().open()
+        self.budget.open()
     }
 
     /// Tells the lifecycle thread that a connection closed, while stopping.
@@ -143,6 +262,18 @@ impl Context {
         self.log(LogLevel::Debug(1), format!("reset {cut} open connections"));
     }
 
+    /// Shuts every listening socket, `--metrics`'s too, so the accept loops
+    /// end (PROC-4).
+    pub(crate) fn shut_listeners(&self) {
+        for listener in self.listeners() {
+            listener.shut();
+        }
+        if let Some(m) = lock(&self.metrics_socket).as_ref() {
+            use std::os::fd::AsRawFd;
+            sys::shutdown_read(m.as_raw_fd());
+        }
+    }
+
     fn remove_pid_file(&self) {
         let file = lock(&self.pid_file).take();
         if let Some(file) = file {
@@ -150,17 +281,9 @@ impl Context {
         }
     }
 
-    /// Reports that the accept loop has returned after the listener was shut;
-    /// the lifecycle thread exits the process once connections have drained.
-    /// The caller's thread may keep running tasks meanwhile.
-    pub fn accept_ended(&self) {
-        let _ = self.events.send(Event::AcceptEnded);
-    }
-
-    /// [`Context::accept_ended`], then waits for the lifecycle thread to end the
-    /// process: for a thread with nothing else to do.
-    pub fn accept_ended_wait(&self) -> ! {
-        self.accept_ended();
+    /// Waits for the lifecycle thread to end the process: for a thread with
+    /// nothing else to do.
+    pub fn wait_for_exit(&self) -> ! {
         loop {
             std::thread::park();
         }
@@ -188,24 +311,33 @@ impl Context {
     }
 
     /// Writes the state dump of SIGUSR1 (OPT-6): a line per destination and a
-    /// summary, to stderr in the foreground or syslog when detached.
+    /// summary per listener, to stderr in the foreground or syslog when detached.
     pub fn report_state(&self) {
-        let lines = self.forwarder().report(Instant::now());
-        for line in lines {
-            self.log(LogLevel::Notice, line);
+        let now = Instant::now();
+        for listener in self.listeners() {
+            let lines = listener.forwarder().report(now);
+            for line in lines {
+                self.log(LogLevel::Notice, line);
+            }
         }
     }
 
-    /// Handles SIGHUP (PROC-8): re-reads `--proxy-auth-file` for the next CONNECT
-    /// (an unreadable file keeps the old credentials, and says why) and logs
-    /// `reloaded`. Serving goes on.
-    pub fn reload(&self) {
+    /// Handles SIGHUP. With `--config`, reloads the file, all or nothing
+    /// (OPT-15). Without, re-reads `--proxy-auth-file` for the next CONNECT (an
+    /// unreadable file keeps the old credentials, and says why) and logs what
+    /// was re-read (PROC-8). Serving goes on.
+    pub fn reload(self: &Arc<Self>) {
+        if let (Some(start), Some(acceptor)) = (&self.file_start, self.acceptor.get()) {
+            return listeners::reload(self, acceptor.as_ref(), &start.file);
+        }
         let now = Instant::now();
         let credentials = self
             .config
             .proxy_auth_file
             .as_deref()
             .map(|path| (path.display().to_string(), read_credentials(path)));
-        self.with_forwarder(now, |f| f.handle_reload(now, credentials));
+        if let Some(listener) = self.listeners().first() {
+            self.with(listener, now, |f| f.handle_reload(now, credentials));
+        }
     }
 }

@@ -18,6 +18,8 @@
 //! - [`start`]: that order ([`boot`], [`Boot::serve`]), detaching and the pid
 //!   file, `--user`, the proxy credentials;
 //! - [`context`]: what a running plug shares ([`Context`]);
+//! - [`listeners`]: each listener's state, started and reloaded as the core's
+//!   reload plan says (OPT-13/15); what an adapter must do ([`Acceptor`]);
 //! - [`lifecycle`]: the signal thread and the thread that carries out the
 //!   core's process machine (stop, drain, cut, exit);
 //! - [`drive`]: the core's machines carried out on sockets: a connection
@@ -30,6 +32,7 @@
 pub mod context;
 pub mod drive;
 pub mod lifecycle;
+pub mod listeners;
 pub mod net;
 pub mod output;
 pub mod start;
@@ -38,6 +41,7 @@ pub mod systemd;
 
 pub use context::Context;
 pub use drive::conn::Conn;
+pub use listeners::{Acceptor, Listener};
 /// The core, re-exported so adapters name the same types.
 pub use plug_core;
-pub use start::{boot, Boot, Listeners};
+pub use start::{boot, Boot};

@@ -54,13 +54,9 @@ pub(crate) fn spawn_signal_thread(ctx: &Arc<Context>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts the lifecycle thread: `close_listeners` shuts every listener when the
-/// graceful stop begins, so the accept loops end (PROC-4).
-pub(crate) fn spawn(
-    ctx: &Arc<Context>,
-    events: Receiver<Event>,
-    mut close_listeners: impl FnMut() + Send + 'static,
-) -> std::io::Result<()> {
+/// Starts the lifecycle thread. When the graceful stop begins it shuts every
+/// listener, so the accept loops end (PROC-4).
+pub(crate) fn spawn(ctx: &Arc<Context>, events: Receiver<Event>) -> std::io::Result<()> {
     let ctx = Arc::clone(ctx);
     let mut process = Process::new(ctx.config().drain_timeout);
     std::thread::Builder::new()
@@ -83,7 +79,7 @@ pub(crate) fn spawn(
                 match output {
                     ProcessOutput::StopAccepting => {
                         ctx.begin_stop();
-                        close_listeners();
+                        ctx.shut_listeners();
                         process.handle_open(now, ctx.open());
                     }
                     ProcessOutput::Dump => ctx.report_state(),

@@ -223,11 +223,10 @@ pub fn ensure_stdio_open() -> io::Result<()> {
 /// Closes every descriptor above 2 except `keep` (a listener systemd passed),
 /// so none that plug inherited stays open in the daemon (PROC-7). Call while
 /// single-threaded, before plug opens anything of its own.
-pub fn close_inherited_fds(keep: Option<RawFd>) {
-    let ranges: &[(u32, u32)] = match keep {
-        Some(3) => &[(4, u32::MAX)],
-        _ => &[(3, u32::MAX)],
-    };
+pub fn close_inherited_fds(keep: &[RawFd]) {
+    // The passed descriptors are 3, 4, … (systemd's order): keep that run.
+    let first = 3 + u32::try_from(keep.len()).unwrap_or(0);
+    let ranges: &[(u32, u32)] = &[(first, u32::MAX)];
     let mut done = true;
     for &(first, last) in ranges {
         // SAFETY: close_range only closes descriptors; none of them is owned by
@@ -248,7 +247,7 @@ pub fn close_inherited_fds(keep: Option<RawFd>) {
         Err(_) => return,
     };
     for fd in open {
-        if fd > 2 && Some(fd) != keep {
+        if fd > 2 && !keep.contains(&fd) {
             // SAFETY: as above; a descriptor already closed only yields EBADF.
             unsafe { libc::close(fd) };
         }

@@ -44,22 +44,33 @@ impl Notifier {
     }
 }
 
-/// The descriptor of the listening socket systemd passed to this process, if
-/// `LISTEN_PID` names it and `LISTEN_FDS` passes at least one (the first, 3, is
-/// the one served). Reads only the environment: call before closing inherited
-/// descriptors, which keeps this one (PROC-7).
-pub fn passed_fd() -> Option<RawFd> {
+/// The most descriptors plug takes from `LISTEN_FDS`: far more listeners than
+/// any file holds, few enough that a wild value closes nothing it should not.
+const MAX_PASSED_FDS: u32 = 1024;
+
+/// The descriptors of the listening sockets systemd passed to this process
+/// (3, 4, …), if `LISTEN_PID` names it. Reads only the environment: call before
+/// closing inherited descriptors, which keeps these (PROC-7).
+pub fn passed_fds() -> Vec<RawFd> {
     let pid = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok());
     let fds = std::env::var("LISTEN_FDS")
         .ok()
-        .and_then(|n| n.parse::<u32>().ok());
-    (pid == Some(std::process::id()) && fds.unwrap_or(0) >= 1).then_some(FIRST_PASSED_FD)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
+        .min(MAX_PASSED_FDS);
+    match pid == Some(std::process::id()) {
+        true => (0..fds)
+            .filter_map(|i| i32::try_from(i).ok())
+            .map(|i| FIRST_PASSED_FD + i)
+            .collect(),
+        false => Vec::new(),
+    }
 }
 
-/// Takes the descriptor [`passed_fd`] named as the listener, after checking that
-/// it is a listening socket.
+/// Takes a descriptor [`passed_fds`] named, after checking that it is a
+/// listening socket.
 pub fn adopt(fd: RawFd) -> io::Result<TcpListener> {
     let listener = sys::adopt_listener(fd)?;
     // Not for anything this process might start.

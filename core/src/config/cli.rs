@@ -329,7 +329,7 @@ pub struct FileStart {
 
 /// The options given on the command line, as every line of a `--config` file
 /// starts from them (OPT-13).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Defaults {
     opts: Vec<Opt>,
 }

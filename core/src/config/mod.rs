@@ -5,4 +5,5 @@
 pub mod addr;
 pub mod cli;
 pub mod file;
+pub mod reload;
 pub mod rules;

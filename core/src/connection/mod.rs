@@ -391,6 +391,12 @@ impl Connection {
         }
     }
 
+    /// The settings of the listener's line it started under (OPT-15: a reload
+    /// does not change them for an open connection).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The client's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer

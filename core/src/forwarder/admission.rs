@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::addr::canonical_ip;
 use crate::config::rules::AcceptRules;
+use crate::reports::metrics::MAX_SCRAPES;
 
 /// Descriptors kept back from connections for plug itself (stdio, listener, log,
 /// reactor, session file) when deriving the default `--max-conns`.
@@ -89,6 +90,8 @@ pub struct ProcessBudget {
     open: AtomicUsize,
     max_conns: usize,
     pipes: Arc<PipeBudget>,
+    /// Scrape connections being served (FAULT-6: at most [`MAX_SCRAPES`]).
+    scrapes: AtomicUsize,
 }
 
 impl ProcessBudget {
@@ -107,7 +110,28 @@ impl ProcessBudget {
             open: AtomicUsize::new(0),
             max_conns,
             pipes: Arc::new(PipeBudget::new(pipes)),
+            scrapes: AtomicUsize::new(0),
         }
+    }
+
+    /// Decides about a connection to the `--metrics` listener (FAULT-6): true
+    /// to serve it (report its end with [`ProcessBudget::handle_scrape_closed`]),
+    /// false to close it at once because [`MAX_SCRAPES`] are being served, so a
+    /// flood of scrapes never takes descriptors or threads from clients.
+    pub fn handle_scrape_accepted(&self) -> bool {
+        self.scrapes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_SCRAPES).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Reports that a scrape admitted by
+    /// [`ProcessBudget::handle_scrape_accepted`] has ended.
+    pub fn handle_scrape_closed(&self) {
+        let _ = self
+            .scrapes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// The `--max-conns` in force.

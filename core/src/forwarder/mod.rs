@@ -32,7 +32,7 @@ use crate::forwarder::admission::{Admission, ProcessBudget, Refusal};
 use crate::forwarder::select::{Balancer, DestId};
 use crate::forwarder::stats::Stats;
 use crate::reports::log::{self, LogKind, LogLevel, LogRecord, LogSettings};
-use crate::reports::metrics::{Metrics, MAX_SCRAPES};
+use crate::reports::metrics::Metrics;
 use crate::rounds::lookup::Lookup;
 use crate::rounds::probe::{Probe, ProbeResult};
 use crate::rounds::Rounds;
@@ -66,8 +66,6 @@ pub struct Forwarder {
     probing: BTreeSet<DestId>,
     /// What every listener shares: `--max-conns`, the pipes.
     budget: Arc<ProcessBudget>,
-    /// Scrape connections being served (FAULT-6: at most [`MAX_SCRAPES`]).
-    scrapes: usize,
     logs: VecDeque<LogRecord>,
 }
 
@@ -113,7 +111,6 @@ impl Forwarder {
             resolve: config.resolve.map(Rounds::new),
             health: config.health_check.map(Rounds::new),
             probing: BTreeSet::new(),
-            scrapes: 0,
             logs: VecDeque::new(),
         }
     }
@@ -405,22 +402,9 @@ impl Forwarder {
         self.drain_balancer_events();
     }
 
-    /// Decides about a connection to the `--metrics` listener (FAULT-6): true
-    /// to serve it (report its end with [`Forwarder::handle_scrape_closed`]),
-    /// false to close it at once because [`MAX_SCRAPES`] are being served, so a
-    /// flood of scrapes never takes descriptors or threads from clients.
-    pub fn handle_scrape_accepted(&mut self, _now: Instant) -> bool {
-        if self.scrapes >= MAX_SCRAPES {
-            return false;
-        }
-        self.scrapes += 1;
-        true
-    }
-
-    /// Reports that a scrape admitted by [`Forwarder::handle_scrape_accepted`]
-    /// has ended.
-    pub fn handle_scrape_closed(&mut self, _now: Instant) {
-        self.scrapes = self.scrapes.saturating_sub(1);
+    /// What every listener shares: `--max-conns`, the pipes, the scrapes.
+    pub fn budget(&self) -> &Arc<ProcessBudget> {
+        &self.budget
     }
 
     /// A copy of the counts `/metrics` shows (OPT-9), to render after letting go
@@ -464,6 +448,7 @@ mod tests {
     use super::*;
     use crate::config::cli::Action;
     use crate::connection::Output;
+    use crate::reports::metrics::MAX_SCRAPES;
     use crate::test_clock::t0;
     use std::ffi::OsString;
 
@@ -804,15 +789,16 @@ mod tests {
     fn scrapes_have_a_budget_of_their_own_fault_6() {
         let now = t0();
         let mut f = forwarder(&["--max-conns", "2", "8080", "127.0.0.1:9000"]);
+        let b = Arc::clone(f.budget());
         for _ in 0..MAX_SCRAPES {
-            assert!(f.handle_scrape_accepted(now));
+            assert!(b.handle_scrape_accepted());
         }
-        assert!(!f.handle_scrape_accepted(now), "the 17th is closed at once");
+        assert!(!b.handle_scrape_accepted(), "the 17th is closed at once");
         // Clients are admitted all the while: the budgets are apart.
         assert!(f.handle_accepted(now, client(1)).is_some());
-        f.handle_scrape_closed(now);
-        assert!(f.handle_scrape_accepted(now), "a freed slot is used again");
-        assert!(!f.handle_scrape_accepted(now));
+        b.handle_scrape_closed();
+        assert!(b.handle_scrape_accepted(), "a freed slot is used again");
+        assert!(!b.handle_scrape_accepted());
     }
 
     #[test]

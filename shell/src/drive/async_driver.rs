@@ -22,6 +22,7 @@ use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
 use crate::drive::conn::{Conn, Pipes};
 use crate::drive::scrape;
+use crate::listeners::Listener;
 use crate::net::sockets;
 use crate::net::splice::PIPE_CAPACITY;
 use crate::Context;
@@ -68,21 +69,22 @@ pub fn executor_threads(var: &str) -> usize {
         })
 }
 
-/// Accepts on `listener` until a graceful stop shuts it, handing each socket
-/// (registered with the reactor) to `serve`; what a failed accept means is the
-/// core's (§5, FAULT-1).
+/// Accepts on `socket` until it is shut and `ends` says so, handing each
+/// socket (registered with the reactor) to `serve`; what a failed accept means
+/// is the core's (§5, FAULT-1), for `listener` or, for scrapes, its own pause.
 async fn accept_each(
-    ctx: &Context,
-    listener: &Async<TcpListener>,
+    socket: &Async<TcpListener>,
+    ends: impl Fn() -> bool,
+    failed: impl Fn(&std::io::Error) -> AcceptNext,
     mut serve: impl FnMut(Async<TcpStream>, std::net::SocketAddr),
 ) {
     loop {
         // `read_with` waits on the reactor whenever accept says EAGAIN.
-        let accepted = listener.read_with(sockets::accept).await;
+        let accepted = socket.read_with(sockets::accept).await;
         match accepted.and_then(|(c, peer)| Ok((Async::new_nonblocking(c)?, peer))) {
-            Ok((socket, peer)) => serve(socket, peer),
-            Err(_) if ctx.is_stopping() => break,
-            Err(e) => match ctx.accept_failed(Instant::now(), &e) {
+            Ok((client, peer)) => serve(client, peer),
+            Err(_) if ends() => break,
+            Err(e) => match failed(&e) {
                 AcceptNext::Retry | AcceptNext::WaitReadable => {}
                 AcceptNext::Pause(pause) => {
                     Timer::after(pause).await;
@@ -92,31 +94,49 @@ async fn accept_each(
     }
 }
 
-/// Accepts clients until a graceful stop shuts the listener, spawning one task per
-/// admitted client; then returns.
-pub async fn accept_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
-    accept_each(ctx, listener, |client, peer| {
-        // A refused client is dropped here: closed at once (CONN-1).
-        if let Some(conn) = ctx.accept(Instant::now(), peer) {
-            spawner.spawn(conn, client);
-        }
-    })
+/// Accepts `listener`'s clients until a stop or a reload shuts it, spawning
+/// one task per admitted client; then reports that its loop has ended.
+pub async fn accept_loop(
+    ctx: &Arc<Context>,
+    listener: &Arc<Listener>,
+    socket: Async<TcpListener>,
+    spawner: &dyn Spawn,
+) {
+    accept_each(
+        &socket,
+        || ctx.accept_should_end(listener),
+        |e| ctx.accept_failed(listener, Instant::now(), e),
+        |client, peer| {
+            // A refused client is dropped here: closed at once (CONN-1).
+            if let Some(conn) = ctx.accept(listener, Instant::now(), peer) {
+                spawner.spawn(conn, client);
+            }
+        },
+    )
     .await;
+    // Closed now, so another process (or a later reload) can bind the port.
+    drop(socket);
+    ctx.accept_loop_ended();
 }
 
 /// Accepts scrapes on the `--metrics` listener until a graceful stop shuts it,
 /// one task each (OPT-9); then returns.
-pub async fn metrics_loop(ctx: &Arc<Context>, listener: &Async<TcpListener>, spawner: &dyn Spawn) {
-    accept_each(ctx, listener, |client, _| {
-        // Over the budget: dropped, so closed at once (FAULT-6).
-        if let Some(ticket) = scrape::admit(ctx) {
-            let task = serve_scrape(Arc::clone(ctx), client);
-            spawner.spawn_boxed(Box::pin(async move {
-                task.await;
-                drop(ticket);
-            }));
-        }
-    })
+pub async fn metrics_loop(ctx: &Arc<Context>, socket: &Async<TcpListener>, spawner: &dyn Spawn) {
+    accept_each(
+        socket,
+        || ctx.is_stopping(),
+        |e| ctx.scrape_accept_failed(e),
+        |client, _| {
+            // Over the budget: dropped, so closed at once (FAULT-6).
+            if let Some(ticket) = scrape::admit(ctx) {
+                let task = serve_scrape(Arc::clone(ctx), client);
+                spawner.spawn_boxed(Box::pin(async move {
+                    task.await;
+                    drop(ticket);
+                }));
+            }
+        },
+    )
     .await;
 }
 

@@ -16,15 +16,21 @@ use std::time::Instant;
 use plug_core::connection::relay::Side;
 use plug_core::connection::{ConnectFailure, Connection, Output, Transfer};
 
+use crate::listeners::Listener;
 use crate::net::live::Slot;
 use crate::net::sockets::{self, ConnectError};
 use crate::net::splice::Pipe;
+use crate::output::session_file::SessionWriter;
 use crate::Context;
 
 /// One accepted client, on its way through plug.
 #[derive(Debug)]
 pub struct Conn {
     ctx: Arc<Context>,
+    /// The listener that accepted it: the shared state it syncs with.
+    listener: Arc<Listener>,
+    /// Where its session line goes: its listener's when it started (OPT-15).
+    session: Option<Arc<SessionWriter>>,
     core: Connection,
     /// Its sockets' place among the open connections' (for a cut, OPT-8), from
     /// [`Conn::start`] until [`Conn::before_close`].
@@ -35,9 +41,11 @@ pub struct Conn {
 pub type Pipes = [Option<Pipe>; 2];
 
 impl Conn {
-    pub(crate) fn new(ctx: Arc<Context>, core: Connection) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>, listener: Arc<Listener>, core: Connection) -> Self {
         Conn {
             ctx,
+            session: listener.session(),
+            listener,
             core,
             slot: None,
         }
@@ -46,7 +54,7 @@ impl Conn {
     /// Takes the client socket (non-blocking, from `sockets::accept`): sets it up
     /// and records it among the open connections' sockets. Call first.
     pub fn start(&mut self, client: &TcpStream) {
-        sockets::prepare_client(client, self.ctx.config().keepalive);
+        sockets::prepare_client(client, self.core.settings().keepalive);
         self.slot = Some(self.ctx.live.insert(client.as_raw_fd()));
     }
 
@@ -82,14 +90,18 @@ impl Conn {
                 Output::Sync => self.sync(now),
                 Output::Log(record) => self.ctx.writer.log(record),
                 Output::ReturnBuffer(buffer) => buffers::put(buffer),
-                Output::Session(record) => self.ctx.writer.session(record),
+                Output::Session(record) => {
+                    if let Some(to) = &self.session {
+                        self.ctx.writer.session(Arc::clone(to), record);
+                    }
+                }
                 other => return other,
             }
         }
     }
 
     fn sync(&mut self, now: Instant) {
-        let mut forwarder = self.ctx.forwarder();
+        let mut forwarder = self.listener.forwarder();
         self.core.sync(now, &mut forwarder);
         drop(forwarder);
         if self.core.is_done() {
@@ -162,7 +174,7 @@ impl Conn {
                 let result = match dest.map(TcpStream::take_error) {
                     Some(Ok(None)) => {
                         if let Some(s) = dest {
-                            sockets::prepare(s, self.ctx.config().keepalive);
+                            sockets::prepare(s, core.settings().keepalive);
                         }
                         Ok(())
                     }

@@ -13,65 +13,104 @@ use plug_core::forwarder::Forwarder;
 use plug_core::rounds::lookup::Lookup;
 use plug_core::rounds::probe::{Probe, ProbeResult, ProbeStep};
 
+use crate::listeners::Listener;
 use crate::net::sockets::ConnectError;
 use crate::Context;
 
+/// Work of one listener's rounds.
+type Of<T> = (Arc<Listener>, T);
+
 /// Looks every name of `lookups` up (blocking) and reports the results.
-fn resolve(ctx: &Context, lookups: Vec<Lookup>) {
-    for lookup in lookups {
+fn resolve(ctx: &Context, lookups: Vec<Of<Lookup>>) {
+    for (listener, lookup) in lookups {
         let result = (lookup.name.as_str(), lookup.port)
             .to_socket_addrs()
             .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<IpAddr>>())
             .map_err(|e| e.to_string());
         let now = Instant::now();
-        ctx.with_forwarder(now, |f| f.handle_resolved(now, lookup.dest, result));
+        ctx.with(&listener, now, |f| {
+            f.handle_resolved(now, lookup.dest, result)
+        });
     }
+}
+
+/// Takes what every listener has due now.
+fn due_now<T>(
+    ctx: &Context,
+    now: Instant,
+    poll: fn(&mut Forwarder, Instant) -> Vec<T>,
+) -> Vec<Of<T>> {
+    let mut due = Vec::new();
+    for listener in ctx.listeners() {
+        let work = ctx.with(&listener, now, |f| poll(f, now));
+        due.extend(work.into_iter().map(|w| (Arc::clone(&listener), w)));
+    }
+    due
 }
 
 /// Looks up the names due now, before plug serves (OPT-11: at start), so the
 /// first clients find addresses.
 pub fn resolve_now(ctx: &Context) {
     let now = Instant::now();
-    let lookups = ctx.with_forwarder(now, |f| f.poll_lookups(now));
+    let lookups = due_now(ctx, now, Forwarder::poll_lookups);
     resolve(ctx, lookups);
 }
 
-/// What a round takes from the core: the work due now, and when to come back.
-type Due<T> = (Vec<T>, Option<Instant>);
+/// How long a rounds thread with nothing scheduled waits before it looks
+/// again, with `--config` (a reload may give a listener rounds).
+const IDLE_ROUND_CHECK: Duration = Duration::from_secs(1);
 
 /// Runs rounds of `work` on a thread named `name`: `poll` takes what is due from
-/// the core and says when to come back (`None`: nothing is ever due again).
+/// the core, `next` says when to come back (`None`: nothing is due again, and
+/// without `--config` nothing ever will be).
 fn every_round<T: Send + 'static>(
     ctx: &Arc<Context>,
     name: &str,
-    poll: fn(&mut Forwarder, Instant) -> Due<T>,
-    work: fn(&Arc<Context>, Vec<T>),
+    poll: fn(&mut Forwarder, Instant) -> Vec<T>,
+    next: fn(&Forwarder) -> Option<Instant>,
+    work: fn(&Arc<Context>, Vec<Of<T>>),
 ) -> io::Result<()> {
     let ctx = Arc::clone(ctx);
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
             let now = Instant::now();
-            let (due, next) = ctx.with_forwarder(now, |f| poll(f, now));
+            let due = due_now(&ctx, now, poll);
             if !due.is_empty() {
                 work(&ctx, due);
             }
-            let Some(next) = next else { return };
+            let soonest = ctx
+                .listeners()
+                .iter()
+                .filter_map(|l| next(&l.forwarder()))
+                .min();
+            let wake = match (soonest, &ctx.file_start) {
+                (Some(at), _) => at,
+                (None, Some(_)) => Instant::now() + IDLE_ROUND_CHECK,
+                (None, None) => return,
+            };
             // Sleeping until the core's next round: nothing to do before then.
-            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
         })?;
     Ok(())
 }
 
+/// True when some listener has rounds of this kind, or a reload could give it
+/// some (`--config`).
+fn wanted(ctx: &Context, has: fn(&plug_core::config::cli::Config) -> bool) -> bool {
+    ctx.file_start.is_some() || ctx.listeners().iter().any(|l| has(&l.line()))
+}
+
 /// Starts the lookup thread when `--resolve` is given.
 pub fn start_resolver(ctx: &Arc<Context>) -> io::Result<()> {
-    if ctx.config().resolve.is_none() {
+    if !wanted(ctx, |c| c.resolve.is_some()) {
         return Ok(());
     }
     every_round(
         ctx,
         "resolver",
-        |f, now| (f.poll_lookups(now), f.poll_lookup_timeout()),
+        Forwarder::poll_lookups,
+        Forwarder::poll_lookup_timeout,
         |ctx, lookups| resolve(ctx, lookups),
     )
 }
@@ -79,13 +118,14 @@ pub fn start_resolver(ctx: &Arc<Context>) -> io::Result<()> {
 /// Starts the health-check thread when `--health-check` is given (its first
 /// round is due after [`probe_now`]'s).
 pub fn start_prober(ctx: &Arc<Context>) -> io::Result<()> {
-    if ctx.config().health_check.is_none() {
+    if !wanted(ctx, |c| c.health_check.is_some()) {
         return Ok(());
     }
     every_round(
         ctx,
         "health-checks",
-        |f, now| (f.poll_probes(now), f.poll_probe_timeout()),
+        Forwarder::poll_probes,
+        Forwarder::poll_probe_timeout,
         |ctx, probes| {
             probe_all(ctx, probes);
         },
@@ -97,7 +137,7 @@ pub fn start_prober(ctx: &Arc<Context>) -> io::Result<()> {
 /// down at start is out of rotation before the first client (OPT-10).
 pub fn probe_now(ctx: &Arc<Context>) {
     let now = Instant::now();
-    let probes = ctx.with_forwarder(now, |f| f.poll_probes(now));
+    let probes = due_now(ctx, now, Forwarder::poll_probes);
     for handle in probe_all(ctx, probes) {
         let _ = handle.join();
     }
@@ -105,17 +145,18 @@ pub fn probe_now(ctx: &Arc<Context>) {
 
 /// Starts every probe on a thread of its own, so a destination that hangs
 /// delays no other; each reports its own outcome.
-fn probe_all(ctx: &Arc<Context>, probes: Vec<Probe>) -> Vec<std::thread::JoinHandle<()>> {
+fn probe_all(ctx: &Arc<Context>, probes: Vec<Of<Probe>>) -> Vec<std::thread::JoinHandle<()>> {
     let mut running = Vec::new();
-    for probe in probes {
+    for (listener, probe) in probes {
         let mine = Arc::clone(ctx);
         let dest = probe.dest();
+        let theirs = Arc::clone(&listener);
         let spawned = std::thread::Builder::new()
             .name("probe".into())
             .spawn(move || {
                 let (dest, result) = run(probe);
                 let now = Instant::now();
-                mine.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
+                mine.with(&theirs, now, |f| f.handle_probe_result(now, dest, result));
             });
         match spawned {
             Ok(handle) => running.push(handle),
@@ -123,7 +164,7 @@ fn probe_all(ctx: &Arc<Context>, probes: Vec<Probe>) -> Vec<std::thread::JoinHan
                 let now = Instant::now();
                 // plug's own failure: the destination's health stays (FAULT-6).
                 let result = ProbeResult::Inconclusive(format!("cannot start a health check: {e}"));
-                ctx.with_forwarder(now, |f| f.handle_probe_result(now, dest, result));
+                ctx.with(&listener, now, |f| f.handle_probe_result(now, dest, result));
             }
         }
     }

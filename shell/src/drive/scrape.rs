@@ -32,16 +32,15 @@ pub struct ScrapeTicket(Arc<Context>);
 
 impl Drop for ScrapeTicket {
     fn drop(&mut self) {
-        let now = Instant::now();
-        self.0.with_forwarder(now, |f| f.handle_scrape_closed(now));
+        self.0.budget().handle_scrape_closed();
     }
 }
 
 /// Decides about a connection to the metrics listener: a ticket to serve it,
 /// or `None` to close it at once (the core's budget is spent).
 pub fn admit(ctx: &Arc<Context>) -> Option<ScrapeTicket> {
-    let now = Instant::now();
-    ctx.with_forwarder(now, |f| f.handle_scrape_accepted(now))
+    ctx.budget()
+        .handle_scrape_accepted()
         .then(|| ScrapeTicket(Arc::clone(ctx)))
 }
 

@@ -26,7 +26,7 @@ pub const QUEUE: usize = 16 * 1024;
 
 enum Line {
     Log(LogRecord),
-    Session(Box<SessionRecord>, SystemTime),
+    Session(Arc<SessionWriter>, Box<SessionRecord>, SystemTime),
     Flush(SyncSender<()>),
 }
 
@@ -38,19 +38,15 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread with where lines go: `logger` for log records,
-    /// `sessions` for session lines, stamped `plug[pid]`.
-    pub fn start(
-        logger: Arc<Logger>,
-        sessions: Option<SessionWriter>,
-        pid: u32,
-    ) -> io::Result<Writer> {
+    /// Starts the writer thread: log records go to `logger`, session lines
+    /// (stamped `plug[pid]`) where each says.
+    pub fn start(logger: Arc<Logger>, pid: u32) -> io::Result<Writer> {
         let (queue, lines) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&dropped);
         std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || write_lines(&lines, &logger, sessions.as_ref(), pid, &counted))?;
+            .spawn(move || write_lines(&lines, &logger, pid, &counted))?;
         Ok(Writer { queue, dropped })
     }
 
@@ -68,9 +64,9 @@ impl Writer {
         self.send(Line::Log(record));
     }
 
-    /// Queues a session record closed now; never blocks.
-    pub fn session(&self, record: Box<SessionRecord>) {
-        self.send(Line::Session(record, SystemTime::now()));
+    /// Queues a session record closed now, for `to`; never blocks.
+    pub fn session(&self, to: Arc<SessionWriter>, record: Box<SessionRecord>) {
+        self.send(Line::Session(to, record, SystemTime::now()));
     }
 
     /// Waits until every line queued so far is written, or `deadline`, whichever
@@ -84,13 +80,7 @@ impl Writer {
     }
 }
 
-fn write_lines(
-    lines: &Receiver<Line>,
-    logger: &Logger,
-    sessions: Option<&SessionWriter>,
-    pid: u32,
-    dropped: &AtomicU64,
-) {
+fn write_lines(lines: &Receiver<Line>, logger: &Logger, pid: u32, dropped: &AtomicU64) {
     let mut limiter = Limiter::new();
     loop {
         let next = match limiter.poll_timeout() {
@@ -119,8 +109,7 @@ fn write_lines(
                     logger.write(&record);
                 }
             }
-            Line::Session(record, closed) => {
-                let Some(sessions) = sessions else { continue };
+            Line::Session(sessions, record, closed) => {
                 let text = record.line(sys::local_time(closed), pid);
                 if let Err(e) = sessions.write(&text) {
                     let record = LogRecord::limited(

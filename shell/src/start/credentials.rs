@@ -2,6 +2,8 @@
 
 use plug_core::connection::connect::ProxyCredentials;
 
+use crate::start::config_file::read_regular_file;
+
 /// The most `--proxy-auth-file` may hold (FAULT-7).
 const MAX_CREDENTIALS_FILE: u64 = 64 * 1024;
 
@@ -10,24 +12,7 @@ const MAX_CREDENTIALS_FILE: u64 = 64 * 1024;
 /// must be a regular file, so a FIFO or a device there is an error, not a hang,
 /// and at most 64 KiB is read.
 pub(crate) fn read_credentials(path: &std::path::Path) -> Result<ProxyCredentials, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |why: String| format!("cannot read proxy credentials {}: {why}", path.display());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(fail("not a regular file".into()));
-    }
-    let mut contents = Vec::new();
-    file.take(MAX_CREDENTIALS_FILE + 1)
-        .read_to_end(&mut contents)
-        .map_err(|e| fail(e.to_string()))?;
-    if contents.len() as u64 > MAX_CREDENTIALS_FILE {
-        return Err(fail("larger than 64 KiB".into()));
-    }
+    let contents = read_regular_file(path, MAX_CREDENTIALS_FILE)
+        .map_err(|why| format!("cannot read proxy credentials {}: {why}", path.display()))?;
     ProxyCredentials::from_file_contents(&contents).map_err(|e| format!("{}: {e}", path.display()))
 }

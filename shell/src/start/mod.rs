@@ -1,6 +1,7 @@
 //! Start-up (PROC-1/2/3/6/7/9): from argv to a bound, detached, ready process
 //! that an adapter serves, in the order the crate's documentation gives.
 
+pub mod config_file;
 pub mod credentials;
 pub mod daemon;
 pub mod user;
@@ -8,27 +9,27 @@ pub mod user;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
-use plug_core::config::cli::{self, Action, EXIT_FATAL, EXIT_OK};
+use plug_core::config::cli::{self, Action, Config, FileStart, EXIT_FATAL, EXIT_OK};
+use plug_core::config::file;
 use plug_core::connection::Runtime;
-use plug_core::forwarder::Forwarder;
+use plug_core::forwarder::admission::ProcessBudget;
 use plug_core::reports::log::{self as core_log, LogLevel, LogTargets};
 
 use crate::context::Context;
 use crate::drive::rounds;
 use crate::lifecycle::{self, Event};
+use crate::listeners::{self, Acceptor, Listener};
 use crate::net::live::LiveSockets;
 use crate::net::sockets;
 use crate::output::log::Logger;
-use crate::output::session_file::SessionWriter;
 use crate::output::syslog::{self, Syslog};
 use crate::output::writer::Writer;
 use crate::{sys, systemd};
-use credentials::read_credentials;
+use config_file::read_config_file;
 use daemon::{ParentOutcome, PidFile, Readiness};
 use user::Account;
 
@@ -38,79 +39,68 @@ fn die(program: &str, message: &str, status: i32) -> ! {
     std::process::exit(status)
 }
 
-/// A started process, ready for an adapter to serve `listener`.
+/// A started process, ready for an adapter to serve its listeners.
 #[derive(Debug)]
 pub struct Boot {
     /// The shared state.
     pub ctx: Arc<Context>,
-    /// The bound, listening socket.
-    pub listener: TcpListener,
+    /// Each listener with its bound, listening socket.
+    sockets: Vec<(Arc<Listener>, TcpListener)>,
     /// The `--metrics` listener, bound too (OPT-9).
-    pub metrics: Option<TcpListener>,
+    metrics: Option<TcpListener>,
     readiness: Readiness,
     events: Receiver<Event>,
 }
 
-/// The listeners an adapter serves, as its `setup` made them.
-pub type Listeners<T> = (Arc<T>, Option<Arc<T>>);
-
 impl Boot {
-    /// Hands over to the adapter: runs `setup` on the listener and the metrics
-    /// listener, if any (register them with a reactor, start worker threads),
-    /// looks up host names and checks the destinations' health for the first
-    /// time and starts the threads of the later rounds (OPT-10/11), starts the
-    /// signal and lifecycle threads (the core's [`plug_core::process::Process`]
-    /// decides what each signal means; the stop shuts both listeners so the
-    /// accept loops end), then reports ready to a waiting parent (PROC-1) and
-    /// systemd. A failure here exits 4, reported to the parent when there is one.
-    ///
-    /// The listeners are shared with the lifecycle thread, which holds them until
-    /// it has shut them down, so their descriptors cannot be closed and reused by
-    /// a client socket in between.
-    pub fn serve<T>(
-        self,
-        setup: impl FnOnce(TcpListener, Option<TcpListener>) -> io::Result<(T, Option<T>)>,
-    ) -> (Arc<Context>, Listeners<T>)
-    where
-        T: AsRawFd + Send + Sync + 'static,
-    {
+    /// Hands over to the adapter: looks up host names and checks the
+    /// destinations' health for the first time and starts the threads of the
+    /// later rounds (OPT-10/11), has `acceptor` serve every listener and the
+    /// metrics listener, starts the signal and lifecycle threads (the core's
+    /// [`plug_core::process::Process`] decides what each signal means), then
+    /// reports ready to a waiting parent (PROC-1) and systemd. A failure here
+    /// exits 4, reported to the parent when there is one. The adapter's
+    /// thread then runs its tasks or waits; the lifecycle thread exits.
+    pub fn serve(self, acceptor: Arc<dyn Acceptor>) -> Arc<Context> {
         let Boot {
             ctx,
-            listener,
+            sockets,
             metrics,
             mut readiness,
             events,
         } = self;
-        let prepared = setup(listener, metrics)
-            .map(|(l, m)| (Arc::new(l), m.map(Arc::new)))
-            .map_err(|e| format!("cannot start serving: {e}"))
-            .and_then(|(listener, metrics)| {
-                rounds::resolve_now(&ctx);
-                rounds::probe_now(&ctx);
-                rounds::start_resolver(&ctx)
-                    .and_then(|()| rounds::start_prober(&ctx))
-                    .map_err(|e| format!("cannot start the lookup or health-check thread: {e}"))?;
-                let mut held = Some((Arc::clone(&listener), metrics.clone()));
-                lifecycle::spawn(&ctx, events, move || {
-                    if let Some((l, m)) = held.take() {
-                        sys::shutdown_read(l.as_raw_fd());
-                        if let Some(m) = m {
-                            sys::shutdown_read(m.as_raw_fd());
-                        }
-                    }
-                })
+        let _ = ctx.acceptor.set(Arc::clone(&acceptor));
+        let started = (|| {
+            rounds::resolve_now(&ctx);
+            rounds::probe_now(&ctx);
+            rounds::start_resolver(&ctx)
+                .and_then(|()| rounds::start_prober(&ctx))
+                .map_err(|e| format!("cannot start the lookup or health-check thread: {e}"))?;
+            for (listener, socket) in sockets {
+                listeners::start(&ctx, acceptor.as_ref(), &listener, socket)
+                    .map_err(|e| format!("cannot start serving: {e}"))?;
+            }
+            if let Some(socket) = metrics {
+                let dup = socket
+                    .try_clone()
+                    .map_err(|e| format!("cannot serve --metrics: {e}"))?;
+                *ctx.metrics_socket.lock().unwrap_or_else(|p| p.into_inner()) = Some(socket);
+                acceptor
+                    .serve_metrics(&ctx, dup)
+                    .map_err(|e| format!("cannot serve --metrics: {e}"))?;
+            }
+            lifecycle::spawn(&ctx, events)
                 .and_then(|()| lifecycle::spawn_signal_thread(&ctx))
                 .map_err(|e| format!("cannot start the signal thread: {e}"))
-                .map(|()| (listener, metrics))
-            });
-        match prepared {
-            Ok(listeners) => {
+        })();
+        match started {
+            Ok(()) => {
                 readiness.ready();
                 let ready = format!("READY=1\nMAINPID={}", ctx.pid);
                 if let Err(e) = ctx.notifier.notify(&ready) {
                     ctx.log.error(&format!("cannot notify systemd: {e}"));
                 }
-                (ctx, listeners)
+                ctx
             }
             Err(message) => fail(&ctx, &mut readiness, &message),
         }
@@ -133,6 +123,53 @@ fn absolute(path: &mut std::path::PathBuf) {
     }
 }
 
+/// The listeners' lines from argv: the command line's one, or the
+/// `--config` file's (read here, bounded). `-V`, `--help`, usage errors and
+/// errors in the file (exit 5), and a file that cannot be read (exit 4) end
+/// here.
+fn lines_from(
+    program: &str,
+    argv: Vec<OsString>,
+    runtime: Runtime,
+) -> (Vec<Config>, Option<FileStart>) {
+    match cli::parse(argv) {
+        Ok(Action::Run(config)) => (vec![*config], None),
+        Ok(Action::RunFile(start)) => {
+            let mut start = *start;
+            let shown = start.file.display().to_string();
+            let text =
+                read_config_file(&start.file).unwrap_or_else(|e| die(program, &e, EXIT_FATAL));
+            match file::parse(&start, &shown, &text) {
+                Ok(lines) => {
+                    // Re-read on SIGHUP after detaching moved plug to `/`.
+                    absolute(&mut start.file);
+                    (lines, Some(start))
+                }
+                Err(errors) => {
+                    let mut err = io::stderr().lock();
+                    for line in errors.lines() {
+                        let _ = writeln!(err, "{program}: {line}");
+                    }
+                    std::process::exit(cli::EXIT_SYNTAX)
+                }
+            }
+        }
+        Ok(action @ (Action::Version | Action::LongVersion)) => {
+            let long = action == Action::LongVersion;
+            println!("{}", core_log::version(program, runtime.name, long));
+            std::process::exit(EXIT_OK)
+        }
+        Ok(Action::Help) => {
+            print!("{}", cli::help(program));
+            std::process::exit(EXIT_OK)
+        }
+        Err(e) => {
+            let _ = write!(io::stderr(), "{program}: {e}\n{}", cli::usage(program));
+            std::process::exit(e.status())
+        }
+    }
+}
+
 /// Starts the process from argv: returns only in the process that will serve.
 /// `-V`, `--help`, usage errors (exit 5) and start-up failures (exit 4) end here.
 /// `runtime` says what the adapter offers the core (splicing, buffer release).
@@ -148,48 +185,39 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         .map(|a| a.to_string_lossy().into_owned())
         .unwrap_or_default();
     let program = core_log::program_name(&argv0).to_string();
-    let mut config = match cli::parse(argv.collect()) {
-        Ok(Action::Run(config)) => *config,
-        Ok(action @ (Action::Version | Action::LongVersion)) => {
-            let long = action == Action::LongVersion;
-            println!("{}", core_log::version(&program, runtime.name, long));
-            std::process::exit(EXIT_OK)
-        }
-        Ok(Action::Help) => {
-            print!("{}", cli::help(&program));
-            std::process::exit(EXIT_OK)
-        }
-        Err(e) => {
-            let _ = write!(io::stderr(), "{program}: {e}\n{}", cli::usage(&program));
-            std::process::exit(e.status())
-        }
-    };
+    let (mut lines, file_start) = lines_from(&program, argv.collect(), runtime);
     let fatal = |message: &str| -> ! { die(&program, message, EXIT_FATAL) };
     if let Err(e) = blocked {
         fatal(&format!("cannot set up signals: {e}"))
     }
 
-    // Nothing inherited stays open but stdio and a listener systemd passed
+    // Nothing inherited stays open but stdio and the listeners systemd passed
     // (PROC-7), so `x=$(plug ...)` returns and no descriptor leaks into the daemon.
-    let passed_fd = systemd::passed_fd();
+    let passed = systemd::passed_fds();
     if let Err(e) = sys::ensure_stdio_open() {
         fatal(&format!("cannot open /dev/null: {e}"))
     }
-    sys::close_inherited_fds(passed_fd);
-    if let Some(path) = config.pid_file.as_mut() {
-        absolute(path);
+    sys::close_inherited_fds(&passed);
+    for config in &mut lines {
+        if let Some(path) = config.pid_file.as_mut() {
+            absolute(path);
+        }
+        if let Some(cli::SessionTarget::File(path)) = config.session.as_mut() {
+            absolute(path);
+        }
+        if let Some(path) = config.proxy_auth_file.as_mut() {
+            absolute(path);
+        }
     }
-    if let Some(cli::SessionTarget::File(path)) = config.session.as_mut() {
-        absolute(path);
-    }
-    if let Some(path) = config.proxy_auth_file.as_mut() {
-        absolute(path);
-    }
+    // The process-wide options are the same on every line.
+    let Some(config) = lines.first().cloned() else {
+        fatal("no listener")
+    };
 
-    let credentials = config
-        .proxy_auth_file
-        .as_deref()
-        .map(|path| read_credentials(path).unwrap_or_else(|e| fatal(&e)));
+    let credentials: Vec<_> = lines
+        .iter()
+        .map(|line| listeners::credentials_of(line).unwrap_or_else(|e| fatal(&e)))
+        .collect();
     let account = config
         .user
         .as_ref()
@@ -197,7 +225,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
     // --check: everything a start reads has been read and found good; nothing
     // has been bound, written or detached (OPT-14).
     if config.check {
-        println!("{}", core_log::configuration_ok(&program, 1));
+        println!("{}", core_log::configuration_ok(&program, lines.len()));
         std::process::exit(EXIT_OK)
     }
 
@@ -219,22 +247,43 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         fatal(message)
     };
 
-    // With systemd socket activation the passed socket is served and nothing is
-    // bound; the source argument still names the listener in logs (OPT-7).
+    // With systemd socket activation the passed sockets are served: without
+    // --config the first, whatever its address (the source argument still
+    // names the listener in logs); with --config each line gets the passed
+    // socket on its address, and a line no passed socket matches is bound
+    // (OPT-7, OPT-13).
     let notifier = systemd::Notifier::from_env();
-    let listener = match passed_fd {
-        Some(fd) => systemd::adopt(fd).unwrap_or_else(|e| {
-            let text = format!("cannot use the socket systemd passed: {e}");
-            pid_file_fatal(&mut pid_file, &text)
-        }),
-        None => {
-            let addr = config.source.bind_addr();
-            sockets::bind(addr).unwrap_or_else(|e| {
-                pid_file_fatal(&mut pid_file, &core_log::cannot_listen(addr, &e))
-            })
+    let mut adopted: Vec<TcpListener> = Vec::with_capacity(passed.len());
+    for &fd in &passed {
+        match systemd::adopt(fd) {
+            Ok(l) => adopted.push(l),
+            Err(e) => {
+                let text = format!("cannot use the socket systemd passed: {e}");
+                pid_file_fatal(&mut pid_file, &text)
+            }
         }
-    };
-    sockets::prepare_listener(&listener, config.keepalive);
+    }
+    let mut sockets: Vec<TcpListener> = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let addr = line.source.bind_addr();
+        let passed_here = match file_start {
+            None if !adopted.is_empty() => Some(adopted.remove(0)),
+            None => None,
+            Some(_) => adopted
+                .iter()
+                .position(|l| l.local_addr().is_ok_and(|a| a == addr))
+                .map(|i| adopted.remove(i)),
+        };
+        let socket = match passed_here {
+            Some(l) => l,
+            None => sockets::bind(addr).unwrap_or_else(|e| {
+                pid_file_fatal(&mut pid_file, &core_log::cannot_listen(addr, &e))
+            }),
+        };
+        sockets::prepare_listener(&socket, line.keepalive);
+        sockets.push(socket);
+    }
+    drop(adopted);
     let metrics = match config.metrics {
         None => None,
         Some(addr) => match sockets::bind(addr) {
@@ -294,26 +343,32 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
             early_failure(&mut pid_file, &e)
         }
     }
-    // As the account plug now runs as: it must be able to write the file.
-    let sessions = match config.session.clone() {
-        None => None,
-        Some(target) => match SessionWriter::open(target) {
-            Ok(w) => Some(w),
-            Err(e) => early_failure(&mut pid_file, &format!("cannot open session file {e}")),
-        },
-    };
-    let writer = match Writer::start(Arc::clone(&logger), sessions, pid) {
+    // As the account plug now runs as: it must be able to write the files.
+    let mut sessions = Vec::with_capacity(lines.len());
+    for line in &lines {
+        match listeners::open_session(line) {
+            Ok(w) => sessions.push(w),
+            Err(e) => early_failure(&mut pid_file, &e),
+        }
+    }
+    let writer = match Writer::start(Arc::clone(&logger), pid) {
         Ok(writer) => writer,
         Err(e) => early_failure(&mut pid_file, &format!("cannot start the log writer: {e}")),
     };
-    let forwarder = Forwarder::new(&config, credentials, nofile, runtime);
-    let described = config.describe(forwarder.max_conns());
+    let splicing = runtime.pipe_capacity.is_some();
+    let budget = Arc::new(ProcessBudget::new(config.max_conns, nofile, splicing));
     let (events, received) = mpsc::channel();
     let ctx = Arc::new(Context {
         program,
         log: logger,
         writer,
-        forwarder: Mutex::new(forwarder),
+        listeners: Mutex::new(Vec::new()),
+        budget,
+        runtime,
+        accepting: AtomicUsize::new(0),
+        acceptor: std::sync::OnceLock::new(),
+        metrics_socket: Mutex::new(None),
+        file_start,
         pid_file: Mutex::new(pid_file),
         pid,
         stopping: AtomicBool::new(false),
@@ -323,18 +378,28 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         notifier,
         config,
     });
-    ctx.log(LogLevel::Connection, core_log::started(&ctx.config.source));
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    for line in described {
-        ctx.log(LogLevel::Debug(2), line);
+    let mut serving = Vec::with_capacity(lines.len());
+    for ((line, credentials), (session, socket)) in lines
+        .iter()
+        .zip(credentials)
+        .zip(sessions.into_iter().zip(sockets))
+    {
+        let listener = Arc::new(ctx.listener_for(line, credentials, session));
+        ctx.log(LogLevel::Connection, core_log::started(&line.source));
+        for text in line.describe(ctx.budget.max_conns()) {
+            ctx.log(LogLevel::Debug(2), text);
+        }
+        let local = socket
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        ctx.log(LogLevel::Debug(1), format!("listening on {local}"));
+        serving.push((listener, socket));
     }
-    ctx.log(LogLevel::Debug(1), format!("listening on {local}"));
+    ctx.set_listeners(serving.iter().map(|(l, _)| Arc::clone(l)).collect());
     Boot {
         ctx,
-        listener,
+        sockets: serving,
         metrics,
         readiness,
         events: received,

@@ -1,0 +1,152 @@
+//! A reload of the `--config` file (OPT-15) as a pure function: the listeners
+//! running and the file's new listeners give what must change. A listener is
+//! its address and port: one in both files keeps its socket (and its state),
+//! whatever else its line changed.
+
+use std::net::SocketAddr;
+
+use crate::config::cli::Config;
+
+/// A listener in both the old and the new file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    /// Its position among the running listeners.
+    pub old: usize,
+    /// Its new line.
+    pub config: Config,
+    /// True when the line differs from the one it runs now.
+    pub changed: bool,
+}
+
+/// What a reload changes: the shell binds `added` first (a bind that fails
+/// fails the reload, changing nothing), then applies the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Listeners that stay, in the new file's order.
+    pub kept: Vec<Kept>,
+    /// New listeners, to bind.
+    pub added: Vec<Config>,
+    /// Positions of running listeners whose source is gone: close their
+    /// listening sockets at once; their open connections finish.
+    pub removed: Vec<usize>,
+}
+
+fn key(config: &Config) -> SocketAddr {
+    config.source.bind_addr()
+}
+
+/// Compares the running listeners `old` with the file's `new` ones.
+pub fn plan(old: &[Config], new: Vec<Config>) -> ReloadPlan {
+    let mut kept = Vec::new();
+    let mut added = Vec::new();
+    for config in new {
+        match old.iter().position(|o| key(o) == key(&config)) {
+            Some(i) => kept.push(Kept {
+                old: i,
+                changed: old[i] != config,
+                config,
+            }),
+            None => added.push(config),
+        }
+    }
+    let removed = (0..old.len())
+        .filter(|i| !kept.iter().any(|k| k.old == *i))
+        .collect();
+    ReloadPlan {
+        kept,
+        added,
+        removed,
+    }
+}
+
+impl ReloadPlan {
+    /// The log line of a reload that succeeded:
+    /// `reloaded FILE: N listeners (A added, R removed, C changed)`.
+    pub fn summary(&self, file: &str) -> String {
+        let changed = self.kept.iter().filter(|k| k.changed).count();
+        format!(
+            "reloaded {file}: {} listeners ({} added, {} removed, {changed} changed)",
+            self.kept.len() + self.added.len(),
+            self.added.len(),
+            self.removed.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::cli::{parse as parse_cli, Action, FileStart};
+    use crate::config::file;
+    use proptest::prelude::*;
+    use std::ffi::OsString;
+
+    fn start() -> FileStart {
+        let argv = ["--config", "f"].map(OsString::from).to_vec();
+        match parse_cli(argv) {
+            Ok(Action::RunFile(s)) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn listeners(lines: &[String]) -> Vec<Config> {
+        file::parse(&start(), "f", &lines.join("\n")).unwrap()
+    }
+
+    /// A line for listener `port` with destination variant `v`.
+    fn line(port: u16, v: u8) -> String {
+        format!(
+            "{port} 127.0.0.1:{} 127.0.0.2:80,weight={}",
+            9000 + u16::from(v % 3),
+            1 + v % 2
+        )
+    }
+
+    fn file_of() -> impl Strategy<Value = Vec<String>> {
+        proptest::collection::btree_map(8000u16..8008, 0u8..6, 1..6)
+            .prop_map(|m| m.into_iter().map(|(p, v)| line(p, v)).collect())
+    }
+
+    proptest! {
+        /// OPT-15: reloading the same file changes nothing.
+        #[test]
+        fn the_same_file_changes_nothing_opt_15(lines in file_of()) {
+            let old = listeners(&lines);
+            let p = plan(&old, old.clone());
+            prop_assert!(p.added.is_empty() && p.removed.is_empty());
+            prop_assert!(p.kept.iter().all(|k| !k.changed));
+            prop_assert_eq!(p.summary("f"), format!("reloaded f: {} listeners (0 added, 0 removed, 0 changed)", old.len()));
+        }
+
+        /// OPT-15: every running listener is kept or removed, once; every new
+        /// one is kept or added, once; kept means the same address and port,
+        /// changed means another line.
+        #[test]
+        fn every_listener_is_accounted_for_once_opt_15(a in file_of(), b in file_of()) {
+            let old = listeners(&a);
+            let new = listeners(&b);
+            let p = plan(&old, new.clone());
+            for (i, o) in old.iter().enumerate() {
+                let in_new = new.iter().find(|n| n.source.bind_addr() == o.source.bind_addr());
+                let kept: Vec<&Kept> = p.kept.iter().filter(|k| k.old == i).collect();
+                match in_new {
+                    Some(n) => {
+                        prop_assert_eq!(kept.len(), 1);
+                        prop_assert_eq!(&kept[0].config, n);
+                        prop_assert_eq!(kept[0].changed, n != o);
+                        prop_assert!(!p.removed.contains(&i));
+                    }
+                    None => {
+                        prop_assert!(kept.is_empty());
+                        prop_assert!(p.removed.contains(&i));
+                    }
+                }
+            }
+            for n in &new {
+                let was = old.iter().any(|o| o.source.bind_addr() == n.source.bind_addr());
+                prop_assert_eq!(p.added.contains(n), !was);
+            }
+            prop_assert_eq!(p.kept.len() + p.added.len(), new.len());
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The listeners of a running plug (OPT-13): each with its line, the core's
+//! [`Forwarder`] for it, its session file and its listening socket. They are
+//! started at boot and, on a reload, added, changed or closed exactly as the
+//! core's [`ReloadPlan`] says (OPT-15); the adapter only runs accept loops
+//! ([`Acceptor`]).
+
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use plug_core::config::cli::{Config, SessionTarget};
+use plug_core::config::file::{self, listener_label};
+use plug_core::config::reload::{self, ReloadPlan};
+use plug_core::connection::connect::ProxyCredentials;
+use plug_core::forwarder::Forwarder;
+use plug_core::reports::log::{LogLevel, LogRecord};
+
+use crate::net::sockets;
+use crate::output::session_file::SessionWriter;
+use crate::start::config_file::read_config_file;
+use crate::start::credentials::read_credentials;
+use crate::{sys, Context};
+
+/// How an adapter serves listening sockets: each runs in the background until
+/// its listener is closed or plug stops, then reports
+/// [`Context::accept_loop_ended`].
+pub trait Acceptor: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs `listener`'s accept loop on `socket`.
+    fn serve(
+        &self,
+        ctx: &Arc<Context>,
+        listener: Arc<Listener>,
+        socket: TcpListener,
+    ) -> io::Result<()>;
+
+    /// Runs the `--metrics` accept loop on `socket` (OPT-9).
+    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> io::Result<()>;
+}
+
+/// One listener: its line and its shared state.
+#[derive(Debug)]
+pub struct Listener {
+    forwarder: Mutex<Forwarder>,
+    line: Mutex<Config>,
+    session: Mutex<Option<Arc<SessionWriter>>>,
+    /// The listening socket, kept here until the listener is closed, so that
+    /// shutting it never touches a descriptor number closed and reused (the
+    /// accept loop serves a duplicate).
+    socket: Mutex<Option<TcpListener>>,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking connection must not take the whole daemon with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Listener {
+    pub(crate) fn new(
+        forwarder: Forwarder,
+        line: Config,
+        session: Option<Arc<SessionWriter>>,
+    ) -> Self {
+        Listener {
+            forwarder: Mutex::new(forwarder),
+            line: Mutex::new(line),
+            session: Mutex::new(session),
+            socket: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The shared state, locked.
+    pub(crate) fn forwarder(&self) -> MutexGuard<'_, Forwarder> {
+        lock(&self.forwarder)
+    }
+
+    /// The line this listener runs now.
+    pub(crate) fn line(&self) -> Config {
+        lock(&self.line).clone()
+    }
+
+    /// Where its session lines go now (a connection keeps the one it started with).
+    pub(crate) fn session(&self) -> Option<Arc<SessionWriter>> {
+        lock(&self.session).clone()
+    }
+
+    /// True once a reload has closed it: its accept loop ends.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Shuts the listening socket so its accept loop wakes and ends (a stop,
+    /// PROC-4, or a reload that removed it).
+    pub(crate) fn shut(&self) {
+        if let Some(s) = lock(&self.socket).as_ref() {
+            sys::shutdown_read(s.as_raw_fd());
+        }
+    }
+
+    /// Closes it for good (OPT-15): no more clients; the port is free once the
+    /// accept loop has let go of its duplicate, at once.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.shut();
+        drop(lock(&self.socket).take());
+    }
+}
+
+/// Opens the session file of a line, as the account plug runs as.
+pub(crate) fn open_session(config: &Config) -> Result<Option<Arc<SessionWriter>>, String> {
+    match config.session.clone() {
+        None => Ok(None),
+        Some(target) => SessionWriter::open(target.clone())
+            .map(|w| Some(Arc::new(w)))
+            .map_err(|e| match target {
+                SessionTarget::Stdout => format!("cannot write session lines to stdout: {e}"),
+                SessionTarget::File(_) => format!("cannot open session file {e}"),
+            }),
+    }
+}
+
+/// Reads a line's `--proxy-auth-file`, if it names one.
+pub(crate) fn credentials_of(config: &Config) -> Result<Option<ProxyCredentials>, String> {
+    config
+        .proxy_auth_file
+        .as_deref()
+        .map(read_credentials)
+        .transpose()
+}
+
+/// Starts serving `listener` on `socket`: the socket is kept with the
+/// listener, the adapter's loop gets a duplicate.
+pub(crate) fn start(
+    ctx: &Arc<Context>,
+    acceptor: &dyn Acceptor,
+    listener: &Arc<Listener>,
+    socket: TcpListener,
+) -> io::Result<()> {
+    let dup = socket.try_clone()?;
+    *lock(&listener.socket) = Some(socket);
+    ctx.accept_loop_started();
+    acceptor
+        .serve(ctx, Arc::clone(listener), dup)
+        .inspect_err(|_| {
+            ctx.accept_loop_ended();
+        })
+}
+
+/// What a new listener needs before the reload can commit.
+struct Prepared {
+    config: Config,
+    socket: TcpListener,
+    credentials: Option<ProxyCredentials>,
+    session: Option<Arc<SessionWriter>>,
+}
+
+/// Reloads the `--config` file (OPT-15), all or nothing: the file is read and
+/// checked, new listeners are bound and every file they name is opened before
+/// anything changes; then kept listeners take their new lines, gone ones close
+/// and new ones start. A failure logs `reload failed: REASON` and changes
+/// nothing.
+pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::path::Path) {
+    let now = Instant::now();
+    let failed = |why: &str| {
+        ctx.writer.log(LogRecord::new(
+            LogLevel::Error,
+            format!("reload failed: {why}"),
+        ));
+    };
+    let shown = path.display().to_string();
+    let text = match read_config_file(path) {
+        Ok(text) => text,
+        Err(e) => return failed(&e),
+    };
+    let new = match file::parse(&ctx.file_start(), &shown, &text) {
+        Ok(new) => new,
+        Err(errors) => {
+            for e in errors.lines() {
+                failed(e);
+            }
+            return;
+        }
+    };
+    let running: Vec<Arc<Listener>> = ctx.listeners();
+    let old: Vec<Config> = running.iter().map(|l| l.line()).collect();
+    let plan: ReloadPlan = reload::plan(&old, new);
+    // Everything that can fail, first.
+    let mut kept = Vec::with_capacity(plan.kept.len());
+    for k in &plan.kept {
+        if !k.changed {
+            continue;
+        }
+        let prepared =
+            credentials_of(&k.config).and_then(|c| open_session(&k.config).map(|s| (c, s)));
+        match prepared {
+            Ok((credentials, session)) => kept.push((k, credentials, session)),
+            Err(e) => return failed(&e),
+        }
+    }
+    let mut added = Vec::with_capacity(plan.added.len());
+    for config in &plan.added {
+        let addr = config.source.bind_addr();
+        let prepared = sockets::bind(addr)
+            .map_err(|e| plug_core::reports::log::cannot_listen(addr, &e))
+            .and_then(|socket| {
+                sockets::prepare_listener(&socket, config.keepalive);
+                let credentials = credentials_of(config)?;
+                let session = open_session(config)?;
+                Ok(Prepared {
+                    config: config.clone(),
+                    socket,
+                    credentials,
+                    session,
+                })
+            });
+        match prepared {
+            // Sockets bound so far close as `added` is dropped.
+            Err(e) => return failed(&e),
+            Ok(p) => added.push(p),
+        }
+    }
+    // Commit.
+    for (k, credentials, session) in kept {
+        let listener = &running[k.old];
+        ctx.with(listener, now, |f| {
+            f.handle_reconfigure(now, &k.config, credentials);
+        });
+        *lock(&listener.line) = k.config.clone();
+        *lock(&listener.session) = session;
+    }
+    for &i in &plan.removed {
+        running[i].close();
+    }
+    let mut next: Vec<Arc<Listener>> = plan
+        .kept
+        .iter()
+        .map(|k| Arc::clone(&running[k.old]))
+        .collect();
+    for p in added {
+        let listener = Arc::new(ctx.listener_for(&p.config, p.credentials, p.session));
+        if let Err(e) = start(ctx, acceptor, &listener, p.socket) {
+            let text = format!("cannot serve {}: {e}", listener_label(&p.config));
+            ctx.writer.log(LogRecord::new(LogLevel::Error, text));
+            continue;
+        }
+        ctx.log(
+            LogLevel::Connection,
+            plug_core::reports::log::started(&p.config.source),
+        );
+        next.push(listener);
+    }
+    ctx.set_listeners(next);
+    ctx.writer
+        .log(LogRecord::new(LogLevel::Notice, plan.summary(&shown)));
+}
