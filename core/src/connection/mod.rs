@@ -338,6 +338,10 @@ pub struct Connection {
     phase: Phase,
     sockets: [SocketState; 2],
     queue: VecDeque<Output>,
+    /// The session line and `Complete` line of a finished connection, given
+    /// once its counts are handed over: whoever reads them finds the counts
+    /// (dump, metrics) already agree (OPT-6, OPT-9).
+    after_counts: Vec<Output>,
     sync: bool,
     reached: Option<(DestId, Destination)>,
     pending: Pending,
@@ -381,6 +385,7 @@ impl Connection {
                 },
             ],
             queue: VecDeque::new(),
+            after_counts: Vec::new(),
             sync: true,
             reached: None,
             pending: Pending::None,
@@ -586,6 +591,7 @@ impl Connection {
                     *stage = CloseStage::Done;
                     let dest = self.reached.as_ref().map(|(id, _)| *id);
                     forwarder.handle_closed(self.peer, dest, outcome.as_ref(), *duration);
+                    self.queue.extend(self.after_counts.drain(..));
                 }
             }
             Phase::Relaying(_) => {}
@@ -688,10 +694,13 @@ impl Connection {
                 &relayed,
                 duration,
             );
-            self.queue.push_back(Output::Session(Box::new(record)));
+            self.after_counts.push(Output::Session(Box::new(record)));
         }
-        let source = self.settings.source;
-        self.log(LogLevel::Connection, || log::complete(&source, status));
+        if self.settings.log.wants(LogLevel::Connection) {
+            let text = log::complete(&self.settings.source, status);
+            self.after_counts
+                .push(Output::Log(LogRecord::new(LogLevel::Connection, text)));
+        }
         for dir in Direction::BOTH {
             if std::mem::take(&mut self.pipes[dir.index()]) {
                 self.settings.pipes.give_back();

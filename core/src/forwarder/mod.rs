@@ -620,7 +620,11 @@ mod tests {
             match c.poll_output(now) {
                 Output::Sync => c.sync(now, &mut f),
                 Output::Close { reset } => closes.push(reset),
-                Output::Session(_) => sessions += 1,
+                Output::Session(_) => {
+                    // Whoever reads the session line finds the counts agree.
+                    assert_eq!(f.open(), 0, "counts before the session line");
+                    sessions += 1;
+                }
                 Output::Log(r) if r.text.contains("Complete") => completes.push(r.text),
                 Output::Done => break,
                 _ => {}
