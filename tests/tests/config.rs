@@ -1,0 +1,314 @@
+//! SPEC §8: several listeners from `--config` (OPT-13), `--check` (OPT-14),
+//! reload on SIGHUP (OPT-15), destination weights and `,drain` (OPT-16).
+
+use plug_tests::*;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn tagged(tag: &str) -> Backend {
+    Backend::start(Behaviour::Tagged(tag.into()))
+}
+
+fn write_file(path: &std::path::Path, text: &str) {
+    // Written aside and renamed, as editors and config managers do: a reload
+    // never reads half a file.
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Starts `bin` with `args` (which name a `--config` file) and waits until
+/// each of its `listeners` listeners is listening.
+fn start(bin: &Binary, args: &[&str], listeners: usize) -> Plug {
+    let plug = Plug::start(bin, args);
+    let up = plug
+        .stderr
+        .wait_for_count(listeners, |l| l.contains("listening on"));
+    assert_eq!(up.len(), listeners, "{:?}", plug.stderr.all());
+    plug
+}
+
+/// Sends SIGHUP and waits for the `n`th line that says how a reload went.
+fn reload(plug: &Plug, n: usize) -> String {
+    plug.signal(libc::SIGHUP);
+    let said = plug
+        .stderr
+        .wait_for_count(n, |l| l.contains("reloaded") || l.contains("reload failed"));
+    assert_eq!(said.len(), n, "{:?}", plug.stderr.all());
+    said[n - 1].clone()
+}
+
+#[test]
+fn each_line_is_a_listener_of_its_own_opt_13() {
+    each_binary(|bin| {
+        let (a, b, c) = (tagged("A"), tagged("B"), tagged("C"));
+        let dir = TempDir::new("config");
+        let conf = dir.path("plug.conf");
+        let (p1, p2, m) = (free_port(), free_port(), free_port());
+        let sessions = dir.path("second.log");
+        write_file(
+            &conf,
+            &format!(
+                "# web\n{p1} {} {}   # two\n\n-S {} 127.0.0.1:{p2} {}\n",
+                a.dest(),
+                b.dest(),
+                sessions.display(),
+                c.dest()
+            ),
+        );
+        let metrics = format!("127.0.0.1:{m}");
+        let plug = start(
+            bin,
+            &["--metrics", &metrics, "--config", conf.to_str().unwrap()],
+            2,
+        );
+        let got: Vec<String> = (0..4).map(|_| which(local(p1))).collect();
+        assert_eq!(got, ["A", "B", "A", "B"], "{:?}", plug.stderr.all());
+        assert_eq!(which(local(p2)), "C");
+        // Its own TAG in the log, its own FROM in its own session file.
+        plug.stderr
+            .expect(|l| l.contains(&format!("(127.0.0.1 {p2}): Connect from 127.0.0.1 to")));
+        plug.stderr
+            .expect(|l| l.contains(&format!("({p1}): Connect from 127.0.0.1 to")));
+        assert!(eventually(
+            || std::fs::read_to_string(&sessions).is_ok_and(|t| t.lines().count() == 1)
+        ));
+        let line = std::fs::read_to_string(&sessions).unwrap();
+        assert_eq!(session_fields(&line)["from"], format!("127.0.0.1:{p2}"));
+        // Metrics carry the listener; the dump starts each line with the TAG.
+        let text = scrape(m);
+        let want = format!("plug_connections_accepted_total{{listener=\"0.0.0.0:{p1}\"}} 4");
+        assert!(text.contains(&want), "{text}");
+        let want = format!(
+            "plug_destination_connections_total{{listener=\"127.0.0.1:{p2}\",destination=\"{}\"}} 1",
+            c.dest()
+        );
+        assert!(text.contains(&want), "{text}");
+        plug.signal(libc::SIGUSR1);
+        plug.stderr
+            .expect(|l| l.contains(&format!("(127.0.0.1 {p2}): destination {}", c.dest())));
+        plug.stderr
+            .expect(|l| l.contains(&format!("({p1}): summary open")));
+    });
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`, the body.
+fn scrape(port: u16) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(local(port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn every_error_of_the_file_is_reported_with_its_line_opt_13_opt_14() {
+    each_binary(|bin| {
+        let dir = TempDir::new("config-errors");
+        let conf = dir.path("bad.conf");
+        let p = free_port();
+        write_file(
+            &conf,
+            &format!(
+                "{p} 127.0.0.1:1\n-n {} 127.0.0.1:1\n\n{p} 127.0.0.1:2,weight=0\n",
+                p + 1
+            ),
+        );
+        let out = std::process::Command::new(&bin.path)
+            .args(["--config", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{said}");
+        let place = |n: usize| format!("{}:{n}: ", conf.display());
+        assert!(
+            said.contains(&format!(
+                "{}option -n applies to the whole process",
+                place(2)
+            )),
+            "{said}"
+        );
+        assert!(said.contains(&place(4)), "{said}");
+        assert!(!said.contains(&place(1)), "{said}");
+        // Nothing was bound.
+        assert!(TcpListener::bind(local(p)).is_ok());
+        // An unreadable file: exit 4.
+        let out = std::process::Command::new(&bin.path)
+            .args(["--config", dir.path("missing.conf").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        // --check: OK, the count, nothing bound, nothing detached.
+        write_file(
+            &conf,
+            &format!("{p} 127.0.0.1:1\n127.0.0.1:{} 127.0.0.1:2\n", p + 1),
+        );
+        let out = std::process::Command::new(&bin.path)
+            .args(["--check", "--config", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            format!("{}: configuration OK (2 listeners)", bin.name)
+        );
+        assert!(TcpListener::bind(local(p)).is_ok());
+        // With --config, a listener on the command line is a usage error.
+        let out = std::process::Command::new(&bin.path)
+            .args(["--config", conf.to_str().unwrap(), "8080", "127.0.0.1:1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(5));
+    });
+}
+
+#[test]
+fn a_reload_changes_listeners_without_dropping_a_client_opt_15() {
+    each_binary(|bin| {
+        let (a, b, c) = (
+            Backend::start(Behaviour::Tagged("A".into())),
+            tagged("B"),
+            tagged("C"),
+        );
+        let dir = TempDir::new("reload");
+        let conf = dir.path("plug.conf");
+        let (p1, p2) = (free_port(), free_port());
+        write_file(&conf, &format!("127.0.0.1:{p1} {}\n", a.dest()));
+        let plug = start(bin, &["--config", conf.to_str().unwrap()], 1);
+        // A connection open across the reload, to A.
+        let mut held = connect(local(p1));
+        assert_eq!(read_line(&mut held), "A");
+        // Clients keep coming while the file changes: none is refused or reset.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let hammer = {
+            let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+            std::thread::spawn(move || {
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    match TcpStream::connect(local(p1)).map(|mut s| try_read_line(&mut s)) {
+                        Ok(Ok(tag)) if !tag.is_empty() => served.fetch_add(1, Ordering::SeqCst),
+                        _ => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        };
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p1} {}\n127.0.0.1:{p2} {}\n", b.dest(), c.dest()),
+        );
+        let said = reload(&plug, 1);
+        assert!(
+            said.ends_with(&format!(
+                "reloaded {}: 2 listeners (1 added, 0 removed, 1 changed)",
+                conf.display()
+            )),
+            "{said}"
+        );
+        // New clients follow the new lines from the moment it is logged.
+        assert_eq!(which(local(p1)), "B");
+        assert_eq!(which(local(p2)), "C");
+        // Let clients run into the next reload as well.
+        write_file(&conf, &format!("127.0.0.1:{p1} {}\n", b.dest()));
+        let said = reload(&plug, 2);
+        assert!(said.contains("(0 added, 1 removed, 0 changed)"), "{said}");
+        stop.store(true, Ordering::SeqCst);
+        hammer.join().unwrap();
+        assert_eq!(
+            failed.load(Ordering::SeqCst),
+            0,
+            "served {}",
+            served.load(Ordering::SeqCst)
+        );
+        // The gone listener's port is closed at once, and free for others.
+        assert!(eventually(|| TcpStream::connect(local(p2)).is_err()));
+        assert!(TcpListener::bind(local(p2)).is_ok());
+        // The connection opened before finishes under its own line.
+        assert_eq!(round_trip(&held, b"still A\n"), b"still A\n");
+        drop(held);
+        // A bad file changes nothing, and says where.
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p1} {}\n127.0.0.1:{p2} nowhere\n", b.dest()),
+        );
+        let said = reload(&plug, 3);
+        assert!(
+            said.contains("reload failed: ") && said.contains(&format!("{}:2: ", conf.display())),
+            "{said}"
+        );
+        assert_eq!(which(local(p1)), "B");
+        assert!(TcpStream::connect(local(p2)).is_err(), "not bound");
+        // A listener that cannot be bound fails the whole reload.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        write_file(
+            &conf,
+            &format!(
+                "127.0.0.1:{p1} {}\n127.0.0.1:{port} {}\n",
+                a.dest(),
+                c.dest()
+            ),
+        );
+        let said = reload(&plug, 4);
+        assert!(said.contains("reload failed: "), "{said}");
+        assert_eq!(which(local(p1)), "B", "the previous lines still serve");
+    });
+}
+
+#[test]
+fn weights_spread_clients_and_drain_takes_none_opt_16() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let dir = TempDir::new("weights");
+        let conf = dir.path("plug.conf");
+        let p = free_port();
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p} {},weight=2 {}\n", a.dest(), b.dest()),
+        );
+        let plug = start(bin, &["--config", conf.to_str().unwrap()], 1);
+        let got: Vec<String> = (0..6).map(|_| which(local(p))).collect();
+        assert_eq!(
+            got,
+            ["A", "B", "A", "A", "B", "A"],
+            "{:?}",
+            plug.stderr.all()
+        );
+        // Drained: no new client goes there; its counts stay (the same destination).
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p} {},drain {}\n", a.dest(), b.dest()),
+        );
+        assert!(reload(&plug, 1).contains("(0 added, 0 removed, 1 changed)"));
+        let got: Vec<String> = (0..3).map(|_| which(local(p))).collect();
+        assert_eq!(got, ["B", "B", "B"]);
+        plug.signal(libc::SIGUSR1);
+        let line = plug.stderr.expect(|l| {
+            l.contains(&format!("destination {} ", a.dest())) && l.contains("draining")
+        });
+        assert!(line.contains("total 4"), "{line}");
+        // Every destination draining: a client is closed at once, and it is said.
+        write_file(&conf, &format!("127.0.0.1:{p} {},drain\n", b.dest()));
+        reload(&plug, 2);
+        let mut s = connect(local(p));
+        assert!(closed_without_data(&mut s));
+        plug.stderr.expect(|l| l.contains("draining"));
+        // Without --config, SIGHUP says destinations do not change.
+        drop(plug);
+        let plain = Plug::start(bin, &["{port}", &a.dest()]);
+        plain.signal(libc::SIGHUP);
+        plain.stderr.expect(|l| {
+            l.contains("reloaded: nothing to reload; destinations change only with --config")
+        });
+    });
+}
