@@ -79,6 +79,10 @@ pub enum ProcessOutput {
     /// end it, so that it writes its session line and a `Complete, status=N`
     /// line with N non-zero and hands its counts over (OPT-8, FAULT-5).
     CutConnections(CutReason),
+    /// Cut every open connection of the listener a reload closed
+    /// ([`Process::handle_listener_closed`]), as [`ProcessOutput::CutConnections`]
+    /// does for all: its `--drain-timeout` has passed (OPT-15).
+    CutListener(u64),
     /// A line for the log.
     Log(LogRecord),
     /// Exit with `status`, letting queued output be written until `flush_until`
@@ -102,6 +106,8 @@ pub struct Process {
     /// The accept loop has seen its listener shut and returned: no client can
     /// be admitted any more, so "none open" is final.
     accept_ended: bool,
+    /// Listeners a reload closed, with when their open connections are cut.
+    retired: Vec<(u64, Instant)>,
     queue: VecDeque<ProcessOutput>,
 }
 
@@ -114,6 +120,7 @@ impl Process {
             deadline: None,
             open: 0,
             accept_ended: false,
+            retired: Vec::new(),
             queue: VecDeque::new(),
         }
     }
@@ -161,18 +168,46 @@ impl Process {
         }
     }
 
-    /// When [`Process::handle_timeout`] is due, if ever.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// Reports that a reload closed listener `listener` at `now` (OPT-15): its
+    /// open connections finish, bounded by `--drain-timeout` when it is set.
+    pub fn handle_listener_closed(&mut self, now: Instant, listener: u64) {
+        if let Some(deadline) = self.drain_timeout.and_then(|t| now.checked_add(t)) {
+            self.retired.push((listener, deadline));
+        }
+    }
+
+    fn phase_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Draining | Phase::Cutting => self.deadline,
             Phase::Running | Phase::Exiting => None,
         }
     }
 
-    /// Moves on by time: the drain deadline cuts, the cut grace exits. Early or
-    /// repeated calls do nothing.
+    /// When [`Process::handle_timeout`] is due, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let retired = match self.phase {
+            Phase::Exiting => None,
+            _ => self.retired.iter().map(|&(_, at)| at).min(),
+        };
+        match (self.phase_deadline(), retired) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves on by time: the drain deadline cuts, the cut grace exits, a closed
+    /// listener's deadline cuts its connections. Early or repeated calls do
+    /// nothing.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(deadline) = self.poll_timeout() else {
+        if self.phase != Phase::Exiting {
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.retired.iter().partition(|&&(_, at)| at <= now);
+            self.retired = later;
+            for (listener, _) in due {
+                self.queue.push_back(ProcessOutput::CutListener(listener));
+            }
+        }
+        let Some(deadline) = self.phase_deadline() else {
             return;
         };
         if now < deadline {
@@ -255,6 +290,7 @@ mod tests {
                 ProcessOutput::Dump => Some("dump"),
                 ProcessOutput::Reload => Some("reload"),
                 ProcessOutput::CutConnections(_) => Some("cut"),
+                ProcessOutput::CutListener(_) => Some("cut listener"),
                 ProcessOutput::Exit { .. } => Some("exit"),
                 ProcessOutput::Log(_) => None,
             })
@@ -541,6 +577,7 @@ mod tests {
             ProcessOutput::StopAccepting => *stop_accepting += 1,
             ProcessOutput::Dump => *dumps_done += 1,
             ProcessOutput::Reload | ProcessOutput::Log(_) => {}
+            ProcessOutput::CutListener(_) => prop_assert!(false, "no listener was closed"),
             ProcessOutput::CutConnections(_) => {
                 prop_assert!(open > 0, "nothing to cut");
                 prop_assert!(*stop_accepting == 1);
@@ -557,5 +594,24 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn a_closed_listener_is_cut_by_the_drain_timeout_opt_15() {
+        let t = t0();
+        let mut p = Process::new(Some(Duration::from_secs(5)));
+        p.handle_listener_closed(t, 7);
+        assert_eq!(p.poll_timeout(), Some(t + Duration::from_secs(5)));
+        p.handle_timeout(t + Duration::from_secs(4));
+        assert_eq!(p.poll_output(), None, "not yet");
+        p.handle_timeout(t + Duration::from_secs(5));
+        assert_eq!(p.poll_output(), Some(ProcessOutput::CutListener(7)));
+        assert_eq!(p.poll_output(), None);
+        assert_eq!(p.poll_timeout(), None, "once");
+        assert_eq!(p.phase(), Phase::Running, "the process goes on");
+        // Without --drain-timeout, its connections finish whenever they do.
+        let mut q = Process::new(None);
+        q.handle_listener_closed(t, 1);
+        assert_eq!(q.poll_timeout(), None);
     }
 }

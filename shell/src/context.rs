@@ -42,9 +42,15 @@ pub struct Context {
     pub(crate) writer: Writer,
     /// The listeners serving now, in the file's order.
     pub(crate) listeners: Mutex<Vec<Arc<Listener>>>,
+    /// Listeners a reload closed, while connections may still hold them.
+    pub(crate) retired: Mutex<Vec<Arc<Listener>>>,
     /// What every listener shares: `--max-conns`, pipes, scrapes.
     pub(crate) budget: Arc<ProcessBudget>,
     pub(crate) runtime: Runtime,
+    /// The identity the next listener gets.
+    pub(crate) next_listener: std::sync::atomic::AtomicU64,
+    /// Connections admitted and not yet finished ([`Context::open`]).
+    pub(crate) unfinished: AtomicUsize,
     /// Accept loops running (the lifecycle learns when the last has ended).
     pub(crate) accepting: AtomicUsize,
     pub(crate) acceptor: std::sync::OnceLock<Arc<dyn Acceptor>>,
@@ -120,7 +126,8 @@ impl Context {
             self.runtime,
             label,
         );
-        Listener::new(forwarder, config.clone(), session)
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        Listener::new(id, forwarder, config.clone(), session)
     }
 
     /// Decides about a client of `listener` accepted at `now` (CONN-1, OPT-3):
@@ -233,13 +240,22 @@ impl Context {
         self.cutting.load(Ordering::Relaxed)
     }
 
-    /// Connections open now, on every listener.
+    /// Connections not finished yet, on every listener: admitted, and not
+    /// yet past their last session and log lines. Exit waits for these, so no
+    /// line of a connection that ended is lost (FAULT-5).
     pub(crate) fn open(&self) -> usize {
-        self.budget.open()
+        self.unfinished.load(Ordering::SeqCst)
     }
 
-    /// Tells the lifecycle thread that a connection closed, while stopping.
-    pub(crate) fn report_closed(&self) {
+    /// A connection was admitted.
+    pub(crate) fn report_opened(&self) {
+        self.unfinished.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A connection has queued its last line; while stopping, the lifecycle
+    /// thread is told.
+    pub(crate) fn report_finished(&self) {
+        self.unfinished.fetch_sub(1, Ordering::SeqCst);
         if self.is_stopping() {
             let _ = self.events.send(Event::Closed);
         }
@@ -326,9 +342,14 @@ impl Context {
     /// (OPT-15). Without, re-reads `--proxy-auth-file` for the next CONNECT (an
     /// unreadable file keeps the old credentials, and says why) and logs what
     /// was re-read (PROC-8). Serving goes on.
-    pub fn reload(self: &Arc<Self>) {
+    /// Returns the listeners a reload closed.
+    pub(crate) fn reload(self: &Arc<Self>) -> Vec<Arc<Listener>> {
         if let (Some(start), Some(acceptor)) = (&self.file_start, self.acceptor.get()) {
-            return listeners::reload(self, acceptor.as_ref(), &start.file);
+            let closed = listeners::reload(self, acceptor.as_ref(), &start.file);
+            let mut retired = lock(&self.retired);
+            retired.retain(|l| Arc::strong_count(l) > 1);
+            retired.extend(closed.iter().cloned());
+            return closed;
         }
         let now = Instant::now();
         let credentials = self
@@ -338,6 +359,20 @@ impl Context {
             .map(|path| (path.display().to_string(), read_credentials(path)));
         if let Some(listener) = self.listeners().first() {
             self.with(listener, now, |f| f.handle_reload(now, credentials));
+        }
+        Vec::new()
+    }
+
+    /// Cuts the open connections of the listener a reload closed, `id`, once
+    /// its `--drain-timeout` has passed (OPT-15).
+    pub(crate) fn cut_listener(&self, id: u64) {
+        let retired = lock(&self.retired).clone();
+        if let Some(listener) = retired.iter().find(|l| l.id() == id) {
+            let cut = listener.cut(self);
+            self.log(
+                LogLevel::Debug(1),
+                format!("reset {cut} open connections of a closed listener"),
+            );
         }
     }
 }

@@ -83,7 +83,12 @@ pub(crate) fn spawn(ctx: &Arc<Context>, events: Receiver<Event>) -> std::io::Res
                         process.handle_open(now, ctx.open());
                     }
                     ProcessOutput::Dump => ctx.report_state(),
-                    ProcessOutput::Reload => ctx.reload(),
+                    ProcessOutput::Reload => {
+                        for closed in ctx.reload() {
+                            process.handle_listener_closed(now, closed.id());
+                        }
+                    }
+                    ProcessOutput::CutListener(id) => ctx.cut_listener(id),
                     ProcessOutput::CutConnections(_) => ctx.cut_connections(),
                     ProcessOutput::Log(record) => ctx.writer.log(record),
                     ProcessOutput::Exit {

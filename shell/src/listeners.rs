@@ -43,6 +43,8 @@ pub trait Acceptor: Send + Sync + std::fmt::Debug + 'static {
 /// One listener: its line and its shared state.
 #[derive(Debug)]
 pub struct Listener {
+    /// Unique in the process, never reused.
+    id: u64,
     forwarder: Mutex<Forwarder>,
     line: Mutex<Config>,
     session: Mutex<Option<Arc<SessionWriter>>>,
@@ -51,6 +53,9 @@ pub struct Listener {
     /// accept loop serves a duplicate).
     socket: Mutex<Option<TcpListener>>,
     closed: AtomicBool,
+    /// Set when its connections are cut: a reload closed it and
+    /// `--drain-timeout` has passed (OPT-15).
+    cutting: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,11 +65,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Listener {
     pub(crate) fn new(
+        id: u64,
         forwarder: Forwarder,
         line: Config,
         session: Option<Arc<SessionWriter>>,
     ) -> Self {
         Listener {
+            id,
+            cutting: AtomicBool::new(false),
             forwarder: Mutex::new(forwarder),
             line: Mutex::new(line),
             session: Mutex::new(session),
@@ -86,6 +94,22 @@ impl Listener {
     /// Where its session lines go now (a connection keeps the one it started with).
     pub(crate) fn session(&self) -> Option<Arc<SessionWriter>> {
         lock(&self.session).clone()
+    }
+
+    /// Its identity in the process.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// True once its connections are being cut (OPT-15).
+    pub(crate) fn is_cutting(&self) -> bool {
+        self.cutting.load(Ordering::Relaxed)
+    }
+
+    /// Cuts its open connections (OPT-15, as OPT-8 cuts all).
+    pub(crate) fn cut(&self, ctx: &Context) -> usize {
+        self.cutting.store(true, Ordering::SeqCst);
+        ctx.live.reset_listener(self.id)
     }
 
     /// True once a reload has closed it: its accept loop ends.
@@ -162,8 +186,13 @@ struct Prepared {
 /// checked, new listeners are bound and every file they name is opened before
 /// anything changes; then kept listeners take their new lines, gone ones close
 /// and new ones start. A failure logs `reload failed: REASON` and changes
-/// nothing.
-pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::path::Path) {
+/// nothing. Returns the listeners closed (their connections go on, for the
+/// process machine to bound).
+pub(crate) fn reload(
+    ctx: &Arc<Context>,
+    acceptor: &dyn Acceptor,
+    path: &std::path::Path,
+) -> Vec<Arc<Listener>> {
     let now = Instant::now();
     let failed = |why: &str| {
         ctx.writer.log(LogRecord::new(
@@ -174,7 +203,10 @@ pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::pa
     let shown = path.display().to_string();
     let text = match read_config_file(path) {
         Ok(text) => text,
-        Err(e) => return failed(&e),
+        Err(e) => {
+            failed(&e);
+            return Vec::new();
+        }
     };
     let new = match file::parse(&ctx.file_start(), &shown, &text) {
         Ok(new) => new,
@@ -182,7 +214,7 @@ pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::pa
             for e in errors.lines() {
                 failed(e);
             }
-            return;
+            return Vec::new();
         }
     };
     let running: Vec<Arc<Listener>> = ctx.listeners();
@@ -198,7 +230,10 @@ pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::pa
             credentials_of(&k.config).and_then(|c| open_session(&k.config).map(|s| (c, s)));
         match prepared {
             Ok((credentials, session)) => kept.push((k, credentials, session)),
-            Err(e) => return failed(&e),
+            Err(e) => {
+                failed(&e);
+                return Vec::new();
+            }
         }
     }
     let mut added = Vec::with_capacity(plan.added.len());
@@ -219,11 +254,21 @@ pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::pa
             });
         match prepared {
             // Sockets bound so far close as `added` is dropped.
-            Err(e) => return failed(&e),
+            Err(e) => {
+                failed(&e);
+                return Vec::new();
+            }
             Ok(p) => added.push(p),
         }
     }
-    // Commit.
+    // Commit. A line that did not change still re-reads its proxy
+    // credentials, as SIGHUP always has (PROC-8).
+    for k in plan.kept.iter().filter(|k| !k.changed) {
+        if let Some(path) = &k.config.proxy_auth_file {
+            let read = (path.display().to_string(), read_credentials(path));
+            ctx.with(&running[k.old], now, |f| f.handle_reload(now, Some(read)));
+        }
+    }
     for (k, credentials, session) in kept {
         let listener = &running[k.old];
         ctx.with(listener, now, |f| {
@@ -232,8 +277,13 @@ pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::pa
         *lock(&listener.line) = k.config.clone();
         *lock(&listener.session) = session;
     }
-    for &i in &plan.removed {
-        running[i].close();
+    let closed: Vec<Arc<Listener>> = plan
+        .removed
+        .iter()
+        .map(|&i| Arc::clone(&running[i]))
+        .collect();
+    for listener in &closed {
+        listener.close();
     }
     let mut next: Vec<Arc<Listener>> = plan
         .kept
@@ -256,4 +306,5 @@ pub(crate) fn reload(ctx: &Arc<Context>, acceptor: &dyn Acceptor, path: &std::pa
     ctx.set_listeners(next);
     ctx.writer
         .log(LogRecord::new(LogLevel::Notice, plan.summary(&shown)));
+    closed
 }

@@ -312,3 +312,67 @@ fn weights_spread_clients_and_drain_takes_none_opt_16() {
         });
     });
 }
+
+#[test]
+fn a_removed_listeners_connections_are_cut_by_the_drain_timeout_opt_15() {
+    each_binary(|bin| {
+        let (a, b) = (Backend::start(Behaviour::Tagged("A".into())), tagged("B"));
+        let dir = TempDir::new("retire");
+        let conf = dir.path("plug.conf");
+        let (p1, p2) = (free_port(), free_port());
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p1} {}\n127.0.0.1:{p2} {}\n", a.dest(), b.dest()),
+        );
+        let plug = start(
+            bin,
+            &[
+                "-S",
+                "-",
+                "--drain-timeout",
+                "1",
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+            2,
+        );
+        let mut held = connect(local(p1));
+        assert_eq!(read_line(&mut held), "A");
+        write_file(&conf, &format!("127.0.0.1:{p2} {}\n", b.dest()));
+        assert!(reload(&plug, 1).contains("(0 added, 1 removed, 0 changed)"));
+        // Still open within the drain time, then reset, with its lines.
+        assert_eq!(round_trip(&held, b"x\n"), b"x\n");
+        let (rest, reset) = read_until_end(&mut held);
+        assert!(
+            rest.is_empty() && reset,
+            "cut with a reset: {rest:?} {reset}"
+        );
+        plug.stdout.expect(|l| {
+            session_fields(l)
+                .get("from")
+                .is_some_and(|f| *f == format!("127.0.0.1:{p1}"))
+        });
+        plug.stderr
+            .expect(|l| l.contains(&format!("(127.0.0.1 {p1}): Complete, status=")));
+        // The other listener never noticed.
+        assert_eq!(which(local(p2)), "B");
+    });
+}
+
+/// Reads until the end of stream or an error; returns what came and whether
+/// it ended with a reset.
+fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..10_000 {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+    (got, false)
+}

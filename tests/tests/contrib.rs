@@ -31,7 +31,32 @@ const UNITS: &[&str] = &[
     "plug-notify.service",
     "plug-activated.socket",
     "plug-activated.service",
+    "plug-config.service",
 ];
+
+#[test]
+fn the_example_config_file_passes_check_opt_13_opt_14() {
+    each_binary(|bin| {
+        let conf = contrib("config/plug.conf");
+        let out = Command::new(&bin.path)
+            .args(["--check", "--config", conf.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            said.trim_end(),
+            format!("{}: configuration OK (3 listeners)", bin.name)
+        );
+    });
+    // The unit checks the file before it starts plug and before each reload.
+    let unit = read("systemd/plug-config.service");
+    assert!(unit.contains("ExecReload=/usr/local/bin/plug --check --config /etc/plug/plug.conf"));
+}
 
 #[test]
 fn the_units_pass_systemd_analyze_verify() {

@@ -35,6 +35,8 @@ pub struct Conn {
     /// Its sockets' place among the open connections' (for a cut, OPT-8), from
     /// [`Conn::start`] until [`Conn::before_close`].
     slot: Option<Slot>,
+    /// True once [`Output::Done`] was given: every line is queued.
+    finished: bool,
 }
 
 /// The pipe of each direction (by `Direction::index`) while the core holds one.
@@ -42,7 +44,9 @@ pub type Pipes = [Option<Pipe>; 2];
 
 impl Conn {
     pub(crate) fn new(ctx: Arc<Context>, listener: Arc<Listener>, core: Connection) -> Self {
+        ctx.report_opened();
         Conn {
+            finished: false,
             ctx,
             session: listener.session(),
             listener,
@@ -55,7 +59,7 @@ impl Conn {
     /// and records it among the open connections' sockets. Call first.
     pub fn start(&mut self, client: &TcpStream) {
         sockets::prepare_client(client, self.core.settings().keepalive);
-        self.slot = Some(self.ctx.live.insert(client.as_raw_fd()));
+        self.slot = Some(self.ctx.live.insert(client.as_raw_fd(), self.listener.id()));
     }
 
     /// Before the sockets of [`Output::Close`] are closed: forgets them, and
@@ -82,7 +86,7 @@ impl Conn {
     /// to the writer thread.
     pub fn next(&mut self, now: Instant) -> Output {
         // Cut by the end of a drain (OPT-8): what that means is the core's.
-        if self.ctx.is_cutting() {
+        if self.ctx.is_cutting() || self.listener.is_cutting() {
             self.core.handle_cut(now);
         }
         loop {
@@ -95,6 +99,12 @@ impl Conn {
                         self.ctx.writer.session(Arc::clone(to), record);
                     }
                 }
+                Output::Done => {
+                    if !std::mem::replace(&mut self.finished, true) {
+                        self.ctx.report_finished();
+                    }
+                    return Output::Done;
+                }
                 other => return other,
             }
         }
@@ -103,10 +113,6 @@ impl Conn {
     fn sync(&mut self, now: Instant) {
         let mut forwarder = self.listener.forwarder();
         self.core.sync(now, &mut forwarder);
-        drop(forwarder);
-        if self.core.is_done() {
-            self.ctx.report_closed();
-        }
     }
 
     /// Carries out an I/O output on the sockets and pipes and reports its result
@@ -274,7 +280,7 @@ impl Drop for Conn {
         if let Some(slot) = self.slot.take() {
             self.ctx.live.remove(slot);
         }
-        if self.core.is_done() {
+        if self.finished {
             return;
         }
         // The driver could not carry the connection to its end (its thread or task

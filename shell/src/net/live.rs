@@ -23,6 +23,8 @@ const NONE: RawFd = -1;
 struct Table {
     /// Per slot: the client's and the destination's descriptors.
     fds: Vec<[RawFd; 2]>,
+    /// Per slot: the listener that accepted the connection.
+    owners: Vec<u64>,
     free: Vec<usize>,
 }
 
@@ -37,18 +39,23 @@ impl LiveSockets {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a connection's client socket; its slot comes back.
-    pub fn insert(&self, client: RawFd) -> Slot {
+    /// Records the client socket of a connection `listener` accepted; its
+    /// slot comes back.
+    pub fn insert(&self, client: RawFd, listener: u64) -> Slot {
         let mut t = self.table();
         match t.free.pop() {
             Some(i) => {
                 if let Some(fds) = t.fds.get_mut(i) {
                     *fds = [client, NONE];
                 }
+                if let Some(owner) = t.owners.get_mut(i) {
+                    *owner = listener;
+                }
                 Slot(i)
             }
             None => {
                 t.fds.push([client, NONE]);
+                t.owners.push(listener);
                 Slot(t.fds.len() - 1)
             }
         }
@@ -76,10 +83,19 @@ impl LiveSockets {
     /// Resets every recorded socket (SO_LINGER 0 is then moot: the connection is
     /// gone already); returns how many connections were cut.
     pub fn reset_all(&self) -> usize {
+        self.reset_where(|_| true)
+    }
+
+    /// Resets the sockets of the connections `listener` accepted.
+    pub fn reset_listener(&self, listener: u64) -> usize {
+        self.reset_where(|owner| owner == listener)
+    }
+
+    fn reset_where(&self, cut_it: impl Fn(u64) -> bool) -> usize {
         let t = self.table();
         let mut cut = 0;
-        for fds in &t.fds {
-            if fds[0] == NONE {
+        for (fds, &owner) in t.fds.iter().zip(&t.owners) {
+            if fds[0] == NONE || !cut_it(owner) {
                 continue;
             }
             cut += 1;
