@@ -391,7 +391,7 @@ pub fn listener_from_line(defaults: &Defaults, words: &[String]) -> Result<Confi
 pub fn usage(program: &str) -> String {
     let pad = " ".repeat(program.len());
     format!(
-        "usage: {program} -V\n       {program} [-nklfod...] [-P pidfile] [-S sessionfile] [-i listenaddr] [-p bindaddr]\n       {pad} [-a net[/bits]]... [-h proxy[:port]] [-t seconds] [-r seconds] [--option value]...\n       {pad} source dest[:port] [dest[:port]]...\n"
+        "usage: {program} -V\n       {program} [options] --config file\n       {program} [-nklfod...] [-P pidfile] [-S sessionfile] [-i listenaddr] [-p bindaddr]\n       {pad} [-a net[/bits]]... [-h proxy[:port]] [-t seconds] [-r seconds] [--option value]...\n       {pad} source dest[:port] [dest[:port]]...\n"
     )
 }
 
@@ -400,7 +400,8 @@ pub fn help(program: &str) -> String {
     format!(
         "{}\n\
 source:       port, :port, *:port, addr:port or [v6addr]:port\n\
-dest:         addr[:port] or [v6addr][:port]; the port defaults to the source port\n\
+dest:         addr[:port] or [v6addr][:port]; the port defaults to the source port;\n\
+              ,weight=N and ,drain may follow (smooth weighted rotation, no new clients)\n\
   -n          stay in the foreground          -d  debug to stderr (repeat for more)\n\
   -l          log connections to syslog       -k  SO_KEEPALIVE on both sockets\n\
   -f          keep clients on one destination -o  always the first healthy destination\n\
@@ -417,6 +418,7 @@ dest:         addr[:port] or [v6addr][:port]; the port defaults to the source po
   --resolve secs  destinations may be host names, looked up now and every secs\n\
   --health-check secs  probe every destination this often (a connect, or CONNECT with -h)\n\
   --metrics addr:port  serve Prometheus metrics at http://addr:port/metrics\n\
+  --config file  listeners from file, one per line (SIGHUP reloads it)\n\
   --check     check the command line (and the files it names), bind nothing, exit\n\
   --help      print this help and exit\n",
         usage(program)
