@@ -174,6 +174,70 @@ pub fn poll(fds: &mut [PollFd], timeout: Option<Duration>) -> io::Result<usize> 
     Ok(usize::try_from(rc).unwrap_or(0))
 }
 
+/// An epoll instance of plug's own (close-on-exec).
+pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: epoll_create1 takes a flag and returns a new descriptor or -1.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by epoll_create1 and is owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches `fd` in `epoll` for errors and hang-ups only, once (EPOLLONESHOT:
+/// epoll reports EPOLLERR and EPOLLHUP whatever the interest), tagged `key`:
+/// added (`add`), or re-armed.
+pub fn epoll_watch_errors(epoll: RawFd, fd: RawFd, key: u64, add: bool) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLONESHOT as u32,
+        u64: key,
+    };
+    let op = if add {
+        libc::EPOLL_CTL_ADD
+    } else {
+        libc::EPOLL_CTL_MOD
+    };
+    // SAFETY: `event` is a valid epoll_event; the kernel checks the descriptors.
+    let rc = unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stops watching `fd` in `epoll` (before it is closed).
+pub fn epoll_forget(epoll: RawFd, fd: RawFd) {
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: as above; a descriptor not in the set only gives ENOENT.
+    unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, &mut event) };
+}
+
+/// Waits (forever, retrying EINTR) for events on `epoll`: each one's key and
+/// its flags.
+pub fn epoll_wait(epoll: RawFd, out: &mut Vec<(u64, u32)>) -> io::Result<()> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    loop {
+        // SAFETY: `events` is a writable array of 64 epoll_event.
+        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 64, -1) };
+        if n >= 0 {
+            let n = usize::try_from(n).unwrap_or(0);
+            out.extend(events[..n].iter().map(|e| (e.u64, e.events)));
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// epoll's error flag.
+pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
+/// epoll's hang-up flag.
+pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+
 /// Signal numbers plug handles.
 pub mod signal {
     /// Graceful stop.

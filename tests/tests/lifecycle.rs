@@ -566,3 +566,63 @@ fn the_same_addresses_in_another_order_leave_a_dead_name_dead_opt_11() {
         assert!(line.contains("unhealthy"), "{line}");
     });
 }
+
+/// Closes `s` with a reset (SO_LINGER 0).
+fn reset(s: TcpStream) {
+    let s = socket2::Socket::from(s);
+    s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(s);
+}
+
+#[test]
+fn a_client_reset_while_dialing_ends_at_once_not_at_the_connect_timeout_fault_1() {
+    each_binary(|bin| {
+        let hole = format!("127.0.0.2:{}", free_port());
+        let _hole = blackhole(&hole);
+        let plug = Plug::start(bin, &["-d", "--connect-timeout", "600", "{port}", &hole]);
+        let client = connect(plug.addr());
+        let local = client.local_addr().unwrap();
+        // Dialing: its connect to the blackhole is under way.
+        plug.stderr
+            .expect(|l| l.ends_with(&format!("accepted {local}")));
+        reset(client);
+        // Within the harness deadline (20 s), not the 600 s connect timeout.
+        plug.stderr.expect(|l| l.contains("Complete"));
+    });
+}
+
+#[test]
+fn a_client_reset_while_its_bytes_wait_for_a_stalled_destination_ends_at_once_fault_1() {
+    each_binary(|bin| {
+        // A destination that accepts and never reads.
+        let stalled = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dest = stalled.local_addr().unwrap().to_string();
+        let plug = Plug::start(bin, &["{port}", &dest]);
+        let mut client = connect(plug.addr());
+        let (_held, _) = stalled.accept().unwrap();
+        // Fill everything on the way: the destination's window, plug's buffer or
+        // pipe, and the client's own send buffer.
+        client.set_nonblocking(true).unwrap();
+        let chunk = vec![7u8; 64 * 1024];
+        let mut blocked = 0;
+        for _ in 0..100_000 {
+            match client.write(&chunk) {
+                Ok(_) => blocked = 0,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Full once writes keep failing across plug's own turns.
+                    blocked += 1;
+                    if blocked > 50 {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(blocked > 50, "the way never filled up");
+        reset(client);
+        // plug reads nothing from the client now, so only a watch for errors sees
+        // the reset: within the deadline, with no --idle-timeout to help.
+        plug.stderr.expect(|l| l.contains("Complete"));
+    });
+}

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -21,6 +22,7 @@ use plug_core::forwarder::AcceptNext;
 use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
 use crate::drive::conn::{Conn, Pipes};
+use crate::drive::error_watch::{ErrorWatch, Watched};
 use crate::drive::scrape;
 use crate::listeners::Listener;
 use crate::net::sockets;
@@ -179,6 +181,9 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
     let mut pipes: Pipes = [None, None];
     // Made only when a wait has a deadline: most never need one.
     let mut timer: Option<Timer> = None;
+    // Each socket's place in the error watch, made when a wait for its errors
+    // alone would sleep; dropped before the socket is closed.
+    let mut watched: [Option<Watched>; 2] = [None, None];
     // The clock is read once per wake-up: the work in between takes microseconds.
     let mut now = Instant::now();
     loop {
@@ -195,6 +200,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
                 // The earlier attempt's socket is closed only after `connect`
                 // has forgotten it.
                 let made = conn.connect(now, addr, bind);
+                watched[Side::Destination.index()] = None;
                 dest = None;
                 if let Some(s) = made {
                     match Async::new_nonblocking(s) {
@@ -205,7 +211,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
             }
             Output::Wait(wait) => {
                 let socks = [Some(c), dest.as_ref()];
-                now = wait_for(&mut conn, &wait, socks, &mut timer).await;
+                now = wait_for(&mut conn, &wait, socks, &mut timer, &mut watched).await;
             }
             Output::Yield => {
                 future::yield_now().await;
@@ -214,6 +220,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
             Output::Close { reset } => {
                 let socks = [client.as_ref(), dest.as_ref()].map(|s| s.map(Async::get_ref));
                 conn.before_close(reset, socks);
+                watched = [None, None];
                 client = None;
                 dest = None;
                 pipes = [None, None];
@@ -224,14 +231,14 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
 }
 
 /// Waits until a socket is ready as `wait` says, or its deadline; reports what
-/// the reactor said and returns the time it woke. The reactor reports only what was asked: errors on a socket
-/// nothing waits on are found at the next read or write, or by a deadline
-/// (FAULT-1's exception).
+/// the reactor said and returns the time it woke. A socket watched for errors
+/// alone is handed to the [`ErrorWatch`] when nothing else is ready (FAULT-1).
 async fn wait_for(
     conn: &mut Conn,
     wait: &Wait,
     socks: [Option<&Async<TcpStream>>; 2],
     timer: &mut Option<Timer>,
+    watched: &mut [Option<Watched>; 2],
 ) -> Instant {
     match wait.deadline {
         Some(deadline) => timer.get_or_insert_with(Timer::never).set_at(deadline),
@@ -256,6 +263,22 @@ async fn wait_for(
             (Some(_), Some(t)) => Pin::new(t).poll(cx).is_ready(),
             _ => false,
         };
+        // Errors alone: asked of the kernel only when the task would sleep.
+        if !expired && ready.iter().all(|r| *r == Ready::default()) {
+            for (i, sock) in socks.iter().enumerate() {
+                let w = wait.watch[i];
+                let (Some(sock), true) = (sock, w.errors && !w.read && !w.write) else {
+                    continue;
+                };
+                let Some(errors) = ErrorWatch::shared() else {
+                    break;
+                };
+                let watch = watched[i].get_or_insert_with(|| errors.watch(sock.as_raw_fd()));
+                if let Poll::Ready(r) = watch.poll_error(cx) {
+                    ready[i] = r;
+                }
+            }
+        }
         let mut any = expired;
         // Only read when something is to be reported.
         let now = if expired || ready.iter().any(|r| *r != Ready::default()) {

@@ -5,5 +5,7 @@
 #[cfg(feature = "async")]
 pub mod async_driver;
 pub mod conn;
+#[cfg(feature = "async")]
+pub mod error_watch;
 pub mod rounds;
 pub mod scrape;
