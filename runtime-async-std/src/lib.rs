@@ -8,17 +8,17 @@
 //! own reactor; only task spawning and the accept loop's executor are async-std's.
 
 use std::future::Future;
-use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_global_executor::GlobalExecutorConfig;
-use plug_shell::drive::async_driver::{self, Async, Spawn};
+use plug_shell::drive::async_driver::{self, AcceptTasks, Async, Spawn};
 use plug_shell::drive::conn::Conn;
-use plug_shell::{Acceptor, Context, Listener};
 
-/// Spawns connection tasks on async-std's executor.
+/// Spawns tasks on async-std's executor; accept loops too, so a new
+/// connection starts where it was accepted.
+#[derive(Debug, Clone, Copy)]
 struct AsyncStdSpawn;
 
 impl Spawn for AsyncStdSpawn {
@@ -29,37 +29,6 @@ impl Spawn for AsyncStdSpawn {
 
     fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
         drop(async_std::task::spawn(task));
-    }
-}
-
-/// Runs accept loops as tasks on async-std's executor.
-#[derive(Debug)]
-struct Tasks;
-
-impl Acceptor for Tasks {
-    fn serve(
-        &self,
-        ctx: &Arc<Context>,
-        listener: Arc<Listener>,
-        socket: TcpListener,
-    ) -> io::Result<()> {
-        let socket = Async::new(socket)?;
-        let ctx = Arc::clone(ctx);
-        // The accept loop runs on the runtime's threads beside the connections, so
-        // a new connection starts where it was accepted.
-        drop(async_std::task::spawn(async move {
-            async_driver::accept_loop(&ctx, &listener, socket, &AsyncStdSpawn).await;
-        }));
-        Ok(())
-    }
-
-    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> io::Result<()> {
-        let socket = Async::new(socket)?;
-        let ctx = Arc::clone(ctx);
-        drop(async_std::task::spawn(async move {
-            async_driver::metrics_loop(&ctx, &socket, &AsyncStdSpawn).await;
-        }));
-        Ok(())
     }
 }
 
@@ -78,5 +47,6 @@ pub fn main() -> ! {
     );
     // This thread only waits, without taking turns at the reactor (which would
     // hand readiness between threads); the lifecycle thread exits the process.
-    boot.serve(Arc::new(Tasks)).wait_for_exit()
+    boot.serve(Arc::new(AcceptTasks(AsyncStdSpawn)))
+        .wait_for_exit()
 }

@@ -3,18 +3,26 @@
 //! two cores). The connection driver is plug-shell's, futures over async-io.
 
 use std::future::Future;
-use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use plug_shell::drive::async_driver::{self, Spawn};
+use plug_shell::drive::async_driver::{self, AcceptTasks, Spawn};
 use plug_shell::drive::conn::Conn;
-use plug_shell::{Acceptor, Context, Listener};
 use smol::{Async, Executor};
 
-/// Spawns connection tasks on the shared executor.
+/// Spawns tasks on the shared executor. Accept loops are tasks like the
+/// connections: as the future given to `run` a loop would be polled on every
+/// wake-up of the main thread, and try accept(2) (EAGAIN) each time a
+/// connection's socket was ready.
+#[derive(Clone)]
 struct SmolSpawn(Arc<Executor<'static>>);
+
+impl std::fmt::Debug for SmolSpawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("smol executor")
+    }
+}
 
 impl Spawn for SmolSpawn {
     fn spawn(&self, conn: Conn, client: Async<TcpStream>) {
@@ -23,48 +31,6 @@ impl Spawn for SmolSpawn {
 
     fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {
         self.0.spawn(task).detach();
-    }
-}
-
-/// Runs accept loops as tasks on the shared executor.
-///
-/// An accept loop is a task like the connections: as the future given to
-/// `run` it would be polled on every wake-up of the main thread, and try
-/// accept(2) (EAGAIN) each time a connection's socket was ready.
-struct Tasks(Arc<Executor<'static>>);
-
-impl std::fmt::Debug for Tasks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("smol tasks")
-    }
-}
-
-impl Acceptor for Tasks {
-    fn serve(
-        &self,
-        ctx: &Arc<Context>,
-        listener: Arc<Listener>,
-        socket: TcpListener,
-    ) -> io::Result<()> {
-        let socket = Async::new(socket)?;
-        let ctx = Arc::clone(ctx);
-        let spawner = SmolSpawn(Arc::clone(&self.0));
-        self.0
-            .spawn(
-                async move { async_driver::accept_loop(&ctx, &listener, socket, &spawner).await },
-            )
-            .detach();
-        Ok(())
-    }
-
-    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> io::Result<()> {
-        let socket = Async::new(socket)?;
-        let ctx = Arc::clone(ctx);
-        let spawner = SmolSpawn(Arc::clone(&self.0));
-        self.0
-            .spawn(async move { async_driver::metrics_loop(&ctx, &socket, &spawner).await })
-            .detach();
-        Ok(())
     }
 }
 
@@ -84,7 +50,7 @@ pub fn main() -> ! {
                 .fatal(&format!("cannot start an executor thread: {e}"))
         }
     }
-    let _ctx = boot.serve(Arc::new(Tasks(Arc::clone(&executor))));
+    let _ctx = boot.serve(Arc::new(AcceptTasks(SmolSpawn(Arc::clone(&executor)))));
     // The lifecycle thread exits the process; until then this thread runs tasks.
     loop {
         smol::block_on(executor.run(smol::future::pending::<()>()));

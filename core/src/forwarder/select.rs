@@ -1298,6 +1298,17 @@ mod tests {
         assert_eq!(b.sticky_len(), 0, "no table with --hash");
     }
 
+    /// `-f -t 60`, at most 100 clients.
+    fn sticky_for_a_minute() -> SelectPolicy {
+        SelectPolicy {
+            sticky: Some(StickyPolicy {
+                timeout: Duration::from_secs(60),
+                capacity: 100,
+            }),
+            ..SelectPolicy::default()
+        }
+    }
+
     fn words(list: &[&str]) -> Vec<Destination> {
         list.iter()
             .map(|w| Destination::parse(w, 9000, false).unwrap())
@@ -1349,13 +1360,7 @@ mod tests {
     #[test]
     fn a_draining_destination_takes_no_new_client_opt_16() {
         let now = t0();
-        let policy = SelectPolicy {
-            sticky: Some(StickyPolicy {
-                timeout: Duration::from_secs(60),
-                capacity: 100,
-            }),
-            ..SelectPolicy::default()
-        };
+        let policy = sticky_for_a_minute();
         let mut b = Balancer::new(words(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), policy);
         // Client 1 sticks to the first destination.
         assert_eq!(pick(&mut b, now, client(1)), Some(0));
@@ -1400,12 +1405,8 @@ mod tests {
     fn weighted_hash_shares_follow_the_weights_and_only_a_removed_ones_clients_move_opt_16() {
         let now = t0();
         let policy = SelectPolicy {
-            sticky: Some(StickyPolicy {
-                timeout: Duration::from_secs(60),
-                capacity: 100,
-            }),
             hash: true,
-            ..SelectPolicy::default()
+            ..sticky_for_a_minute()
         };
         let all = words(&[
             "10.0.0.1,weight=1",
@@ -1442,13 +1443,7 @@ mod tests {
     #[test]
     fn a_reload_keeps_what_is_known_of_a_destination_that_stays_opt_15() {
         let now = t0();
-        let policy = SelectPolicy {
-            sticky: Some(StickyPolicy {
-                timeout: Duration::from_secs(60),
-                capacity: 100,
-            }),
-            ..SelectPolicy::default()
-        };
+        let policy = sticky_for_a_minute();
         let mut b = Balancer::new(words(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), policy);
         assert_eq!(pick(&mut b, now, client(1)), Some(0));
         assert_eq!(pick(&mut b, now, client(2)), Some(1));

@@ -24,7 +24,7 @@ use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 use crate::drive::conn::{Conn, Pipes};
 use crate::drive::error_watch::{ErrorWatch, Watched};
 use crate::drive::scrape;
-use crate::listeners::Listener;
+use crate::listeners::{Acceptor, Listener};
 use crate::net::sockets;
 use crate::net::splice::PIPE_CAPACITY;
 use crate::Context;
@@ -50,6 +50,36 @@ pub trait Spawn: Sync {
 
     /// Runs a rarer task (a scrape) in the background; boxed, as it is rare.
     fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+}
+
+/// Runs accept loops as tasks of the runtime the [`Spawn`] spawns on, beside
+/// the connections, so a new connection starts where it was accepted.
+#[derive(Debug)]
+pub struct AcceptTasks<S>(pub S);
+
+impl<S: Spawn + Clone + Send + std::fmt::Debug + 'static> Acceptor for AcceptTasks<S> {
+    fn serve(
+        &self,
+        ctx: &Arc<Context>,
+        listener: Arc<Listener>,
+        socket: TcpListener,
+    ) -> std::io::Result<()> {
+        let socket = Async::new(socket)?;
+        let (ctx, spawner) = (Arc::clone(ctx), self.0.clone());
+        self.0.spawn_boxed(Box::pin(async move {
+            accept_loop(&ctx, &listener, socket, &spawner).await;
+        }));
+        Ok(())
+    }
+
+    fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> std::io::Result<()> {
+        let socket = Async::new(socket)?;
+        let (ctx, spawner) = (Arc::clone(ctx), self.0.clone());
+        self.0.spawn_boxed(Box::pin(async move {
+            metrics_loop(&ctx, &socket, &spawner).await;
+        }));
+        Ok(())
+    }
 }
 
 /// How many threads run connection tasks: the number in the environment variable
