@@ -1177,6 +1177,155 @@ mod tests {
         }
     }
 
+    /// What the scenario itself knows of each destination, from the SPEC's
+    /// rules and its own record of failures, connects and time (CONN-2..5,
+    /// OPT-16): never from what the balancer chose to remember.
+    struct Record {
+        retry: Option<u64>,
+        drain: Vec<bool>,
+        /// When each destination last failed and has not been reached or
+        /// retried since.
+        failed_at: Vec<Option<u64>>,
+        /// client → (destination, when), as the bounded sticky table holds it.
+        sticky: Vec<(u8, usize, u64)>,
+    }
+
+    impl Record {
+        fn eligible(&self, d: usize, now: u64) -> bool {
+            !self.drain[d]
+                && match (self.failed_at[d], self.retry) {
+                    (None, _) => true,
+                    (Some(at), Some(r)) => now >= at + r,
+                    (Some(_), None) => false,
+                }
+        }
+
+        fn takes_clients(&self) -> Vec<usize> {
+            (0..self.drain.len()).filter(|&d| !self.drain[d]).collect()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// CONN-2/3/4/5, OPT-16, as invariants of the SPEC checked on every
+        /// choice, whatever the interleaving of clients, failures, successes and
+        /// time: a client never gets a destination twice nor a draining one; it
+        /// gets an unhealthy one only when none that takes clients is healthy
+        /// (the reset); it is closed only when every healthy one has been tried
+        /// (or every one, after a reset); `-o` gives the first healthy one; a
+        /// remembered client returns to its healthy destination.
+        #[test]
+        fn every_choice_keeps_the_selection_rules_conn_2_5_opt_16(
+            attrs in proptest::collection::vec((1u32..4, proptest::bool::weighted(0.2)), 1..5),
+            first in any::<bool>(),
+            retry in proptest::option::of(1u64..6),
+            sticky in proptest::option::of((0u64..6, 1usize..4)),
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            let base = t0();
+            let n = attrs.len();
+            let list: Vec<Destination> = attrs
+                .iter()
+                .enumerate()
+                .map(|(i, (w, drain))| {
+                    let word = format!("10.0.0.{}:80,weight={w}{}", i + 1, if *drain { ",drain" } else { "" });
+                    Destination::parse(&word, 80, false).unwrap()
+                })
+                .collect();
+            let policy = SelectPolicy {
+                order: if first { Order::FirstHealthy } else { Order::RoundRobin },
+                retry: retry.map(Duration::from_secs),
+                sticky: sticky.map(|(t, cap)| StickyPolicy { timeout: Duration::from_secs(t), capacity: cap }),
+                hash: false,
+            };
+            let mut b = Balancer::new(list, policy);
+            let mut rec = Record {
+                retry,
+                drain: attrs.iter().map(|a| a.1).collect(),
+                failed_at: vec![None; n],
+                sticky: vec![],
+            };
+            let mut now = 0u64;
+            // In flight: (plan, tried, client, current destination).
+            let mut flying: Vec<(AttemptPlan, Vec<usize>, u8, usize)> = vec![];
+            for op in ops {
+                let at = base + Duration::from_secs(now);
+                let (mut plan, mut tried, c) = match op {
+                    Op::Accept(c) => (b.plan(client(c)), vec![], c),
+                    Op::Fail(k) if !flying.is_empty() => {
+                        let (plan, tried, c, d) = flying.swap_remove(k % flying.len());
+                        b.handle_connect_failed(at, DestId(d), "refused");
+                        rec.failed_at[d] = Some(now);
+                        (plan, tried, c)
+                    }
+                    Op::Connect(k) if !flying.is_empty() => {
+                        let (_, _, _, d) = flying.swap_remove(k % flying.len());
+                        b.handle_connected(at, DestId(d));
+                        rec.failed_at[d] = None;
+                        continue;
+                    }
+                    Op::Advance(s) => {
+                        now += s;
+                        continue;
+                    }
+                    _ => continue,
+                };
+                // What the record says before the choice.
+                if let Some((timeout, _)) = sticky {
+                    rec.sticky.retain(|&(_, _, seen)| now - seen <= timeout);
+                }
+                let open: Vec<usize> = rec.takes_clients();
+                let healthy: Vec<usize> = open.iter().copied().filter(|&d| rec.eligible(d, now)).collect();
+                let untried_healthy: Vec<usize> = healthy.iter().copied().filter(|d| !tried.contains(d)).collect();
+                let remembered = match (sticky, tried.is_empty()) {
+                    (Some(_), true) => rec.sticky.iter().find(|e| e.0 == c).map(|e| e.1),
+                    _ => None,
+                };
+                let got = b.next_attempt(at, &mut plan).map(DestId::index);
+                while b.poll_event().is_some() {}
+                match got {
+                    Some(d) => {
+                        prop_assert!(!tried.contains(&d), "{d} given twice to {c}");
+                        prop_assert!(!rec.drain[d], "{d} drains");
+                        if healthy.is_empty() {
+                            // The reset: every one is healthy again (CONN-2).
+                            rec.failed_at = vec![None; n];
+                        } else {
+                            prop_assert!(rec.eligible(d, now), "{d} is down and {healthy:?} are not");
+                        }
+                        match remembered.filter(|&r| rec.eligible(r, now) || healthy.is_empty()) {
+                            Some(r) if !healthy.is_empty() => prop_assert_eq!(d, r, "a remembered client moved"),
+                            _ if first && sticky.is_none() && !healthy.is_empty() => {
+                                prop_assert_eq!(Some(d), untried_healthy.first().copied(), "-o");
+                            }
+                            _ => {}
+                        }
+                        // Given now: retried if it was down, and remembered.
+                        rec.failed_at[d] = None;
+                        if let Some((_, cap)) = sticky {
+                            let len = rec.sticky.len();
+                            match rec.sticky.iter_mut().find(|e| e.0 == c) {
+                                Some(e) => *e = (c, d, now),
+                                None if len < cap => rec.sticky.push((c, d, now)),
+                                None => {}
+                            }
+                        }
+                        tried.push(d);
+                        flying.push((plan, tried, c, d));
+                    }
+                    None => {
+                        let all_tried = open.iter().all(|d| tried.contains(d));
+                        prop_assert!(
+                            all_tried || (!healthy.is_empty() && untried_healthy.is_empty()),
+                            "{c} closed with {untried_healthy:?} healthy and untried (open {open:?}, tried {tried:?})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn hashing() -> SelectPolicy {
         SelectPolicy {
             sticky: Some(StickyPolicy {
