@@ -1575,6 +1575,59 @@ mod tests {
             prop_assert_eq!(mixed, plain);
         }
 
+        /// CLI-1..4, §6: the Config says what the words say, read from the
+        /// words themselves: a repeated option's last value, every `-a` in
+        /// order, flags and their counts, the defaults, and a destination
+        /// without a port taking the source's.
+        #[test]
+        fn the_config_says_what_the_words_say_cli_1_cli_4(
+            (items, positionals) in valid_items(),
+        ) {
+            let parsed = parse_words(&canonical(&items, &positionals));
+            let Ok(Action::Run(c)) = parsed else {
+                return Err(TestCaseError::fail(format!("{parsed:?}")));
+            };
+            let last = |k: &str| items.iter().rev().find(|i| i.key == k).and_then(|i| i.value.clone());
+            let count = |k: &str| items.iter().filter(|i| i.key == k).count();
+            let secs = |v: String| Duration::from_secs(v.parse().unwrap());
+            prop_assert_eq!(c.keepalive, count("k") > 0);
+            prop_assert_eq!(c.log_connections, count("l") > 0);
+            prop_assert_eq!(usize::from(c.debug), count("d"));
+            let to_stdout = last("S").as_deref() == Some("-");
+            prop_assert_eq!(c.foreground, count("n") > 0 || count("d") > 0 || to_stdout);
+            prop_assert_eq!(c.select.order == Order::FirstHealthy, count("o") > 0);
+            let sticky_for = (count("f") > 0).then(|| last("t").map_or(DEFAULT_STICKY_TIMEOUT, secs));
+            prop_assert_eq!(c.select.sticky.map(|s| s.timeout), sticky_for);
+            prop_assert_eq!(c.select.retry, last("r").map(secs));
+            prop_assert_eq!(&c.pid_file, &last("P").map(PathBuf::from));
+            let session = last("S").map(|v| match v.as_str() {
+                "-" => SessionTarget::Stdout,
+                _ => SessionTarget::File(PathBuf::from(v)),
+            });
+            prop_assert_eq!(&c.session, &session);
+            prop_assert_eq!(c.bind, last("p").map(|v| v.parse::<IpAddr>().unwrap()));
+            prop_assert_eq!(c.proxy, last("h").map(|v| v.parse::<SocketAddr>().unwrap()));
+            let rules: Vec<AcceptRule> = items
+                .iter()
+                .filter(|i| i.key == "a")
+                .map(|i| AcceptRule::parse(i.value.as_deref().unwrap()).unwrap())
+                .collect();
+            prop_assert_eq!(c.rules.rules(), rules.as_slice());
+            prop_assert_eq!(c.connect_timeout, last("connect-timeout").map_or(DEFAULT_CONNECT_TIMEOUT, secs));
+            prop_assert_eq!(c.idle_timeout, last("idle-timeout").map(secs));
+            prop_assert_eq!(c.max_conns, last("max-conns").map(|v| v.parse().unwrap()));
+            prop_assert_eq!(c.proxy_protocol, last("proxy-protocol").map(|_| ProxyProtocol::V1));
+            prop_assert_eq!(c.source.port, 8080);
+            let listen = positionals[0].starts_with("127.").then(|| IpAddr::from([127, 0, 0, 1]));
+            prop_assert_eq!(c.source.addr, listen);
+            let dests: Vec<String> = positionals[1..]
+                .iter()
+                .map(|w| if w.contains(':') { w.clone() } else { format!("{w}:8080") })
+                .collect();
+            let got: Vec<String> = c.destinations.iter().map(ToString::to_string).collect();
+            prop_assert_eq!(got, dests);
+        }
+
         /// CLI-7: arbitrary bytes as arguments (not UTF-8, NULs, anything) never
         /// panic; anything refused is status 5 with a message.
         #[test]
