@@ -376,3 +376,67 @@ fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
     }
     (got, false)
 }
+
+#[test]
+fn a_storm_of_reloads_drops_no_client_and_ends_on_the_last_file_opt_15() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let dir = TempDir::new("storm");
+        let conf = dir.path("plug.conf");
+        let p = free_port();
+        let line = |to: &Backend| format!("127.0.0.1:{p} {}\n", to.dest());
+        write_file(&conf, &line(&a));
+        let plug = start(bin, &["--config", conf.to_str().unwrap()], 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let hammer = {
+            let (stop, failed) = (stop.clone(), failed.clone());
+            std::thread::spawn(move || {
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let tag = TcpStream::connect(local(p)).map(|mut s| try_read_line(&mut s));
+                    if !matches!(
+                        tag.as_ref().map(|t| t.as_ref().map(String::as_str)),
+                        Ok(Ok("A" | "B"))
+                    ) {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        // Twenty reloads as fast as signals go, the file changing under them.
+        for k in 0..20 {
+            write_file(&conf, &line(if k % 2 == 0 { &b } else { &a }));
+            plug.signal(libc::SIGHUP);
+        }
+        // Signals may merge; one sent after the last write is handled after it.
+        write_file(&conf, &line(&b));
+        plug.signal(libc::SIGHUP);
+        assert!(
+            eventually(|| which(local(p)) == "B"),
+            "the last file is the one in force: {:?}",
+            plug.stderr.all()
+        );
+        stop.store(true, Ordering::SeqCst);
+        hammer.join().unwrap();
+        assert_eq!(failed.load(Ordering::SeqCst), 0, "{:?}", plug.stderr.all());
+        assert!(
+            !plug
+                .stderr
+                .all()
+                .iter()
+                .any(|l| l.contains("reload failed")),
+            "{:?}",
+            plug.stderr.all()
+        );
+        let reloads = plug
+            .stderr
+            .all()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count();
+        assert!(reloads >= 1, "{:?}", plug.stderr.all());
+    });
+}
