@@ -440,3 +440,27 @@ fn a_storm_of_reloads_drops_no_client_and_ends_on_the_last_file_opt_15() {
         assert!(reloads >= 1, "{:?}", plug.stderr.all());
     });
 }
+
+#[test]
+fn passed_sockets_are_matched_to_lines_by_address_opt_7_opt_13() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let dir = TempDir::new("activated-config");
+        let conf = dir.path("plug.conf");
+        let (p1, p2) = (free_port(), free_port());
+        // The second line is the passed socket's (systemd listens on it, so a
+        // bind there would fail); the first is bound by plug.
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p2} {}\n127.0.0.1:{p1} {}\n", b.dest(), a.dest()),
+        );
+        let launch = socket_activation(p1, false);
+        let plug = Plug::start_with(bin, &launch, &["--config", conf.to_str().unwrap()]);
+        let up = plug
+            .stderr
+            .wait_for_count(2, |l| l.contains("listening on"));
+        assert_eq!(up.len(), 2, "{:?}", plug.stderr.all());
+        assert_eq!(which(local(p1)), "A");
+        assert_eq!(which(local(p2)), "B");
+    });
+}
