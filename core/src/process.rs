@@ -614,4 +614,60 @@ mod tests {
         q.handle_listener_closed(t, 1);
         assert_eq!(q.poll_timeout(), None);
     }
+
+    proptest! {
+        /// OPT-15: a listener a reload closed has its connections cut once,
+        /// --drain-timeout after it was closed (never without the option, never
+        /// for one not closed), and the process goes on serving.
+        #[test]
+        fn a_closed_listener_is_cut_once_at_its_deadline_opt_15(
+            drain in proptest::option::of(0u64..5_000),
+            steps in proptest::collection::vec((proptest::option::of(0u64..6), 0u64..3_000), 1..30),
+        ) {
+            let t = t0();
+            let drain_timeout = drain.map(Duration::from_millis);
+            let mut p = Process::new(drain_timeout);
+            let mut now = t;
+            let mut closed: Vec<(u64, Instant)> = vec![];
+            let mut cuts: Vec<(u64, Instant)> = vec![];
+            for (close, wait) in steps {
+                if let Some(id) = close.filter(|id| !closed.iter().any(|c| c.0 == *id)) {
+                    p.handle_listener_closed(now, id);
+                    closed.push((id, now));
+                }
+                // The shell wakes at the machine's timeout, or at the end of the wait.
+                let until = now + Duration::from_millis(wait);
+                for _ in 0..40 {
+                    match p.poll_timeout() {
+                        Some(at) if at <= until => {
+                            now = at.max(now);
+                            p.handle_timeout(now);
+                            while let Some(out) = p.poll_output() {
+                                if let ProcessOutput::CutListener(id) = out {
+                                    cuts.push((id, now));
+                                } else {
+                                    prop_assert!(false, "{:?}", out);
+                                }
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                now = until;
+                prop_assert_eq!(p.phase(), Phase::Running);
+            }
+            for &(id, at) in &cuts {
+                let when = closed.iter().find(|c| c.0 == id).map(|c| c.1);
+                prop_assert!(when.is_some(), "{} was never closed", id);
+                let due = when.unwrap_or(at) + drain_timeout.unwrap_or(Duration::MAX / 4);
+                prop_assert_eq!(at, due, "cut at its deadline");
+                prop_assert_eq!(cuts.iter().filter(|c| c.0 == id).count(), 1);
+            }
+            for &(id, at) in &closed {
+                let cut = cuts.iter().any(|c| c.0 == id);
+                let due = drain_timeout.map(|d| at + d);
+                prop_assert_eq!(cut, due.is_some_and(|d| d <= now), "listener {}", id);
+            }
+        }
+    }
 }
