@@ -414,6 +414,82 @@ fn rr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64, f64) {
     )
 }
 
+/// A redis-server of the bench's own, and the redis-benchmark to drive it.
+struct Redis {
+    server: Child,
+    addr: SocketAddr,
+    bench: PathBuf,
+}
+
+impl Redis {
+    /// Starts redis-server on a free port; `None` (said loudly) when redis is
+    /// not installed.
+    fn start() -> Option<Redis> {
+        let (Some(server), Some(bench)) = (which("redis-server"), which("redis-benchmark")) else {
+            eprintln!(
+                "!!! SKIPPED: redis mode: redis-server or redis-benchmark is not installed \
+                 (apt-get install redis-server redis-tools) !!!"
+            );
+            return None;
+        };
+        let port = free_port();
+        let server = Command::new(server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(addr);
+        Some(Redis {
+            server,
+            addr,
+            bench,
+        })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// redis-benchmark through the candidate (20 clients, SET and GET, `n` each):
+/// (requests/s, forwarder CPU-µs per request).
+fn redis(c: &Candidate, redis: &Redis, n: u64) -> (f64, f64) {
+    let run = start(c, redis.addr);
+    let cpu0 = cpu_seconds(&run);
+    let t0 = Instant::now();
+    let out = Command::new(&redis.bench)
+        .args(["-h", "127.0.0.1", "-p", &run.addr.port().to_string()])
+        .args([
+            "-c",
+            "20",
+            "-n",
+            &n.to_string(),
+            "-t",
+            "set,get",
+            "-q",
+            "--csv",
+        ])
+        .output();
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&run) - cpu0;
+    match out {
+        Ok(o) if o.status.success() => {
+            let requests = 2.0 * n as f64;
+            (requests / secs, cpu * 1e6 / requests)
+        }
+        _ => {
+            eprintln!("{}: redis-benchmark failed", c.name);
+            (f64::NAN, f64::NAN)
+        }
+    }
+}
+
 /// Kernel memory in KiB: slab, kernel stacks, page tables and TCP socket buffers.
 fn kernel_kib() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -510,10 +586,12 @@ fn main() {
         .map(|w| w[1].as_str())
         .collect();
     let modes = if modes.is_empty() {
-        vec!["bulk", "crr", "rr", "idle"]
+        vec!["bulk", "crr", "rr", "redis", "idle"]
     } else {
         modes
     };
+    let redis_server = modes.contains(&"redis").then(Redis::start).flatten();
+    let redis_n: u64 = if quick { 20_000 } else { 100_000 };
     let bulk_bytes: u64 = if quick { 512 << 20 } else { 2 << 30 };
     let timed = Duration::from_secs(if quick { 1 } else { 3 });
     let idle_n = if quick { 1000 } else { 9000 };
@@ -593,6 +671,13 @@ fn main() {
                 record(&mut t, "rr p50 µs", &c.name, p50);
                 record(&mut t, "rr p99 µs", &c.name, p99);
                 record(&mut t, "rr p999 µs", &c.name, p999);
+            }
+            if let Some(server) = &redis_server {
+                let (rate, cpu) = redis(c, server, redis_n);
+                record(&mut t, "redis requests/s", &c.name, rate);
+                if !matches!(c.kind, Kind::Direct) {
+                    record(&mut t, "redis CPU-µs/request", &c.name, cpu);
+                }
             }
             if modes.contains(&"idle") && round == 0 {
                 let (user, kernel) = idle(c, idle_n);

@@ -1,0 +1,94 @@
+//! Real clients and servers through plug, as operators run them: redis-server
+//! behind plug, redis-benchmark and redis-cli in front (CONN-6: every request
+//! answered, pipelined or not, by every runtime).
+
+use plug_tests::*;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+/// A redis-server of the test's own on 127.0.0.1, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(server: &std::path::Path) -> Redis {
+        let port = free_port();
+        let child = Command::new(server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            eventually(|| TcpStream::connect(addr).is_ok()),
+            "redis-server did not start"
+        );
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn redis_benchmark_through_plug_gets_every_answer_conn_6() {
+    let Some(server) = optional_program("redis-server", "redis-server") else {
+        return;
+    };
+    let Some(bench) = optional_program("redis-benchmark", "redis-tools") else {
+        return;
+    };
+    let Some(cli) = optional_program("redis-cli", "redis-tools") else {
+        return;
+    };
+    let redis = Redis::start(&server);
+    let dest = format!("127.0.0.1:{}", redis.port);
+    each_binary(|bin| {
+        let plug = Plug::start(bin, &["{port}", &dest]);
+        let port = plug.port.to_string();
+        // 20 clients, then 20 clients pipelining 16 requests each.
+        for pipeline in ["1", "16"] {
+            let out = Command::new(&bench)
+                .args(["-h", "127.0.0.1", "-p", &port, "-c", "20", "-n", "4000"])
+                .args(["-P", pipeline, "-t", "set,get", "-q", "--csv"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for test in ["\"SET\"", "\"GET\""] {
+                assert!(text.contains(test), "no {test} result: {text}");
+            }
+        }
+        // A value of 1 MB, written and read back whole.
+        let big = "v".repeat(1 << 20);
+        let set = Command::new(&cli)
+            .args(["-h", "127.0.0.1", "-p", &port, "-x", "set", "big"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(big.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
+        let get = Command::new(&cli)
+            .args(["-h", "127.0.0.1", "-p", &port, "get", "big"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&get.stdout).trim_end(), big);
+    });
+}
