@@ -42,6 +42,8 @@ pub struct Context {
     pub(crate) writer: Writer,
     /// The listeners serving now, in the file's order.
     pub(crate) listeners: Mutex<Vec<Arc<Listener>>>,
+    /// How many reloads have been applied, for threads that wait for one.
+    pub(crate) reloaded: (Mutex<u64>, std::sync::Condvar),
     /// Listeners a reload closed, while connections may still hold them.
     pub(crate) retired: Mutex<Vec<Arc<Listener>>>,
     /// What every listener shares: `--max-conns`, pipes, scrapes.
@@ -346,6 +348,7 @@ impl Context {
     pub(crate) fn reload(self: &Arc<Self>) -> Vec<Arc<Listener>> {
         if let (Some(start), Some(acceptor)) = (&self.file_start, self.acceptor.get()) {
             let closed = listeners::reload(self, acceptor.as_ref(), &start.file);
+            self.note_reload();
             let mut retired = lock(&self.retired);
             retired.retain(|l| Arc::strong_count(l) > 1);
             retired.extend(closed.iter().cloned());
@@ -361,6 +364,40 @@ impl Context {
             self.with(listener, now, |f| f.handle_reload(now, credentials));
         }
         Vec::new()
+    }
+
+    /// How many reloads have been applied so far.
+    pub(crate) fn reloads(&self) -> u64 {
+        *lock(&self.reloaded.0)
+    }
+
+    /// Waits until a reload after the `seen`th, or `until` (`None`: no limit).
+    pub(crate) fn wait_for_reload(&self, seen: u64, until: Option<Instant>) {
+        let (count, changed) = &self.reloaded;
+        let mut n = lock(count);
+        while *n == seen {
+            let left = match until {
+                None => None,
+                Some(at) => match at.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return,
+                },
+            };
+            n = match left {
+                None => changed.wait(n).unwrap_or_else(|p| p.into_inner()),
+                Some(left) => {
+                    changed
+                        .wait_timeout(n, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    fn note_reload(&self) {
+        *lock(&self.reloaded.0) += 1;
+        self.reloaded.1.notify_all();
     }
 
     /// Cuts the open connections of the listener a reload closed, `id`, once

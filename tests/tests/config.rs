@@ -464,3 +464,24 @@ fn passed_sockets_are_matched_to_lines_by_address_opt_7_opt_13() {
         assert_eq!(which(local(p2)), "B");
     });
 }
+
+#[test]
+fn a_reload_that_adds_health_checks_starts_them_opt_10_opt_15() {
+    each_binary(|bin| {
+        let live = tagged("L");
+        let dead = dead_addr();
+        let dir = TempDir::new("reload-health");
+        let conf = dir.path("plug.conf");
+        let p = free_port();
+        write_file(&conf, &format!("127.0.0.1:{p} {dead} {}\n", live.dest()));
+        let plug = start(bin, &["--config", conf.to_str().unwrap()], 1);
+        write_file(
+            &conf,
+            &format!("--health-check 1 127.0.0.1:{p} {dead} {}\n", live.dest()),
+        );
+        reload(&plug, 1);
+        // No client has come: only a probe can have found it.
+        plug.stderr
+            .expect(|l| l.contains(&format!("destination {dead} down")));
+    });
+}

@@ -56,13 +56,10 @@ pub fn resolve_now(ctx: &Context) {
     resolve(ctx, lookups);
 }
 
-/// How long a rounds thread with nothing scheduled waits before it looks
-/// again, with `--config` (a reload may give a listener rounds).
-const IDLE_ROUND_CHECK: Duration = Duration::from_secs(1);
-
 /// Runs rounds of `work` on a thread named `name`: `poll` takes what is due from
 /// the core, `next` says when to come back (`None`: nothing is due again, and
-/// without `--config` nothing ever will be).
+/// without `--config` nothing ever will be). With `--config` a reload wakes
+/// the thread too: the new lines may have rounds of their own, or sooner.
 fn every_round<T: Send + 'static>(
     ctx: &Arc<Context>,
     name: &str,
@@ -74,6 +71,7 @@ fn every_round<T: Send + 'static>(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || loop {
+            let seen = ctx.reloads();
             let now = Instant::now();
             let due = due_now(&ctx, now, poll);
             if !due.is_empty() {
@@ -84,13 +82,11 @@ fn every_round<T: Send + 'static>(
                 .iter()
                 .filter_map(|l| next(&l.forwarder()))
                 .min();
-            let wake = match (soonest, &ctx.file_start) {
-                (Some(at), _) => at,
-                (None, Some(_)) => Instant::now() + IDLE_ROUND_CHECK,
-                (None, None) => return,
-            };
-            // Sleeping until the core's next round: nothing to do before then.
-            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+            if soonest.is_none() && ctx.file_start.is_none() {
+                return;
+            }
+            // Until the core's next round or a reload: nothing to do before.
+            ctx.wait_for_reload(seen, soonest);
         })?;
     Ok(())
 }

@@ -364,6 +364,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         writer,
         listeners: Mutex::new(Vec::new()),
         retired: Mutex::new(Vec::new()),
+        reloaded: (Mutex::new(0), std::sync::Condvar::new()),
         next_listener: std::sync::atomic::AtomicU64::new(0),
         budget,
         runtime,
