@@ -395,4 +395,43 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn max_conns_bounds_every_listener_together_opt_3_opt_13() {
+        let shared = budget(Some(2));
+        let mut a = Admission::new(AcceptRules::default(), None, Arc::clone(&shared));
+        let mut b = Admission::new(AcceptRules::default(), None, Arc::clone(&shared));
+        assert_eq!(a.admit(ip(1)), Ok(()));
+        assert_eq!(b.admit(ip(2)), Ok(()));
+        assert_eq!(shared.open(), 2);
+        assert_eq!(a.admit(ip(3)), Err(Refusal::Capacity { limit: 2 }));
+        assert_eq!((a.open(), b.open()), (1, 1), "each listener counts its own");
+        b.release(ip(2));
+        assert_eq!(shared.open(), 1);
+        assert_eq!(
+            a.admit(ip(3)),
+            Ok(()),
+            "a slot freed on one is taken on the other"
+        );
+        // A release with nothing open gives nothing back that was not taken.
+        b.release(ip(9));
+        assert_eq!(shared.open(), 2);
+    }
+
+    #[test]
+    fn a_reload_changes_the_rules_and_keeps_the_counts_opt_15() {
+        let rules = AcceptRules::new(vec![AcceptRule::parse("10.0.0.1").unwrap()]);
+        let mut a = Admission::new(rules, None, budget(None));
+        assert_eq!(a.admit(ip(1)), Ok(()));
+        assert_eq!(a.admit(ip(2)), Err(Refusal::Rules));
+        let wider = AcceptRules::new(vec![AcceptRule::parse("10.0.0.0/24").unwrap()]);
+        a.reconfigure(wider, Some(1));
+        assert_eq!(a.open(), 1, "the open connection stays counted");
+        assert_eq!(a.admit(ip(2)), Ok(()), "the new rules admit it");
+        assert_eq!(
+            a.admit(ip(1)),
+            Err(Refusal::PerClient { limit: 1 }),
+            "the new per-client limit counts the connection opened before"
+        );
+    }
 }
