@@ -485,3 +485,29 @@ fn a_reload_that_adds_health_checks_starts_them_opt_10_opt_15() {
             .expect(|l| l.contains(&format!("destination {dead} down")));
     });
 }
+
+#[test]
+fn a_stop_closes_every_listener_and_exits_proc_4_opt_13() {
+    each_binary(|bin| {
+        let a = tagged("A");
+        let dir = TempDir::new("stop-config");
+        let conf = dir.path("plug.conf");
+        let (p1, p2) = (free_port(), free_port());
+        write_file(
+            &conf,
+            &format!("127.0.0.1:{p1} {}\n127.0.0.1:{p2} {}\n", a.dest(), a.dest()),
+        );
+        let mut plug = start(bin, &["--config", conf.to_str().unwrap()], 2);
+        let mut held = connect(local(p2));
+        assert_eq!(read_line(&mut held), "A");
+        plug.signal(libc::SIGTERM);
+        plug.stderr.expect(|l| l.contains("stopping"));
+        // Both listeners are closed at once; the open connection keeps plug.
+        assert!(eventually(
+            || TcpStream::connect(local(p1)).is_err() && TcpStream::connect(local(p2)).is_err()
+        ));
+        assert!(plug.running(), "an open connection keeps plug alive");
+        drop(held);
+        assert_eq!(plug.wait_exit().code(), Some(0));
+    });
+}
