@@ -613,6 +613,13 @@ mod tests {
         let mut q = Process::new(None);
         q.handle_listener_closed(t, 1);
         assert_eq!(q.poll_timeout(), None);
+        // Once told to exit, nothing more is due, not even a closed listener's cut.
+        p.handle_listener_closed(t, 8);
+        p.handle_signal(t, Signal::Stop);
+        p.handle_accept_ended(t);
+        p.handle_open(t, 0);
+        assert_eq!(p.phase(), Phase::Exiting);
+        assert_eq!(p.poll_timeout(), None);
     }
 
     proptest! {
