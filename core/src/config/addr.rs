@@ -576,4 +576,18 @@ mod tests {
             MAX_WEIGHT
         );
     }
+
+    #[test]
+    fn a_bad_port_says_what_is_wrong_with_it_cli_7() {
+        let missing = Destination::parse("127.0.0.1:", 80, false).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "bad port in '127.0.0.1:': the port after ':' is missing"
+        );
+        let big = Destination::parse("127.0.0.1:99999", 80, false).unwrap_err();
+        assert_eq!(
+            big.to_string(),
+            "bad port '99999' in '127.0.0.1:99999': expected a number from 1 to 65535"
+        );
+    }
 }
