@@ -423,11 +423,6 @@ impl Connection {
         )
     }
 
-    /// True once the sockets are to be (or have been) closed.
-    pub fn is_closing(&self) -> bool {
-        matches!(self.phase, Phase::Closing { .. })
-    }
-
     /// The next thing to do at `now`. Call after every input until it returns
     /// [`Output::Wait`] or [`Output::Done`]; deadlines are checked on every call.
     pub fn poll_output(&mut self, now: Instant) -> Output {

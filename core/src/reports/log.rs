@@ -457,7 +457,7 @@ pub fn complete(source: &Source, status: CloseStatus) -> String {
 
 /// The version string: plug's version, the runtime underneath and what it is a
 /// drop-in replacement for.
-pub fn version_string(runtime: &str) -> String {
+fn version_string(runtime: &str) -> String {
     format!(
         "plug {} ({runtime} runtime; plugdaemon 2.5.5 compatible)",
         env!("CARGO_PKG_VERSION")
