@@ -212,8 +212,11 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
     // Made only when a wait has a deadline: most never need one.
     let mut timer: Option<Timer> = None;
     // Each socket's place in the error watch, made when a wait for its errors
-    // alone would sleep; dropped before the socket is closed.
-    let mut watched: [Option<Watched>; 2] = [None, None];
+    // alone would sleep (boxed: most connections never need one); dropped
+    // before the socket is closed, and once the destination is reached, so an
+    // idle relayed connection holds none.
+    let mut watched: [Option<Box<Watched>>; 2] = [None, None];
+    let mut dialing = true;
     // The clock is read once per wake-up: the work in between takes microseconds.
     let mut now = Instant::now();
     loop {
@@ -240,6 +243,10 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
                 }
             }
             Output::Wait(wait) => {
+                if dialing && conn.core().reached().is_some() {
+                    dialing = false;
+                    watched = [None, None];
+                }
                 let socks = [Some(c), dest.as_ref()];
                 now = wait_for(&mut conn, &wait, socks, &mut timer, &mut watched).await;
             }
@@ -268,7 +275,7 @@ async fn wait_for(
     wait: &Wait,
     socks: [Option<&Async<TcpStream>>; 2],
     timer: &mut Option<Timer>,
-    watched: &mut [Option<Watched>; 2],
+    watched: &mut [Option<Box<Watched>>; 2],
 ) -> Instant {
     match wait.deadline {
         Some(deadline) => timer.get_or_insert_with(Timer::never).set_at(deadline),
@@ -303,7 +310,8 @@ async fn wait_for(
                 let Some(errors) = ErrorWatch::shared() else {
                     break;
                 };
-                let watch = watched[i].get_or_insert_with(|| errors.watch(sock.as_raw_fd()));
+                let watch =
+                    watched[i].get_or_insert_with(|| Box::new(errors.watch(sock.as_raw_fd())));
                 if let Poll::Ready(r) = watch.poll_error(cx) {
                     ready[i] = r;
                 }
