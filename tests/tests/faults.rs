@@ -189,8 +189,20 @@ fn clients_that_never_read_are_never_dropped_for_descriptors_fault_3() {
         let tag = format!("({}): Connect from 127.0.0.1", plug.port);
         let seen = plug.stderr.wait_for_count(30, |l| l.contains(&tag));
         assert_eq!(seen.len(), 30, "{:?}", plug.stderr.all());
-        // Let the flood fill every buffer and pipe on the way: the measurement.
-        thread::sleep(Duration::from_millis(500));
+        // The flood has reached every client plug admitted, and every other one
+        // has been closed: each socket has bytes waiting, or its end.
+        let decided = |c: &TcpStream| {
+            let mut byte = [0u8; 1];
+            c.set_nonblocking(true).unwrap();
+            let peeked = c.peek(&mut byte);
+            c.set_nonblocking(false).unwrap();
+            !matches!(peeked, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        };
+        assert!(
+            eventually(|| clients.iter().all(decided)),
+            "some client neither got data nor was closed: {:?}",
+            plug.stderr.all()
+        );
         let mut admitted = 0;
         for mut c in clients {
             c.set_read_timeout(Some(DEADLINE)).unwrap();
