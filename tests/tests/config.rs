@@ -511,3 +511,64 @@ fn a_stop_closes_every_listener_and_exits_proc_4_opt_13() {
         assert_eq!(plug.wait_exit().code(), Some(0));
     });
 }
+
+#[test]
+fn labelled_metrics_of_several_listeners_pass_promtool_opt_9_opt_13() {
+    let Some(promtool) = optional_program("promtool", "prometheus") else {
+        return;
+    };
+    each_binary(|bin| {
+        let a = tagged("A");
+        let dir = TempDir::new("promtool-config");
+        let conf = dir.path("plug.conf");
+        let (p1, p2, m) = (free_port(), free_port(), free_port());
+        write_file(
+            &conf,
+            &format!(
+                "127.0.0.1:{p1} {},weight=2 {}\n{p2} {},drain\n",
+                a.dest(),
+                dead_addr(),
+                a.dest()
+            ),
+        );
+        let metrics = format!("127.0.0.1:{m}");
+        let _plug = start(
+            bin,
+            &["--metrics", &metrics, "--config", conf.to_str().unwrap()],
+            2,
+        );
+        assert_eq!(which(local(p1)), "A");
+        let text = scrape(m);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(text.as_str(), |(_, b)| b);
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}\n{body}"
+        );
+        let drained = format!(
+            "plug_destination_draining{{listener=\"0.0.0.0:{p2}\",destination=\"{}\"}} 1",
+            a.dest()
+        );
+        assert!(body.contains(&drained), "{body}");
+    });
+}
