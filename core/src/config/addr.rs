@@ -590,4 +590,16 @@ mod tests {
             "bad port '99999' in '127.0.0.1:99999': expected a number from 1 to 65535"
         );
     }
+
+    #[test]
+    fn host_names_take_letters_digits_hyphens_and_underscores_cli_5() {
+        for ok in ["web-1.example.com", "_srv.example", "a", "x1-y_2.local."] {
+            let d = Destination::parse(&format!("{ok}:80"), 80, true);
+            assert!(d.is_ok(), "{ok}: {d:?}");
+        }
+        for bad in ["a b", "a..b", "a/b", "ä.example"] {
+            let d = Destination::parse(&format!("{bad}:80"), 80, true);
+            assert!(matches!(d, Err(AddrError::BadHost(_))), "{bad}: {d:?}");
+        }
+    }
 }
