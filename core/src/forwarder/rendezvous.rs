@@ -153,4 +153,17 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn weighted_scores_are_finite_and_ordered_at_the_extremes_opt_16() {
+        // The largest hashes, whose fraction rounds to 1.0, still score
+        // highest and finite; the smallest score lowest, above zero.
+        let top = weighted_score(u64::MAX, 1);
+        assert!(top.is_finite() && top > weighted_score(u64::MAX - (1 << 20), 1));
+        let bottom = weighted_score(0, 1);
+        assert!(bottom.is_finite() && bottom > 0.0 && bottom < weighted_score(1 << 40, 1));
+        // A weight scales the score.
+        let h = 1 << 63;
+        assert!((weighted_score(h, 3) - 3.0 * weighted_score(h, 1)).abs() < 1e-9);
+    }
 }
