@@ -1202,3 +1202,51 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     };
     field(11) + field(12)
 }
+
+/// Runs `command` with `input` on its standard input; its output and status.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
+/// A redis-server of the caller's own on 127.0.0.1 (no persistence), killed
+/// when dropped: a real server for real clients through plug.
+pub struct RedisServer {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl RedisServer {
+    /// Starts `server` (the redis-server program) on a free port and waits
+    /// until it accepts.
+    pub fn start(server: &Path) -> RedisServer {
+        let port = free_port();
+        let child = Command::new(server)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", server.display()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            eventually(|| TcpStream::connect(addr).is_ok()),
+            "redis-server did not start"
+        );
+        RedisServer { child, addr }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

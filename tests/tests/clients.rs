@@ -3,40 +3,7 @@
 //! answered, pipelined or not, by every runtime).
 
 use plug_tests::*;
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-
-/// A redis-server of the test's own on 127.0.0.1, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(server: &std::path::Path) -> Redis {
-        let port = free_port();
-        let child = Command::new(server)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        assert!(
-            eventually(|| TcpStream::connect(addr).is_ok()),
-            "redis-server did not start"
-        );
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 #[test]
 fn redis_benchmark_through_plug_gets_every_answer_conn_6() {
@@ -49,8 +16,8 @@ fn redis_benchmark_through_plug_gets_every_answer_conn_6() {
     let Some(cli) = optional_program("redis-cli", "redis-tools") else {
         return;
     };
-    let redis = Redis::start(&server);
-    let dest = format!("127.0.0.1:{}", redis.port);
+    let redis = RedisServer::start(&server);
+    let dest = redis.addr.to_string();
     each_binary(|bin| {
         let plug = Plug::start(bin, &["{port}", &dest]);
         let port = plug.port.to_string();
@@ -73,17 +40,10 @@ fn redis_benchmark_through_plug_gets_every_answer_conn_6() {
         }
         // A value of 1 MB, written and read back whole.
         let big = "v".repeat(1 << 20);
-        let set = Command::new(&cli)
-            .args(["-h", "127.0.0.1", "-p", &port, "-x", "set", "big"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(big.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
+        let set = output_with_input(
+            Command::new(&cli).args(["-h", "127.0.0.1", "-p", &port, "-x", "set", "big"]),
+            big.as_bytes(),
+        );
         assert_eq!(String::from_utf8_lossy(&set.stdout).trim(), "OK");
         let get = Command::new(&cli)
             .args(["-h", "127.0.0.1", "-p", &port, "get", "big"])

@@ -542,20 +542,10 @@ fn labelled_metrics_of_several_listeners_pass_promtool_opt_9_opt_13() {
         let body = text
             .split_once("\r\n\r\n")
             .map_or(text.as_str(), |(_, b)| b);
-        let mut child = std::process::Command::new(&promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = output_with_input(
+            std::process::Command::new(&promtool).args(["check", "metrics"]),
+            body.as_bytes(),
+        );
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

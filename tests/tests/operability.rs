@@ -117,10 +117,10 @@ fn metrics_agree_with_the_dump_and_the_session_lines_opt_9() {
         let text = scrape(maddr);
         // Prometheus' own checker, lint included.
         if let Some(promtool) = optional_program("promtool", "prometheus") {
-            let out = Command::new(promtool)
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .output_with(text.as_bytes());
+            let out = output_with_input(
+                Command::new(promtool).args(["check", "metrics"]),
+                text.as_bytes(),
+            );
             let said = format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -201,22 +201,6 @@ fn metrics_agree_with_the_dump_and_the_session_lines_opt_9() {
 }
 
 /// Writes `input` to the child's stdin and waits for it.
-trait OutputWith {
-    fn output_with(&mut self, input: &[u8]) -> std::process::Output;
-}
-
-impl OutputWith for Command {
-    fn output_with(&mut self, input: &[u8]) -> std::process::Output {
-        let mut child = self
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
-    }
-}
-
 #[test]
 fn a_stalled_scrape_is_closed_after_ten_seconds_and_delays_nothing_opt_9() {
     // Every binary at once, so the suite waits the ten seconds only once.

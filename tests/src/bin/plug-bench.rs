@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use plug_tests::{cpu_ticks, free_port, rss_kib, TempDir};
+use plug_tests::{cpu_ticks, free_port, rss_kib, RedisServer, TempDir};
 
 /// Clock ticks per second in /proc/PID/stat.
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -416,8 +416,7 @@ fn rr(c: &Candidate, duration: Duration) -> (f64, f64, f64, f64, f64) {
 
 /// A redis-server of the bench's own, and the redis-benchmark to drive it.
 struct Redis {
-    server: Child,
-    addr: SocketAddr,
+    server: RedisServer,
     bench: PathBuf,
 }
 
@@ -432,35 +431,17 @@ impl Redis {
             );
             return None;
         };
-        let port = free_port();
-        let server = Command::new(server)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening(addr);
         Some(Redis {
-            server,
-            addr,
+            server: RedisServer::start(&server),
             bench,
         })
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
     }
 }
 
 /// redis-benchmark through the candidate (20 clients, SET and GET, `n` each):
 /// (requests/s, forwarder CPU-µs per request).
 fn redis(c: &Candidate, redis: &Redis, n: u64) -> (f64, f64) {
-    let run = start(c, redis.addr);
+    let run = start(c, redis.server.addr);
     let cpu0 = cpu_seconds(&run);
     let t0 = Instant::now();
     let out = Command::new(&redis.bench)
