@@ -1250,3 +1250,21 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// Fails unless Prometheus' own checker (`promtool check metrics`, lint
+/// included) accepts `text` without a word.
+pub fn assert_promtool_accepts(promtool: &Path, text: &str) {
+    let out = output_with_input(
+        Command::new(promtool).args(["check", "metrics"]),
+        text.as_bytes(),
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+}

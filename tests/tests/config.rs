@@ -542,19 +542,7 @@ fn labelled_metrics_of_several_listeners_pass_promtool_opt_9_opt_13() {
         let body = text
             .split_once("\r\n\r\n")
             .map_or(text.as_str(), |(_, b)| b);
-        let out = output_with_input(
-            std::process::Command::new(&promtool).args(["check", "metrics"]),
-            body.as_bytes(),
-        );
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && said.trim().is_empty(),
-            "promtool: {said}\n{body}"
-        );
+        assert_promtool_accepts(&promtool, body);
         let drained = format!(
             "plug_destination_draining{{listener=\"0.0.0.0:{p2}\",destination=\"{}\"}} 1",
             a.dest()

@@ -117,19 +117,7 @@ fn metrics_agree_with_the_dump_and_the_session_lines_opt_9() {
         let text = scrape(maddr);
         // Prometheus' own checker, lint included.
         if let Some(promtool) = optional_program("promtool", "prometheus") {
-            let out = output_with_input(
-                Command::new(promtool).args(["check", "metrics"]),
-                text.as_bytes(),
-            );
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success() && said.trim().is_empty(),
-                "promtool: {said}\n{text}"
-            );
+            assert_promtool_accepts(&promtool, &text);
         }
         let m = samples(&text);
         let get = |k: &str| {
