@@ -378,7 +378,7 @@ fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
 }
 
 #[test]
-fn a_storm_of_reloads_drops_no_client_and_ends_on_the_last_file_opt_15() {
+fn a_reload_every_100_ms_drops_no_client_and_ends_on_the_last_file_opt_15() {
     each_binary(|bin| {
         let (a, b) = (tagged("A"), tagged("B"));
         let dir = TempDir::new("storm");
@@ -406,10 +406,12 @@ fn a_storm_of_reloads_drops_no_client_and_ends_on_the_last_file_opt_15() {
                 }
             })
         };
-        // Twenty reloads as fast as signals go, the file changing under them.
+        // A SIGHUP every 100 ms for two seconds, the file changing under them
+        // (the pace is the scenario's, not a wait for anything).
         for k in 0..20 {
             write_file(&conf, &line(if k % 2 == 0 { &b } else { &a }));
             plug.signal(libc::SIGHUP);
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
         // Signals may merge; one sent after the last write is handled after it.
         write_file(&conf, &line(&b));
@@ -548,5 +550,60 @@ fn labelled_metrics_of_several_listeners_pass_promtool_opt_9_opt_13() {
             a.dest()
         );
         assert!(body.contains(&drained), "{body}");
+    });
+}
+
+#[test]
+fn command_line_options_are_every_lines_defaults_and_max_conns_bounds_all_opt_3_opt_13() {
+    each_binary(|bin| {
+        let a = tagged("A");
+        let dir = TempDir::new("defaults");
+        let conf = dir.path("plug.conf");
+        let (p1, p2, p3) = (free_port(), free_port(), free_port());
+        // The command line admits only 127.0.0.2; the second line its own rule.
+        write_file(
+            &conf,
+            &format!(
+                "127.0.0.1:{p1} {a}\n-a 127.0.0.1 127.0.0.1:{p2} {a}\n127.0.0.1:{p3} {a}\n",
+                a = a.dest()
+            ),
+        );
+        let plug = start(
+            bin,
+            &[
+                "-a",
+                "127.0.0.2",
+                "--max-conns",
+                "2",
+                "--config",
+                conf.to_str().unwrap(),
+            ],
+            3,
+        );
+        let mut refused = connect(local(p1));
+        assert!(
+            closed_without_data(&mut refused),
+            "the default -a refuses 127.0.0.1"
+        );
+        let mut held = connect_from("127.0.0.2", local(p1));
+        assert_eq!(read_line(&mut held), "A", "the default -a admits 127.0.0.2");
+        let mut second = connect(local(p2));
+        assert_eq!(
+            read_line(&mut second),
+            "A",
+            "the line's own -a replaces the default"
+        );
+        // Two open, on two listeners: --max-conns 2 is for all of them.
+        let mut third = connect_from("127.0.0.2", local(p3));
+        assert!(
+            closed_without_data(&mut third),
+            "over --max-conns across listeners"
+        );
+        plug.stderr.expect(|l| l.contains("--max-conns"));
+        drop(held);
+        assert!(eventually(|| {
+            let mut s = connect_from("127.0.0.2", local(p3));
+            try_read_line(&mut s).is_ok_and(|t| t == "A")
+        }));
     });
 }
