@@ -159,13 +159,17 @@ impl Context {
         })
     }
 
-    /// Decides what to do after accept on the `--metrics` listener failed: as
-    /// for the first listener, whose state logs it (§5, FAULT-1).
+    /// Decides what to do after accept on the `--metrics` listener failed: the
+    /// core's, with a backoff of its own (§5, FAULT-1).
     pub fn scrape_accept_failed(&self, error: &io::Error) -> AcceptNext {
-        match self.listeners().first() {
-            Some(first) => self.accept_failed(first, Instant::now(), error),
-            None => AcceptNext::Pause(std::time::Duration::from_secs(1)),
+        let failure = sockets::accept_failure(error);
+        let (next, log) =
+            self.budget
+                .handle_scrape_accept_failed(Instant::now(), failure, &error.to_string());
+        if let Some(record) = log {
+            self.writer.log(record);
         }
+        next
     }
 
     /// True when `listener`'s accept loop should end: plug stops, or a reload

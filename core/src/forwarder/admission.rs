@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::forwarder::accept::{AcceptBackoff, AcceptFailure};
+use crate::forwarder::{accept_next, AcceptNext};
+use crate::reports::log::LogRecord;
 
 use crate::config::addr::canonical_ip;
 use crate::config::rules::AcceptRules;
@@ -92,6 +97,8 @@ pub struct ProcessBudget {
     pipes: Arc<PipeBudget>,
     /// Scrape connections being served (FAULT-6: at most [`MAX_SCRAPES`]).
     scrapes: AtomicUsize,
+    /// The `--metrics` listener's own accept backoff (§5, FAULT-1).
+    scrape_backoff: Mutex<AcceptBackoff>,
 }
 
 impl ProcessBudget {
@@ -111,7 +118,24 @@ impl ProcessBudget {
             max_conns,
             pipes: Arc::new(PipeBudget::new(pipes)),
             scrapes: AtomicUsize::new(0),
+            scrape_backoff: Mutex::new(AcceptBackoff::new()),
         }
+    }
+
+    /// Decides what to do after accept on the `--metrics` listener failed at
+    /// `now` with `failure` (`detail`: the OS error, for the log), as for a
+    /// listener of clients (§5, FAULT-1): what next, and the line to log.
+    pub fn handle_scrape_accept_failed(
+        &self,
+        now: Instant,
+        failure: AcceptFailure,
+        detail: &str,
+    ) -> (AcceptNext, Option<LogRecord>) {
+        let mut backoff = self
+            .scrape_backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        accept_next(&mut backoff, now, failure, detail)
     }
 
     /// Decides about a connection to the `--metrics` listener (FAULT-6): true
@@ -433,5 +457,17 @@ mod tests {
             Err(Refusal::PerClient { limit: 1 }),
             "the new per-client limit counts the connection opened before"
         );
+    }
+
+    #[test]
+    fn a_failed_metrics_accept_has_a_backoff_of_its_own_fault_1() {
+        let b = budget(None);
+        let now = crate::test_clock::t0();
+        let (next, log) = b.handle_scrape_accept_failed(now, AcceptFailure::WouldBlock, "EAGAIN");
+        assert_eq!((next, log), (AcceptNext::WaitReadable, None));
+        let (next, log) =
+            b.handle_scrape_accept_failed(now, AcceptFailure::OutOfDescriptors, "EMFILE");
+        assert!(matches!(next, AcceptNext::Pause(_)), "{next:?}");
+        assert!(log.is_some(), "exhaustion is logged");
     }
 }

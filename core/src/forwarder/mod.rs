@@ -48,6 +48,24 @@ pub enum AcceptNext {
     Pause(Duration),
 }
 
+/// What a failed accept means (SPEC §5, FAULT-1) for a listener with
+/// `backoff`: what to do next, and the line to log, if any.
+pub(crate) fn accept_next(
+    backoff: &mut AcceptBackoff,
+    now: Instant,
+    failure: AcceptFailure,
+    detail: &str,
+) -> (AcceptNext, Option<LogRecord>) {
+    let action = backoff.handle_failure(now, failure, detail);
+    let log = action.log.map(|line| LogRecord::new(LogLevel::Error, line));
+    let next = match (failure, action.pause) {
+        (AcceptFailure::WouldBlock, _) => AcceptNext::WaitReadable,
+        (_, Some(pause)) => AcceptNext::Pause(pause),
+        (_, None) => AcceptNext::Retry,
+    };
+    (next, log)
+}
+
 /// The shared state of one listener.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -261,15 +279,11 @@ impl Forwarder {
         failure: AcceptFailure,
         detail: &str,
     ) -> AcceptNext {
-        let action = self.backoff.handle_failure(now, failure, detail);
-        if let Some(line) = action.log {
-            self.push_log(LogRecord::new(LogLevel::Error, line));
+        let (next, log) = accept_next(&mut self.backoff, now, failure, detail);
+        if let Some(record) = log {
+            self.push_log(record);
         }
-        match (failure, action.pause) {
-            (AcceptFailure::WouldBlock, _) => AcceptNext::WaitReadable,
-            (_, Some(pause)) => AcceptNext::Pause(pause),
-            (_, None) => AcceptNext::Retry,
-        }
+        next
     }
 
     /// Records that a connection ended (from [`Connection::sync`]): the open count
