@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use plug_core::config::cli::{Config, SessionTarget};
 use plug_core::config::file::{self, listener_label};
-use plug_core::config::reload::{self, ReloadPlan};
+use plug_core::config::reload::{self, Added, ReloadPlan};
 use plug_core::connection::connect::ProxyCredentials;
 use plug_core::forwarder::Forwarder;
 use plug_core::reports::log::{LogLevel, LogRecord};
@@ -45,7 +45,9 @@ pub trait Acceptor: Send + Sync + std::fmt::Debug + 'static {
 pub struct Listener {
     /// Unique in the process, never reused.
     id: u64,
-    forwarder: Mutex<Forwarder>,
+    /// Shared with the listener that takes its place when a failed reload
+    /// makes it listen again ([`Listener::reopened`]).
+    forwarder: Arc<Mutex<Forwarder>>,
     line: Mutex<Config>,
     session: Mutex<Option<Arc<SessionWriter>>>,
     /// The listening socket, kept here until the listener is closed, so that
@@ -73,11 +75,26 @@ impl Listener {
         Listener {
             id,
             cutting: AtomicBool::new(false),
-            forwarder: Mutex::new(forwarder),
+            forwarder: Arc::new(Mutex::new(forwarder)),
             line: Mutex::new(line),
             session: Mutex::new(session),
             socket: Mutex::new(None),
             closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The same listener, to listen again after a failed reload released its
+    /// socket: its identity, state and line carry on; this one stays closed
+    /// for the accept loop that served it.
+    fn reopened(&self) -> Listener {
+        Listener {
+            id: self.id,
+            forwarder: Arc::clone(&self.forwarder),
+            line: Mutex::new(self.line()),
+            session: Mutex::new(self.session()),
+            socket: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            cutting: AtomicBool::new(false),
         }
     }
 
@@ -182,11 +199,13 @@ struct Prepared {
     session: Option<Arc<SessionWriter>>,
 }
 
-/// Reloads the `--config` file (OPT-15), all or nothing: the file is read and
-/// checked, new listeners are bound and every file they name is opened before
-/// anything changes; then kept listeners take their new lines, gone ones close
-/// and new ones start. A failure logs `reload failed: REASON` and changes
-/// nothing. Returns the listeners closed (their connections go on, for the
+/// Reloads the `--config` file (OPT-15), all or nothing, in the order the
+/// core's [`ReloadPlan`] gives: the file is read and checked, new listeners
+/// are bound and every file they name is opened before anything changes
+/// (a removed listener that holds a new one's port is released just before
+/// that bind, and listens again if it fails); then kept listeners take their
+/// new lines, gone ones close and new ones start. A failure logs
+/// `reload failed: REASON` and changes nothing. Returns the listeners closed (their connections go on, for the
 /// process machine to bound).
 pub(crate) fn reload(
     ctx: &Arc<Context>,
@@ -236,10 +255,9 @@ pub(crate) fn reload(
             }
         }
     }
-    let mut added = Vec::with_capacity(plan.added.len());
-    for config in &plan.added {
+    let prepare = |config: &Config| {
         let addr = config.source.bind_addr();
-        let prepared = sockets::bind(addr)
+        sockets::bind(addr)
             .map_err(|e| plug_core::reports::log::cannot_listen(addr, &e))
             .and_then(|socket| {
                 sockets::prepare_listener(&socket, config.keepalive);
@@ -251,14 +269,38 @@ pub(crate) fn reload(
                     credentials,
                     session,
                 })
-            });
-        match prepared {
+            })
+    };
+    let mut added = Vec::with_capacity(plan.added.len());
+    let (free, held): (Vec<&Added>, Vec<&Added>) = plan
+        .added
+        .iter()
+        .partition(|a| a.after_releasing.is_empty());
+    for a in free {
+        match prepare(&a.config) {
+            Ok(p) => added.push(p),
             // Sockets bound so far close as `added` is dropped.
             Err(e) => {
                 failed(&e);
                 return Vec::new();
             }
-            Ok(p) => added.push(p),
+        }
+    }
+    let mut released: Vec<usize> = Vec::new();
+    for a in held {
+        for &i in &a.after_releasing {
+            if !released.contains(&i) {
+                running[i].close();
+                released.push(i);
+            }
+        }
+        if let Err(e) = prepare(&a.config).map(|p| added.push(p)) {
+            drop(added);
+            // Listening again before saying so: once the failure is logged,
+            // the previous configuration serves.
+            let lost = listen_again(ctx, acceptor, &running, &released);
+            failed(&e);
+            return lost;
         }
     }
     // Commit. A line that did not change still re-reads its proxy
@@ -283,6 +325,7 @@ pub(crate) fn reload(
         .map(|&i| Arc::clone(&running[i]))
         .collect();
     for listener in &closed {
+        // Released ones are closed already.
         listener.close();
     }
     let mut next: Vec<Arc<Listener>> = plan
@@ -307,4 +350,42 @@ pub(crate) fn reload(
     ctx.writer
         .log(LogRecord::new(LogLevel::Notice, plan.summary(&shown)));
     closed
+}
+
+/// After a failed reload released `released` (positions in `running`), makes
+/// each listen again on its own address, so the reload changes nothing. One
+/// whose address was taken meanwhile is lost: it is logged, and returned so
+/// its connections drain as a removed listener's do.
+fn listen_again(
+    ctx: &Arc<Context>,
+    acceptor: &dyn Acceptor,
+    running: &[Arc<Listener>],
+    released: &[usize],
+) -> Vec<Arc<Listener>> {
+    let mut lost = Vec::new();
+    let mut listeners = running.to_vec();
+    for &i in released {
+        let old = &running[i];
+        let config = old.line();
+        let addr = config.source.bind_addr();
+        let again = Arc::new(old.reopened());
+        let result = sockets::bind(addr).and_then(|socket| {
+            sockets::prepare_listener(&socket, config.keepalive);
+            start(ctx, acceptor, &again, socket)
+        });
+        match result {
+            Ok(()) => listeners[i] = again,
+            Err(e) => {
+                let text = format!(
+                    "cannot listen again on {}: {e}; its connections finish",
+                    listener_label(&config)
+                );
+                ctx.writer.log(LogRecord::new(LogLevel::Error, text));
+                lost.push(Arc::clone(old));
+            }
+        }
+    }
+    listeners.retain(|l| !lost.iter().any(|g| Arc::ptr_eq(g, l)));
+    ctx.set_listeners(listeners);
+    lost
 }

@@ -265,6 +265,40 @@ fn a_reload_changes_listeners_without_dropping_a_client_opt_15() {
     });
 }
 
+/// OPT-15: a listener moved to another address on the same port, which the
+/// kernel refuses to bind while the old socket listens: it is rebound, and a
+/// failure leaves the old listener serving (all or nothing).
+#[test]
+fn a_listener_moved_within_its_port_is_rebound_or_left_as_it_was_opt_15() {
+    each_binary(|bin| {
+        let (a, b) = (tagged("A"), tagged("B"));
+        let dir = TempDir::new("move");
+        let conf = dir.path("plug.conf");
+        let p = free_port();
+        write_file(&conf, &format!("{p} {}\n", a.dest()));
+        let plug = start(bin, &["--config", conf.to_str().unwrap()], 1);
+        assert_eq!(which(local(p)), "A");
+        // Every address -> loopback only.
+        write_file(&conf, &format!("127.0.0.1:{p} {}\n", b.dest()));
+        let said = reload(&plug, 1);
+        assert!(said.contains("(1 added, 1 removed, 0 changed)"), "{said}");
+        assert_eq!(which(local(p)), "B");
+        // Back to every address while another program holds 127.0.0.2 on that
+        // port: the bind fails, and loopback still serves the old line.
+        let foreign = TcpListener::bind(("127.0.0.2", p)).unwrap();
+        write_file(&conf, &format!("{p} {}\n", a.dest()));
+        let said = reload(&plug, 2);
+        assert!(said.contains("reload failed: "), "{said}");
+        assert_eq!(which(local(p)), "B", "{:?}", plug.stderr.all());
+        assert_eq!(which(local(p)), "B");
+        // Once it is gone, the same file applies.
+        drop(foreign);
+        let said = reload(&plug, 3);
+        assert!(said.contains("(1 added, 1 removed, 0 changed)"), "{said}");
+        assert_eq!(which(local(p)), "A");
+    });
+}
+
 #[test]
 fn weights_spread_clients_and_drain_takes_none_opt_16() {
     each_binary(|bin| {

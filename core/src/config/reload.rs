@@ -18,14 +18,32 @@ pub struct Kept {
     pub changed: bool,
 }
 
-/// What a reload changes: the shell binds `added` first (a bind that fails
-/// fails the reload, changing nothing), then applies the rest.
+/// A listener in the new file only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// Its line.
+    pub config: Config,
+    /// Removed listeners (positions among the running ones) whose sockets
+    /// hold its port: the kernel refuses the bind while they listen (moving
+    /// `0.0.0.0:P` to `127.0.0.1:P`), so they are released first and, if the
+    /// bind still fails, listen again as before.
+    pub after_releasing: Vec<usize>,
+}
+
+/// What a reload changes. The shell executes it in this order, so that a
+/// failure at any step before the commit changes nothing (OPT-15):
+/// 1. open what kept listeners' changed lines need;
+/// 2. bind every added listener with nothing in `after_releasing`;
+/// 3. for the others, release those sockets and bind; if that fails, the
+///    released listeners listen again on their own addresses;
+/// 4. commit: kept listeners take their lines, removed ones close, added ones
+///    start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadPlan {
     /// Listeners that stay, in the new file's order.
     pub kept: Vec<Kept>,
     /// New listeners, to bind.
-    pub added: Vec<Config>,
+    pub added: Vec<Added>,
     /// Positions of running listeners whose source is gone: close their
     /// listening sockets at once; their open connections finish.
     pub removed: Vec<usize>,
@@ -33,6 +51,16 @@ pub struct ReloadPlan {
 
 fn key(config: &Config) -> SocketAddr {
     config.source.bind_addr()
+}
+
+/// True when a socket listening on `a` makes the kernel refuse a bind on `b`
+/// (or the reverse): the same port, and the same address or a wildcard that
+/// covers the other (`[::]` is dual-stack, PROC-1).
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wide: SocketAddr, other: SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Compares the running listeners `old` with the file's `new` ones.
@@ -49,8 +77,19 @@ pub fn plan(old: &[Config], new: Vec<Config>) -> ReloadPlan {
             None => added.push(config),
         }
     }
-    let removed = (0..old.len())
+    let removed: Vec<usize> = (0..old.len())
         .filter(|i| !kept.iter().any(|k| k.old == *i))
+        .collect();
+    let added = added
+        .into_iter()
+        .map(|config| Added {
+            after_releasing: removed
+                .iter()
+                .copied()
+                .filter(|&i| overlaps(key(&old[i]), key(&config)))
+                .collect(),
+            config,
+        })
         .collect();
     ReloadPlan {
         kept,
@@ -107,6 +146,49 @@ mod tests {
             .prop_map(|m| m.into_iter().map(|(p, v)| line(p, v)).collect())
     }
 
+    /// What the kernel does (Linux, without SO_REUSEPORT): a listening socket
+    /// refuses binds on its port for its address and, when it is a wildcard,
+    /// for every address it covers.
+    #[test]
+    fn an_added_listener_waits_for_the_removed_socket_that_holds_its_port() {
+        let one = |text: &str| listeners(&[text.to_string()]);
+        let after = |old: &str, new: &str| {
+            let p = plan(&one(old), one(new));
+            assert_eq!(p.removed, vec![0], "{old} -> {new}");
+            p.added[0].after_releasing.clone()
+        };
+        // The move an operator makes: every address to loopback only, and back.
+        assert_eq!(after("8000 127.0.0.1:1", "127.0.0.1:8000 127.0.0.1:1"), [0]);
+        assert_eq!(after("127.0.0.1:8000 127.0.0.1:1", "8000 127.0.0.1:1"), [0]);
+        // [::] is dual-stack: it holds the IPv4 port too.
+        assert_eq!(
+            after("[::]:8000 127.0.0.1:1", "127.0.0.1:8000 127.0.0.1:1"),
+            [0]
+        );
+        assert_eq!(
+            after("[::]:8000 127.0.0.1:1", "[::1]:8000 127.0.0.1:1"),
+            [0]
+        );
+        // Independent: another port, another address, another family.
+        assert!(after("8000 127.0.0.1:1", "8001 127.0.0.1:1").is_empty());
+        assert!(after("127.0.0.1:8000 127.0.0.1:1", "127.0.0.2:8000 127.0.0.1:1").is_empty());
+        assert!(after("8000 127.0.0.1:1", "[::1]:8000 127.0.0.1:1").is_empty());
+        assert!(after("[::1]:8000 127.0.0.1:1", "127.0.0.1:8000 127.0.0.1:1").is_empty());
+    }
+
+    #[test]
+    fn a_kept_listener_is_never_released() {
+        let old = listeners(&[
+            "8000 127.0.0.1:1".into(),
+            "127.0.0.1:8001 127.0.0.1:1".into(),
+        ]);
+        let new = listeners(&["8000 127.0.0.1:2".into(), "8001 127.0.0.1:1".into()]);
+        let p = plan(&old, new);
+        assert_eq!(p.removed, vec![1]);
+        assert_eq!(p.added.len(), 1);
+        assert_eq!(p.added[0].after_releasing, [1]);
+    }
+
     proptest! {
         /// OPT-15: reloading the same file changes nothing.
         #[test]
@@ -144,9 +226,13 @@ mod tests {
             }
             for n in &new {
                 let was = old.iter().any(|o| o.source.bind_addr() == n.source.bind_addr());
-                prop_assert_eq!(p.added.contains(n), !was);
+                prop_assert_eq!(p.added.iter().any(|a| &a.config == n), !was);
             }
             prop_assert_eq!(p.kept.len() + p.added.len(), new.len());
+            // Only a listener that goes can be released.
+            for a in &p.added {
+                prop_assert!(a.after_releasing.iter().all(|i| p.removed.contains(i)));
+            }
         }
     }
 }
