@@ -173,6 +173,21 @@ pub(crate) fn credentials_of(config: &Config) -> Result<Option<ProxyCredentials>
         .transpose()
 }
 
+/// Says a listener started, at boot or by a reload: `Plugdaemon started.`,
+/// its settings (`-dd`) and its address (`-d`).
+pub(crate) fn announce(ctx: &Context, line: &Config, local: Option<std::net::SocketAddr>) {
+    ctx.log(
+        LogLevel::Connection,
+        plug_core::reports::log::started(&line.source),
+    );
+    for text in line.describe(ctx.budget().max_conns()) {
+        ctx.log(LogLevel::Debug(2), text);
+    }
+    if let Some(local) = local {
+        ctx.log(LogLevel::Debug(1), format!("listening on {local}"));
+    }
+}
+
 /// Starts serving `listener` on `socket`: the socket is kept with the
 /// listener, the adapter's loop gets a duplicate.
 pub(crate) fn start(
@@ -335,15 +350,13 @@ pub(crate) fn reload(
         .collect();
     for p in added {
         let listener = Arc::new(ctx.listener_for(&p.config, p.credentials, p.session));
+        let local = p.socket.local_addr().ok();
         if let Err(e) = start(ctx, acceptor, &listener, p.socket) {
             let text = format!("cannot serve {}: {e}", listener_label(&p.config));
             ctx.writer.log(LogRecord::new(LogLevel::Error, text));
             continue;
         }
-        ctx.log(
-            LogLevel::Connection,
-            plug_core::reports::log::started(&p.config.source),
-        );
+        announce(ctx, &p.config, local);
         next.push(listener);
     }
     ctx.set_listeners(next);

@@ -17,7 +17,7 @@ use plug_core::config::cli::{self, Action, Config, FileStart, EXIT_FATAL, EXIT_O
 use plug_core::config::file;
 use plug_core::connection::Runtime;
 use plug_core::forwarder::admission::ProcessBudget;
-use plug_core::reports::log::{self as core_log, LogLevel, LogTargets};
+use plug_core::reports::log::{self as core_log, LogTargets};
 
 use crate::context::Context;
 use crate::drive::rounds;
@@ -389,15 +389,7 @@ pub fn boot(argv: impl IntoIterator<Item = OsString>, runtime: Runtime) -> Boot 
         .zip(sessions.into_iter().zip(sockets))
     {
         let listener = Arc::new(ctx.listener_for(line, credentials, session));
-        ctx.log(LogLevel::Connection, core_log::started(&line.source));
-        for text in line.describe(ctx.budget.max_conns()) {
-            ctx.log(LogLevel::Debug(2), text);
-        }
-        let local = socket
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        ctx.log(LogLevel::Debug(1), format!("listening on {local}"));
+        crate::listeners::announce(&ctx, line, socket.local_addr().ok());
         serving.push((listener, socket));
     }
     ctx.set_listeners(serving.iter().map(|(l, _)| Arc::clone(l)).collect());
