@@ -24,8 +24,10 @@
 //! - [`process`]: the process's own life ([`process::Process`]): stop, drain,
 //!   cut, exit, and what each signal means (PROC-4, OPT-8, FAULT-7).
 //! - [`reports`]: the texts: log lines, session lines, `/metrics`.
+//! - [`shared`]: the events a connection and its forwarder exchange.
 //!
-//! Adapters feed a `Connection` and lock the `Forwarder`; one `Process` per
+//! Adapters feed a `Connection`, and lock the `Forwarder` only to hand it the
+//! connection's events ([`forwarder::Forwarder::exchange`]); one `Process` per
 //! process is fed signals, counts and time.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -39,6 +41,7 @@ pub mod forwarder;
 pub mod process;
 pub mod reports;
 pub mod rounds;
+pub mod shared;
 
 #[cfg(test)]
 mod test_clock;

@@ -2,9 +2,11 @@
 //! health reporting (CONN-3), `-p` binding (CONN-8), the connect timeout (OPT-1) and
 //! the CONNECT exchange through `-h` (CONN-9).
 //!
-//! The adapter drives a [`Dialer`] with what happened (connected, failed, reply bytes,
-//! timeout) and does what each returned [`DialStep`] says, until `Established` or
-//! `GiveUp`.
+//! The connection drives a [`Dialer`] with what happened (chosen, connected,
+//! failed, reply bytes, timeout) and does what each returned [`DialStep`] says,
+//! until `Established` or `GiveUp`. What the listener's forwarder must decide
+//! or learn (which destination next, a failure, the one reached) goes out as
+//! [`ForwarderEvent`]s.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -17,7 +19,8 @@ use crate::config::addr::{canonical_ip, reachable_from, Destination};
 use crate::connection::connect::{
     connect_request, ProxyCredentials, ProxyFailure, ProxyReply, ReplyStatus,
 };
-use crate::forwarder::select::{AttemptPlan, Balancer, DestId};
+use crate::forwarder::select::{AttemptPlan, DestId};
+use crate::shared::{Choice, ForwarderEvent};
 
 /// The `--connect-timeout` default (OPT-1).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +52,12 @@ impl Default for DialOptions {
 /// What the adapter should do next for this client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialStep {
+    /// Ask the forwarder which destination to try next
+    /// ([`ForwarderEvent::Choose`] with this plan); give its answer to
+    /// [`Dialer::handle_chosen`].
+    Choose(AttemptPlan),
+    /// A choice was asked for and has not come back: nothing to do yet.
+    Wait,
     /// Open a TCP connection to `addr`, bound first to `bind` when given, and report
     /// the result with [`Dialer::handle_connected`] or [`Dialer::handle_connect_failed`];
     /// give up on it at [`Dialer::poll_timeout`].
@@ -133,6 +142,8 @@ impl fmt::Display for DialEvent {
 #[derive(Debug)]
 enum Phase {
     Idle,
+    /// Waiting for the forwarder's [`ConnectionEvent::Chosen`].
+    Choosing,
     Connecting {
         dest: DestId,
         /// Which of the destination's addresses is being tried (OPT-11).
@@ -150,29 +161,39 @@ enum Phase {
     GaveUp,
 }
 
-/// The connection-establishment machine of one accepted client.
+/// The connection-establishment machine of one accepted client. It never
+/// touches the balancer: it asks for each destination with
+/// [`DialStep::Choose`] and reports what became of it as [`ForwarderEvent`]s.
 #[derive(Debug)]
 pub struct Dialer {
-    plan: AttemptPlan,
+    client: IpAddr,
+    /// `None` while the forwarder holds it (between `Choose` and `Chosen`).
+    plan: Option<AttemptPlan>,
+    /// The destination being tried or reached.
+    current: Option<Choice>,
     options: DialOptions,
     phase: Phase,
     events: VecDeque<DialEvent>,
+    shared: VecDeque<ForwarderEvent>,
 }
 
 impl Dialer {
     /// Creates the dialer for a client just accepted (and allowed by the rules).
-    pub fn new(balancer: &Balancer, client: IpAddr, options: DialOptions) -> Self {
+    pub fn new(client: IpAddr, options: DialOptions) -> Self {
         Dialer {
-            plan: balancer.plan(canonical_ip(client)),
+            client: canonical_ip(client),
+            plan: Some(AttemptPlan::new(client)),
+            current: None,
             options,
             phase: Phase::Idle,
             events: VecDeque::new(),
+            shared: VecDeque::new(),
         }
     }
 
     /// The client this dialer works for.
     pub fn client(&self) -> IpAddr {
-        self.plan.client()
+        self.client
     }
 
     /// The destination being tried or reached, if any.
@@ -181,42 +202,73 @@ impl Dialer {
             Phase::Connecting { dest, .. }
             | Phase::Handshaking { dest, .. }
             | Phase::Established { dest } => Some(dest),
-            Phase::Idle | Phase::GaveUp => None,
+            Phase::Idle | Phase::Choosing | Phase::GaveUp => None,
         }
     }
 
-    /// Chooses the first destination. Call once, right after creating the dialer.
-    pub fn start(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
-        self.try_next(now, balancer)
+    /// The destination being tried or reached, as written.
+    pub fn destination(&self) -> Option<&Destination> {
+        self.current()
+            .and(self.current.as_ref())
+            .map(|c| &c.destination)
     }
 
-    fn try_next(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
-        loop {
-            let Some(dest) = balancer.next_attempt(now, &mut self.plan) else {
-                self.phase = Phase::GaveUp;
-                return DialStep::GiveUp;
-            };
-            match self.connect_to(now, balancer, dest, 0) {
-                Some(step) => return step,
-                None => self.record_failure(now, balancer, dest, DialFailure::NoAddress),
+    /// Asks for the first destination. Call once, right after creating the dialer.
+    pub fn start(&mut self, _now: Instant) -> DialStep {
+        match self.phase {
+            Phase::Idle => self.choose(),
+            _ => self.stale(),
+        }
+    }
+
+    fn choose(&mut self) -> DialStep {
+        match self.plan.take() {
+            Some(plan) => {
+                self.phase = Phase::Choosing;
+                DialStep::Choose(plan)
+            }
+            None => self.stale(),
+        }
+    }
+
+    /// Takes the forwarder's answer to [`DialStep::Choose`]: the plan back, and
+    /// the destination to try (`None`: every one this client may try has failed).
+    pub fn handle_chosen(
+        &mut self,
+        now: Instant,
+        plan: AttemptPlan,
+        choice: Option<Choice>,
+    ) -> DialStep {
+        if !matches!(self.phase, Phase::Choosing) {
+            return self.stale();
+        }
+        self.plan = Some(plan);
+        let Some(choice) = choice else {
+            self.phase = Phase::GaveUp;
+            self.current = None;
+            return DialStep::GiveUp;
+        };
+        let dest = choice.dest;
+        self.current = Some(choice);
+        match self.connect_to(now, dest, 0) {
+            Some(step) => step,
+            None => {
+                self.record_failure(dest, DialFailure::NoAddress);
+                self.choose()
             }
         }
     }
 
-    /// The connect to `dest`'s address number `address` (or to the proxy), or
-    /// `None` when it has no such address.
-    fn connect_to(
-        &mut self,
-        now: Instant,
-        balancer: &Balancer,
-        dest: DestId,
-        address: usize,
-    ) -> Option<DialStep> {
+    /// The connect to the current destination's address number `address` (or
+    /// to the proxy), or `None` when it has no such address.
+    fn connect_to(&mut self, now: Instant, dest: DestId, address: usize) -> Option<DialStep> {
         let (address, addr) = match self.options.proxy {
             Some(proxy) if address == 0 => (0, proxy),
             Some(_) => return None,
-            None => balancer
-                .addresses(dest)
+            None => self
+                .current
+                .as_ref()?
+                .addresses
                 .iter()
                 .enumerate()
                 .skip(address)
@@ -232,39 +284,41 @@ impl Dialer {
         Some(DialStep::Connect { dest, addr, bind })
     }
 
-    fn record_failure(
-        &mut self,
-        now: Instant,
-        balancer: &mut Balancer,
-        dest: DestId,
-        failure: DialFailure,
-    ) {
-        balancer.handle_connect_failed(now, dest, &failure.to_string());
-        if let Some(d) = balancer.destination(dest) {
+    /// Logs why `dest` failed this client and, unless the failure is plug's
+    /// own (FAULT-6), tells the forwarder (CONN-3).
+    fn record_failure(&mut self, dest: DestId, failure: DialFailure) {
+        if !matches!(failure, DialFailure::Local(_)) {
+            self.shared.push_back(ForwarderEvent::Failed {
+                dest,
+                reason: failure.to_string(),
+            });
+        }
+        if let Some(c) = &self.current {
             self.events.push_back(DialEvent {
-                dest: d.clone(),
+                dest: c.destination.clone(),
                 dest_id: dest,
-                client: self.plan.client(),
+                client: self.client,
                 failure,
             });
         }
     }
 
-    fn fail(&mut self, now: Instant, balancer: &mut Balancer, failure: DialFailure) -> DialStep {
+    fn fail(&mut self, now: Instant, failure: DialFailure) -> DialStep {
+        let Some(dest) = self.current() else {
+            return self.stale();
+        };
+        if matches!(self.phase, Phase::Established { .. }) {
+            return self.stale();
+        }
         // A name with several addresses: the next address of the same destination
         // first (OPT-11); the destination fails when the last one has.
-        if let Phase::Connecting { dest, address, .. } = self.phase {
-            if let Some(step) = self.connect_to(now, balancer, dest, address + 1) {
+        if let Phase::Connecting { address, .. } = self.phase {
+            if let Some(step) = self.connect_to(now, dest, address + 1) {
                 return step;
             }
         }
-        match self.current() {
-            Some(dest) if !matches!(self.phase, Phase::Established { .. }) => {
-                self.record_failure(now, balancer, dest, failure);
-                self.try_next(now, balancer)
-            }
-            _ => self.stale(),
-        }
+        self.record_failure(dest, failure);
+        self.choose()
     }
 
     /// The answer to an input that does not fit the current phase: repeat what the
@@ -276,18 +330,25 @@ impl Dialer {
                 leftover: Bytes::new(),
             },
             Phase::Handshaking { .. } => DialStep::ReadReply,
+            Phase::Choosing => DialStep::Wait,
             Phase::Idle | Phase::Connecting { .. } | Phase::GaveUp => DialStep::GiveUp,
         }
     }
 
+    fn reached(&mut self, dest: DestId, leftover: Bytes) -> DialStep {
+        self.shared.push_back(ForwarderEvent::Reached { dest });
+        self.phase = Phase::Established { dest };
+        DialStep::Established { dest, leftover }
+    }
+
     /// Reports that the TCP connect of the last [`DialStep::Connect`] succeeded.
-    pub fn handle_connected(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
+    pub fn handle_connected(&mut self, now: Instant) -> DialStep {
         let Phase::Connecting { dest, .. } = self.phase else {
             return self.stale();
         };
-        match (&self.options.proxy, balancer.destination(dest)) {
-            (Some(_), Some(d)) => {
-                let request = connect_request(d, self.options.credentials.as_ref());
+        match (&self.options.proxy, &self.current) {
+            (Some(_), Some(c)) => {
+                let request = connect_request(&c.destination, self.options.credentials.as_ref());
                 let deadline = now.checked_add(self.options.connect_timeout);
                 self.phase = Phase::Handshaking {
                     dest,
@@ -296,92 +357,46 @@ impl Dialer {
                 };
                 DialStep::SendRequest { request }
             }
-            _ => {
-                balancer.handle_connected(now, dest);
-                self.phase = Phase::Established { dest };
-                DialStep::Established {
-                    dest,
-                    leftover: Bytes::new(),
-                }
-            }
+            _ => self.reached(dest, Bytes::new()),
         }
     }
 
     /// Reports that the connect failed, or that writing the request or reading the
     /// reply failed: the destination is marked unhealthy and the next one is tried.
-    pub fn handle_connect_failed(
-        &mut self,
-        now: Instant,
-        balancer: &mut Balancer,
-        error: &dyn fmt::Display,
-    ) -> DialStep {
-        self.fail(now, balancer, DialFailure::Io(error.to_string()))
+    pub fn handle_connect_failed(&mut self, now: Instant, error: &dyn fmt::Display) -> DialStep {
+        self.fail(now, DialFailure::Io(error.to_string()))
     }
 
     /// Reports that plug could not even make the outgoing socket (socket(2) or the
     /// `-p` bind failed, e.g. out of descriptors, or an address of the other
     /// family): the destination keeps its health because it was never tried, and
     /// the next address, else the next destination, is tried (FAULT-6).
-    pub fn handle_local_failure(
-        &mut self,
-        now: Instant,
-        balancer: &mut Balancer,
-        error: &dyn fmt::Display,
-    ) -> DialStep {
-        let Some(dest) = self.current() else {
-            return self.stale();
-        };
-        if matches!(self.phase, Phase::Established { .. }) {
-            return self.stale();
-        }
-        if let Phase::Connecting { address, .. } = self.phase {
-            if let Some(step) = self.connect_to(now, balancer, dest, address + 1) {
-                return step;
-            }
-        }
-        if let Some(d) = balancer.destination(dest) {
-            let failure = DialFailure::Local(error.to_string());
-            self.events.push_back(DialEvent {
-                dest: d.clone(),
-                dest_id: dest,
-                client: self.plan.client(),
-                failure,
-            });
-        }
-        self.try_next(now, balancer)
+    pub fn handle_local_failure(&mut self, now: Instant, error: &dyn fmt::Display) -> DialStep {
+        self.fail(now, DialFailure::Local(error.to_string()))
     }
 
     /// Feeds bytes read from the proxy after [`DialStep::SendRequest`] or
     /// [`DialStep::ReadReply`].
-    pub fn handle_reply_data(
-        &mut self,
-        now: Instant,
-        balancer: &mut Balancer,
-        data: &[u8],
-    ) -> DialStep {
+    pub fn handle_reply_data(&mut self, now: Instant, data: &[u8]) -> DialStep {
         let Phase::Handshaking { dest, reply, .. } = &mut self.phase else {
             return self.stale();
         };
         let dest = *dest;
         match reply.feed(data) {
             ReplyStatus::NeedMore => DialStep::ReadReply,
-            ReplyStatus::Tunnel { leftover } => {
-                balancer.handle_connected(now, dest);
-                self.phase = Phase::Established { dest };
-                DialStep::Established { dest, leftover }
-            }
-            ReplyStatus::Failed(f) => self.fail(now, balancer, DialFailure::Proxy(f)),
+            ReplyStatus::Tunnel { leftover } => self.reached(dest, leftover),
+            ReplyStatus::Failed(f) => self.fail(now, DialFailure::Proxy(f)),
         }
     }
 
     /// Reports that the proxy closed the connection while its reply was awaited.
-    pub fn handle_reply_eof(&mut self, now: Instant, balancer: &mut Balancer) -> DialStep {
+    pub fn handle_reply_eof(&mut self, now: Instant) -> DialStep {
         let Phase::Handshaking { reply, .. } = &mut self.phase else {
             return self.stale();
         };
         match reply.feed_eof() {
-            ReplyStatus::Failed(f) => self.fail(now, balancer, DialFailure::Proxy(f)),
-            _ => self.fail(now, balancer, DialFailure::Proxy(ProxyFailure::Truncated)),
+            ReplyStatus::Failed(f) => self.fail(now, DialFailure::Proxy(f)),
+            _ => self.fail(now, DialFailure::Proxy(ProxyFailure::Truncated)),
         }
     }
 
@@ -396,13 +411,11 @@ impl Dialer {
 
     /// Checks the timeout at `now`: `None` if it has not passed (nothing to do),
     /// otherwise the attempt fails and the next step is returned. Idempotent.
-    pub fn handle_timeout(&mut self, now: Instant, balancer: &mut Balancer) -> Option<DialStep> {
+    pub fn handle_timeout(&mut self, now: Instant) -> Option<DialStep> {
         match self.poll_timeout() {
-            Some(deadline) if now >= deadline => Some(self.fail(
-                now,
-                balancer,
-                DialFailure::Timeout(self.options.connect_timeout),
-            )),
+            Some(deadline) if now >= deadline => {
+                Some(self.fail(now, DialFailure::Timeout(self.options.connect_timeout)))
+            }
             _ => None,
         }
     }
@@ -412,12 +425,20 @@ impl Dialer {
     pub fn poll_event(&mut self) -> Option<DialEvent> {
         self.events.pop_front()
     }
+
+    /// Returns the next thing the forwarder must learn (a failure, the
+    /// destination reached), oldest first. Hand these over before the
+    /// [`DialStep::Choose`] that follows them: health first, then the choice.
+    #[must_use]
+    pub fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
+        self.shared.pop_front()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forwarder::select::{Health, SelectPolicy};
+    use crate::forwarder::select::{Balancer, Health, SelectPolicy};
 
     use crate::test_clock::t0;
 
@@ -427,6 +448,33 @@ mod tests {
             .map(|w| Destination::parse(w, 80, names).unwrap())
             .collect();
         Balancer::new(dests, SelectPolicy::default())
+    }
+
+    /// Plays the forwarder's part: learns the dialer's reports and answers
+    /// its `Choose` with the balancer, until a step for the sockets comes.
+    fn run(mut step: DialStep, b: &mut Balancer, now: Instant, d: &mut Dialer) -> DialStep {
+        for _ in 0..100 {
+            while let Some(event) = d.poll_forwarder_event() {
+                match event {
+                    ForwarderEvent::Failed { dest, reason } => {
+                        b.handle_connect_failed(now, dest, &reason)
+                    }
+                    ForwarderEvent::Reached { dest } => b.handle_connected(now, dest),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            let DialStep::Choose(mut plan) = step else {
+                return step;
+            };
+            let choice = b.next_attempt(now, &mut plan).and_then(|id| b.choice(id));
+            step = d.handle_chosen(now, plan, choice);
+        }
+        panic!("no end to the choosing")
+    }
+
+    fn timeout(at: Instant, b: &mut Balancer, d: &mut Dialer) -> Option<DialStep> {
+        let step = d.handle_timeout(at)?;
+        Some(run(step, b, at, d))
     }
 
     fn client() -> IpAddr {
@@ -448,8 +496,8 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(&b, client(), opts);
-        let step = d.start(now, &mut b);
+        let mut d = Dialer::new(client(), opts);
+        let step = run(d.start(now), &mut b, now, &mut d);
         assert_eq!(
             step,
             DialStep::Connect {
@@ -460,7 +508,7 @@ mod tests {
         );
         assert_eq!(d.poll_timeout(), Some(now + DEFAULT_CONNECT_TIMEOUT));
         assert_eq!(
-            d.handle_connected(now, &mut b),
+            run(d.handle_connected(now), &mut b, now, &mut d),
             DialStep::Established {
                 dest: DestId(0),
                 leftover: Bytes::new()
@@ -473,9 +521,17 @@ mod tests {
     fn a_failed_connect_moves_on_to_the_next_destination_conn_4() {
         let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], false);
         let now = t0();
-        let mut d = Dialer::new(&b, client(), DialOptions::default());
-        assert_eq!(connect_addr(&d.start(now, &mut b)).port(), 1);
-        let step = d.handle_connect_failed(now, &mut b, &"Connection refused");
+        let mut d = Dialer::new(client(), DialOptions::default());
+        assert_eq!(
+            connect_addr(&run(d.start(now), &mut b, now, &mut d)).port(),
+            1
+        );
+        let step = run(
+            d.handle_connect_failed(now, &"Connection refused"),
+            &mut b,
+            now,
+            &mut d,
+        );
         assert_eq!(connect_addr(&step).port(), 2);
         let ev = d.poll_event().unwrap();
         assert_eq!(
@@ -483,10 +539,20 @@ mod tests {
             "destination 127.0.0.1:1 failed for 127.0.0.2: Connection refused"
         );
         assert_eq!(b.health(DestId(0)), Some(Health::Unhealthy { since: now }));
-        let step = d.handle_connect_failed(now, &mut b, &"refused");
+        let step = run(
+            d.handle_connect_failed(now, &"refused"),
+            &mut b,
+            now,
+            &mut d,
+        );
         assert_eq!(connect_addr(&step).port(), 3);
         assert_eq!(
-            d.handle_connect_failed(now, &mut b, &"refused"),
+            run(
+                d.handle_connect_failed(now, &"refused"),
+                &mut b,
+                now,
+                &mut d
+            ),
             DialStep::GiveUp
         );
         assert_eq!(d.current(), None);
@@ -500,12 +566,10 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             ..DialOptions::default()
         };
-        let mut d = Dialer::new(&b, client(), opts);
-        d.start(now, &mut b);
-        assert_eq!(d.handle_timeout(now + Duration::from_secs(2), &mut b), None);
-        let step = d
-            .handle_timeout(now + Duration::from_secs(3), &mut b)
-            .unwrap();
+        let mut d = Dialer::new(client(), opts);
+        run(d.start(now), &mut b, now, &mut d);
+        assert_eq!(timeout(now + Duration::from_secs(2), &mut b, &mut d), None);
+        let step = timeout(now + Duration::from_secs(3), &mut b, &mut d).unwrap();
         assert_eq!(connect_addr(&step).port(), 2);
         assert!(matches!(
             d.poll_event().unwrap().failure,
@@ -528,20 +592,31 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(&b, client(), opts);
-        assert_eq!(connect_addr(&d.start(now, &mut b)), proxy);
-        let DialStep::SendRequest { request } = d.handle_connected(now, &mut b) else {
+        let mut d = Dialer::new(client(), opts);
+        assert_eq!(connect_addr(&run(d.start(now), &mut b, now, &mut d)), proxy);
+        let DialStep::SendRequest { request } = run(d.handle_connected(now), &mut b, now, &mut d)
+        else {
             panic!()
         };
         assert!(request.starts_with(
             b"CONNECT customer.example.com:22 HTTP/1.1\r\nHost: customer.example.com:22\r\n"
         ));
         assert_eq!(
-            d.handle_reply_data(now, &mut b, b"HTTP/1.0 200 OK\r"),
+            run(
+                d.handle_reply_data(now, b"HTTP/1.0 200 OK\r"),
+                &mut b,
+                now,
+                &mut d
+            ),
             DialStep::ReadReply
         );
         assert_eq!(
-            d.handle_reply_data(now, &mut b, b"\n\r\nSSH-2.0"),
+            run(
+                d.handle_reply_data(now, b"\n\r\nSSH-2.0"),
+                &mut b,
+                now,
+                &mut d
+            ),
             DialStep::Established {
                 dest: DestId(0),
                 leftover: Bytes::from_static(b"SSH-2.0")
@@ -557,36 +632,46 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(&b, client(), opts);
-        d.start(now, &mut b);
-        d.handle_connected(now, &mut b);
-        let step = d.handle_reply_data(
-            now,
-            &mut b,
-            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
-        );
+        let mut d = Dialer::new(client(), opts);
+        run(d.start(now), &mut b, now, &mut d);
+        run(d.handle_connected(now), &mut b, now, &mut d);
+        let step = d.handle_reply_data(now, b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+        let step = run(step, &mut b, now, &mut d);
         assert_eq!(connect_addr(&step).port(), 8008);
         assert_eq!(b.health(DestId(0)), Some(Health::Unhealthy { since: now }));
         let ev = d.poll_event().unwrap().to_string();
         assert!(ev.contains("407") && ev.contains("authentication"), "{ev}");
         // The second destination's exchange is bounded by the timeout too.
-        d.handle_connected(now, &mut b);
+        run(d.handle_connected(now), &mut b, now, &mut d);
         assert_eq!(d.poll_timeout(), Some(now + DEFAULT_CONNECT_TIMEOUT));
-        assert_eq!(d.handle_reply_eof(now, &mut b), DialStep::GiveUp);
+        assert_eq!(
+            run(d.handle_reply_eof(now), &mut b, now, &mut d),
+            DialStep::GiveUp
+        );
     }
 
     #[test]
     fn running_out_of_sockets_is_not_the_destinations_fault_spec_5() {
         let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2"], false);
         let now = t0();
-        let mut d = Dialer::new(&b, client(), DialOptions::default());
-        d.start(now, &mut b);
+        let mut d = Dialer::new(client(), DialOptions::default());
+        run(d.start(now), &mut b, now, &mut d);
         // Not the destination's fault (FAULT-6): the next one is tried, and only
         // when every one has been tried is the client closed.
-        let next = d.handle_local_failure(now, &mut b, &"Too many open files");
+        let next = run(
+            d.handle_local_failure(now, &"Too many open files"),
+            &mut b,
+            now,
+            &mut d,
+        );
         assert_eq!(connect_addr(&next), "127.0.0.1:2".parse().unwrap());
         assert_eq!(
-            d.handle_local_failure(now, &mut b, &"Too many open files"),
+            run(
+                d.handle_local_failure(now, &"Too many open files"),
+                &mut b,
+                now,
+                &mut d
+            ),
             DialStep::GiveUp
         );
         assert_eq!(b.health(DestId(0)), Some(Health::Healthy));
@@ -615,20 +700,25 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(&b, client(), opts.clone());
+        let mut d = Dialer::new(client(), opts.clone());
         assert_eq!(
-            connect_addr(&d.start(now, &mut b)),
+            connect_addr(&run(d.start(now), &mut b, now, &mut d)),
             "127.0.0.1:80".parse().unwrap()
         );
         // A bind that fails anyway (the kernel's word) moves on the same way.
-        let next = d.handle_local_failure(now, &mut b, &"Invalid argument");
+        let next = run(
+            d.handle_local_failure(now, &"Invalid argument"),
+            &mut b,
+            now,
+            &mut d,
+        );
         assert_eq!(connect_addr(&next), "10.0.0.9:80".parse().unwrap());
         assert_eq!(b.health(DestId(0)), Some(Health::Healthy));
         // Only IPv6 addresses and -p IPv4: that destination has nothing to try.
         let mut b = balancer(&["web.example:80", "10.0.0.9:80"], true);
         b.handle_resolved(t0(), DestId(0), Ok(vec!["::1".parse().unwrap()]));
-        let mut d = Dialer::new(&b, client(), opts);
-        let first = d.start(now, &mut b);
+        let mut d = Dialer::new(client(), opts);
+        let first = run(d.start(now), &mut b, now, &mut d);
         assert_eq!(connect_addr(&first), "10.0.0.9:80".parse().unwrap());
     }
 
@@ -636,12 +726,15 @@ mod tests {
     fn inputs_out_of_phase_do_not_corrupt_the_plan() {
         let mut b = balancer(&["127.0.0.1:1"], false);
         let now = t0();
-        let mut d = Dialer::new(&b, client(), DialOptions::default());
-        assert_eq!(d.handle_reply_data(now, &mut b, b"x"), DialStep::GiveUp);
-        d.start(now, &mut b);
-        d.handle_connected(now, &mut b);
+        let mut d = Dialer::new(client(), DialOptions::default());
+        assert_eq!(
+            run(d.handle_reply_data(now, b"x"), &mut b, now, &mut d),
+            DialStep::GiveUp
+        );
+        run(d.start(now), &mut b, now, &mut d);
+        run(d.handle_connected(now), &mut b, now, &mut d);
         assert!(matches!(
-            d.handle_connect_failed(now, &mut b, &"late"),
+            run(d.handle_connect_failed(now, &"late"), &mut b, now, &mut d),
             DialStep::Established { .. }
         ));
         assert_eq!(b.health(DestId(0)), Some(Health::Healthy));

@@ -17,9 +17,12 @@
 //! - every deadline (connect, idle, buffer release) is checked on every call,
 //!   whatever the sockets report meanwhile (FAULT-2).
 //!
-//! Work that touches what connections share (the balancer, the counts) is asked
-//! for with [`Output::Sync`]: the adapter then calls [`Connection::sync`] with the
-//! [`Forwarder`] it keeps behind its lock.
+//! What connections share (the balancer, the counts) is the listener's
+//! forwarder's: the connection never touches it. It sends events
+//! ([`ForwarderEvent`]: choose a destination, this one failed, reached,
+//! closed) and takes answers ([`ConnectionEvent`]); [`Output::Forwarder`] asks
+//! the adapter to hand them over under the forwarder's lock, once for all that
+//! are waiting.
 
 pub mod connect;
 pub mod dial;
@@ -44,10 +47,12 @@ use crate::connection::relay::{
     Direction, ReadInto, Relay, RelayEnd, RelayOptions, RelayOutcome, Side, WriteFrom,
 };
 use crate::forwarder::admission::PipeBudget;
+use crate::forwarder::select::AttemptPlan;
 use crate::forwarder::select::DestId;
-use crate::forwarder::Forwarder;
 use crate::reports::log::{self, CloseStatus, LogKind, LogLevel, LogRecord, LogSettings};
 use crate::reports::session::SessionRecord;
+use crate::shared::Choice;
+use crate::shared::{ConnectionEvent, ForwarderEvent};
 
 /// Bytes of the proxy's reply read at a time during the CONNECT exchange.
 pub const REPLY_CHUNK: usize = 4096;
@@ -172,8 +177,12 @@ pub struct Wait {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub enum Output {
-    /// Lock the shared [`Forwarder`] and call [`Connection::sync`].
-    Sync,
+    /// Events wait for the listener's forwarder: lock it once and call
+    /// [`Forwarder::exchange`](crate::forwarder::Forwarder::exchange) with this
+    /// connection (or hand each [`Connection::poll_forwarder_event`] to
+    /// [`Forwarder::handle_event`](crate::forwarder::Forwarder::handle_event) and
+    /// its answer to [`Connection::handle_event`]).
+    Forwarder,
     /// Close any destination socket, start a non-blocking connect to `addr` (bound
     /// to `bind` first when given), and report [`Connection::handle_connect_started`].
     Connect {
@@ -242,11 +251,11 @@ pub enum Output {
     Done,
 }
 
-/// An input for the dialer that needs the shared balancer, kept until the next
-/// [`Connection::sync`].
+/// An input for the dialer, kept until the next [`Connection::poll_output`].
 #[derive(Debug)]
 enum DialInput {
     Start,
+    Chosen(AttemptPlan, Option<Choice>),
     Connected,
     ConnectFailed(String),
     LocalFailure(String),
@@ -258,7 +267,8 @@ enum DialInput {
 /// Where the dialing phase stands with its destination socket.
 #[derive(Debug)]
 enum DialIo {
-    /// Waiting for the balancer to choose (a [`DialInput`] is pending).
+    /// Waiting for the dialer's next step: a [`DialInput`] is pending, or the
+    /// forwarder is choosing.
     Deciding,
     /// A connect to start ([`Output::Connect`] not yet given).
     Connect {
@@ -290,7 +300,7 @@ struct Dialing {
 enum CloseStage {
     /// [`Output::Close`] still to give.
     Sockets { reset: bool },
-    /// The final [`Output::Sync`] (counts) still to give.
+    /// The [`ForwarderEvent::Closed`] (counts) still to give.
     Counts,
     /// Accounted for.
     Done,
@@ -342,7 +352,10 @@ pub struct Connection {
     /// once its counts are handed over: whoever reads them finds the counts
     /// (dump, metrics) already agree (OPT-6, OPT-9).
     after_counts: Vec<Output>,
-    sync: bool,
+    /// A [`DialInput`] waits to be given to the dialer.
+    dial_pending: bool,
+    /// For the forwarder, oldest first ([`Output::Forwarder`]).
+    shared: VecDeque<ForwarderEvent>,
     reached: Option<(DestId, Destination)>,
     pending: Pending,
     /// Which direction goes first when both could act (fairness).
@@ -355,14 +368,15 @@ pub struct Connection {
 
 impl Connection {
     /// A connection for `peer`, accepted at `now`, that will dial with `dialer`.
-    /// Its first output is [`Output::Sync`] (the first destination is chosen).
+    /// Its first output is [`Output::Forwarder`]: the first destination is to
+    /// be chosen.
     pub(crate) fn new(
         settings: Arc<Settings>,
         peer: SocketAddr,
         now: Instant,
         dialer: Dialer,
     ) -> Self {
-        Connection {
+        let mut conn = Connection {
             settings,
             peer,
             accepted_at: now,
@@ -386,14 +400,17 @@ impl Connection {
             ],
             queue: VecDeque::new(),
             after_counts: Vec::new(),
-            sync: true,
+            dial_pending: true,
+            shared: VecDeque::new(),
             reached: None,
             pending: Pending::None,
             turn: 0,
             outputs_since_wait: 0,
             pipes: [false; 2],
             quiet_since: None,
-        }
+        };
+        conn.run_dial(now);
+        conn
     }
 
     /// The settings of the listener's line it started under (OPT-15: a reload
@@ -430,10 +447,15 @@ impl Connection {
         // always returns: at most a few passes.
         loop {
             if let Some(out) = self.queue.pop_front() {
+                if matches!(out, Output::Forwarder) && self.shared.is_empty() {
+                    // Handed over already, with an earlier one.
+                    continue;
+                }
                 return out;
             }
-            if self.sync {
-                return Output::Sync;
+            if self.dial_pending {
+                self.run_dial(now);
+                continue;
             }
             let out = match self.phase {
                 Phase::Dialing(_) => self.poll_dial(now),
@@ -441,10 +463,12 @@ impl Connection {
                 Phase::Closing { stage, .. } => Some(match stage {
                     CloseStage::Sockets { reset } => {
                         self.set_stage(CloseStage::Counts);
-                        self.sync = true;
                         Output::Close { reset }
                     }
-                    CloseStage::Counts => Output::Sync,
+                    CloseStage::Counts => {
+                        self.account();
+                        Output::Forwarder
+                    }
                     CloseStage::Done => Output::Done,
                 }),
             };
@@ -497,7 +521,7 @@ impl Connection {
             Phase::Dialing(d) => {
                 if d.input.is_none() && d.dialer.poll_timeout().is_some_and(|t| now >= t) {
                     d.input = Some(DialInput::Timeout);
-                    self.sync = true;
+                    self.dial_pending = true;
                 }
             }
             Phase::Relaying(relay) => {
@@ -513,91 +537,119 @@ impl Connection {
         }
     }
 
-    /// Does what needs the shared state, after [`Output::Sync`]: the balancer
-    /// chooses or learns a destination's health, the counts learn that the
-    /// connection reached a destination or ended.
-    pub fn sync(&mut self, now: Instant, forwarder: &mut Forwarder) {
-        self.sync = false;
-        match &mut self.phase {
-            Phase::Dialing(d) => {
-                let Some(input) = d.input.take() else {
-                    return;
-                };
-                let balancer = &mut forwarder.balancer;
-                let step = match input {
-                    DialInput::Start => Some(d.dialer.start(now, balancer)),
-                    DialInput::Connected => Some(d.dialer.handle_connected(now, balancer)),
-                    DialInput::ConnectFailed(e) => {
-                        Some(d.dialer.handle_connect_failed(now, balancer, &e))
-                    }
-                    DialInput::LocalFailure(e) => {
-                        Some(d.dialer.handle_local_failure(now, balancer, &e))
-                    }
-                    DialInput::Reply(n) => {
-                        let data = match &d.io {
-                            DialIo::Receiving { buf } => buf.get(..n).unwrap_or(&[]),
-                            _ => &[],
-                        };
-                        Some(d.dialer.handle_reply_data(now, balancer, data))
-                    }
-                    DialInput::ReplyEof => Some(d.dialer.handle_reply_eof(now, balancer)),
-                    DialInput::Timeout => d.dialer.handle_timeout(now, balancer),
-                };
-                // A client's failed attempts first, then what they did to the
-                // destinations' health: both at the normal level, so an operator
-                // sees which destination failed, for whom and why (FAULT-4
-                // limits them).
-                let mut lines = Vec::new();
+    /// The next event for the forwarder, oldest first (after
+    /// [`Output::Forwarder`]).
+    #[must_use]
+    pub fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
+        self.shared.pop_front()
+    }
+
+    /// Takes the forwarder's answer to one of this connection's events.
+    pub fn handle_event(&mut self, _now: Instant, event: ConnectionEvent) {
+        match event {
+            ConnectionEvent::Chosen { plan, choice } => {
                 if let Phase::Dialing(d) = &mut self.phase {
-                    while let Some(event) = d.dialer.poll_event() {
-                        if !matches!(
-                            event.failure,
-                            crate::connection::dial::DialFailure::Local(_)
-                        ) {
-                            forwarder.stats.handle_connect_failed(event.dest_id);
-                        }
-                        let record = LogRecord::limited(
-                            LogKind::DestinationFailed,
-                            LogLevel::Notice,
-                            event.to_string(),
-                        );
-                        lines.push(record);
-                    }
-                }
-                while let Some(event) = forwarder.balancer.poll_event() {
-                    lines.push(event.log_record());
-                }
-                for record in lines {
-                    if self.settings.log.wants(record.level) {
-                        self.queue.push_back(Output::Log(record));
-                    }
-                }
-                // `None`: the deadline had not passed after all; carry on.
-                if let Some(step) = step {
-                    self.apply_step(now, step, forwarder);
+                    d.input = Some(DialInput::Chosen(plan, choice));
+                    self.dial_pending = true;
                 }
             }
-            Phase::Closing {
-                stage,
-                outcome,
-                duration,
-            } => {
-                if *stage == CloseStage::Counts {
-                    *stage = CloseStage::Done;
-                    let dest = self.reached.as_ref().map(|(id, _)| *id);
-                    forwarder.handle_closed(self.peer, dest, outcome.as_ref(), *duration);
-                    self.queue.extend(self.after_counts.drain(..));
-                }
-            }
-            Phase::Relaying(_) => {}
         }
     }
 
-    fn apply_step(&mut self, now: Instant, step: DialStep, forwarder: &mut Forwarder) {
+    fn tell_forwarder(&mut self, event: ForwarderEvent) {
+        self.shared.push_back(event);
+        if !matches!(self.queue.back(), Some(Output::Forwarder)) {
+            self.queue.push_back(Output::Forwarder);
+        }
+    }
+
+    /// Hands the counts over ([`ForwarderEvent::Closed`]), then the lines that
+    /// must find them there.
+    fn account(&mut self) {
+        let Phase::Closing {
+            stage,
+            outcome,
+            duration,
+        } = &mut self.phase
+        else {
+            return;
+        };
+        *stage = CloseStage::Done;
+        let event = ForwarderEvent::Closed {
+            peer: self.peer,
+            dest: self.reached.as_ref().map(|(id, _)| *id),
+            outcome: *outcome,
+            duration: *duration,
+        };
+        self.shared.push_back(event);
+        self.queue.extend(self.after_counts.drain(..));
+    }
+
+    /// Gives the dialer its pending input and does what it says next.
+    fn run_dial(&mut self, now: Instant) {
+        self.dial_pending = false;
+        let Phase::Dialing(d) = &mut self.phase else {
+            return;
+        };
+        let Some(input) = d.input.take() else {
+            return;
+        };
+        let step = match input {
+            DialInput::Start => Some(d.dialer.start(now)),
+            DialInput::Chosen(plan, choice) => Some(d.dialer.handle_chosen(now, plan, choice)),
+            DialInput::Connected => Some(d.dialer.handle_connected(now)),
+            DialInput::ConnectFailed(e) => Some(d.dialer.handle_connect_failed(now, &e)),
+            DialInput::LocalFailure(e) => Some(d.dialer.handle_local_failure(now, &e)),
+            DialInput::Reply(n) => {
+                let data = match &d.io {
+                    DialIo::Receiving { buf } => buf.get(..n).unwrap_or(&[]),
+                    _ => &[],
+                };
+                Some(d.dialer.handle_reply_data(now, data))
+            }
+            DialInput::ReplyEof => Some(d.dialer.handle_reply_eof(now)),
+            DialInput::Timeout => d.dialer.handle_timeout(now),
+        };
+        // A client's failed attempts, at the normal level, so an operator sees
+        // which destination failed, for whom and why (FAULT-4 limits them);
+        // then what the forwarder must learn, whose health lines follow them.
+        let mut lines = Vec::new();
+        let mut shared = Vec::new();
+        while let Some(event) = d.dialer.poll_event() {
+            let record = LogRecord::limited(
+                LogKind::DestinationFailed,
+                LogLevel::Notice,
+                event.to_string(),
+            );
+            lines.push(record);
+        }
+        while let Some(event) = d.dialer.poll_forwarder_event() {
+            shared.push(event);
+        }
+        for record in lines {
+            if self.settings.log.wants(record.level) {
+                self.queue.push_back(Output::Log(record));
+            }
+        }
+        for event in shared {
+            self.tell_forwarder(event);
+        }
+        // `None`: the deadline had not passed after all; carry on.
+        if let Some(step) = step {
+            self.apply_step(now, step);
+        }
+    }
+
+    fn apply_step(&mut self, now: Instant, step: DialStep) {
         let Phase::Dialing(d) = &mut self.phase else {
             return;
         };
         match step {
+            DialStep::Choose(plan) => {
+                d.io = DialIo::Deciding;
+                self.tell_forwarder(ForwarderEvent::Choose(plan));
+            }
+            DialStep::Wait => {}
             DialStep::Connect { addr, bind, .. } => {
                 d.io = DialIo::Connect { addr, bind };
                 self.sockets[Side::Destination.index()] = SocketState {
@@ -617,9 +669,7 @@ impl Connection {
                 }
             }
             DialStep::Established { dest, leftover } => {
-                let destination = forwarder.balancer.destination(dest).cloned();
-                forwarder.stats.handle_established(dest);
-                if let Some(destination) = destination {
+                if let Some(destination) = d.dialer.destination().cloned() {
                     let (source, peer) = (self.settings.source, self.peer.ip());
                     self.log(LogLevel::Connection, || {
                         log::connect_from(&source, peer, &destination)
@@ -723,8 +773,11 @@ impl Connection {
             }
             Phase::Dialing(_) => self.finish(now, Some(no_relay(Side::Client))),
         }
-        self.sync = false;
-        self.queue.retain(|o| !matches!(o, Output::Sync));
+        // A choice asked for and not yet made is no longer wanted; what the
+        // forwarder must learn (a failure) still goes.
+        self.dial_pending = false;
+        self.shared
+            .retain(|e| !matches!(e, ForwarderEvent::Choose(_)));
     }
 
     /// Reports that the process cut this connection at the end of a drain
@@ -744,7 +797,7 @@ impl Connection {
 
     fn poll_dial(&mut self, now: Instant) -> Option<Output> {
         self.handle_timeout(now);
-        if self.sync {
+        if self.dial_pending {
             return None;
         }
         let dest = self.sockets[Side::Destination.index()];
@@ -1121,7 +1174,7 @@ impl Connection {
     fn dial_input(&mut self, input: DialInput) {
         if let Phase::Dialing(d) = &mut self.phase {
             d.input = Some(input);
-            self.sync = true;
+            self.dial_pending = true;
             if !matches!(d.io, DialIo::Receiving { .. }) {
                 d.io = DialIo::Deciding;
             }

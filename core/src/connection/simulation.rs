@@ -403,7 +403,7 @@ impl Sim {
             }
             match out {
                 Output::Done => return self.check(),
-                Output::Sync => self.conn.sync(self.now, &mut self.fwd),
+                Output::Forwarder => self.fwd.exchange(self.now, &mut self.conn),
                 Output::Log(record) => {
                     if record.level == LogLevel::Connection && record.text.contains("Complete") {
                         self.completes += 1;
@@ -928,7 +928,7 @@ impl Sim {
                     assert_eq!(self.fwd.open(), 0);
                     return;
                 }
-                Output::Sync => self.conn.sync(self.now, &mut self.fwd),
+                Output::Forwarder => self.fwd.exchange(self.now, &mut self.conn),
                 Output::Wait(wait) => {
                     if self.report(&wait) {
                         continue;

@@ -36,6 +36,7 @@ use crate::reports::metrics::Metrics;
 use crate::rounds::lookup::Lookup;
 use crate::rounds::probe::{Probe, ProbeResult};
 use crate::rounds::Rounds;
+use crate::shared::{ConnectionEvent, ForwarderEvent};
 
 /// What the accept loop does after accept failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +71,9 @@ pub(crate) fn accept_next(
 #[derive(Debug)]
 pub struct Forwarder {
     settings: Arc<Settings>,
-    pub(crate) balancer: Balancer,
+    balancer: Balancer,
     admission: Admission,
-    pub(crate) stats: Stats,
+    stats: Stats,
     backoff: AcceptBackoff,
     /// How new connections dial; the credentials change on SIGHUP (PROC-8).
     dial: DialOptions,
@@ -202,7 +203,8 @@ impl Forwarder {
     }
 
     /// Decides about a client accepted at `now` (CONN-1, OPT-3). `Some`: its
-    /// connection, already past its first [`Connection::sync`]; `None`: refused
+    /// connection, its first destination already chosen (under the lock the
+    /// caller holds for admission); `None`: refused
     /// (close it at once, contacting no destination; the log line, of a kind
     /// that is rate-limited, comes from [`Forwarder::poll_log`]).
     pub fn handle_accepted(&mut self, now: Instant, peer: SocketAddr) -> Option<Connection> {
@@ -215,9 +217,9 @@ impl Forwarder {
                         format!("accepted {peer}"),
                     ));
                 }
-                let dialer = Dialer::new(&self.balancer, peer.ip(), self.dial.clone());
+                let dialer = Dialer::new(peer.ip(), self.dial.clone());
                 let mut conn = Connection::new(Arc::clone(&self.settings), peer, now, dialer);
-                conn.sync(now, self);
+                self.exchange(now, &mut conn);
                 Some(conn)
             }
             Err(refusal) => {
@@ -239,6 +241,54 @@ impl Forwarder {
                 None
             }
         }
+    }
+
+    /// Hands every event `conn` has for this forwarder over, and the answers
+    /// back ([`Output::Forwarder`](crate::connection::Output::Forwarder)).
+    pub fn exchange(&mut self, now: Instant, conn: &mut Connection) {
+        while let Some(event) = conn.poll_forwarder_event() {
+            if let Some(answer) = self.handle_event(now, event) {
+                conn.handle_event(now, answer);
+            }
+        }
+    }
+
+    /// Takes one event from a connection: chooses its next destination, or
+    /// learns a failure, a destination reached, or the end and its counts.
+    /// Health changes it causes are logged through [`Forwarder::poll_log`].
+    pub fn handle_event(&mut self, now: Instant, event: ForwarderEvent) -> Option<ConnectionEvent> {
+        let answer = match event {
+            ForwarderEvent::Choose(mut plan) => {
+                let choice = self
+                    .balancer
+                    .next_attempt(now, &mut plan)
+                    .and_then(|id| self.balancer.choice(id));
+                Some(ConnectionEvent::Chosen { plan, choice })
+            }
+            ForwarderEvent::Failed { dest, reason } => {
+                self.balancer.handle_connect_failed(now, dest, &reason);
+                self.stats.handle_connect_failed(dest);
+                None
+            }
+            ForwarderEvent::Reached { dest } => {
+                self.balancer.handle_connected(now, dest);
+                self.stats.handle_established(dest);
+                None
+            }
+            ForwarderEvent::Closed {
+                peer,
+                dest,
+                outcome,
+                duration,
+            } => {
+                self.handle_closed(peer, dest, outcome.as_ref(), duration);
+                None
+            }
+        };
+        while let Some(event) = self.balancer.poll_event() {
+            self.push_log(event.log_record());
+        }
+        answer
     }
 
     fn push_log(&mut self, record: LogRecord) {
@@ -286,7 +336,7 @@ impl Forwarder {
         next
     }
 
-    /// Records that a connection ended (from [`Connection::sync`]): the open count
+    /// Records that a connection ended ([`ForwarderEvent::Closed`]): the open count
     /// goes down, and the destination's counts take its bytes.
     pub(crate) fn handle_closed(
         &mut self,
@@ -588,7 +638,7 @@ mod tests {
         for conn in [&mut a, &mut b] {
             for _ in 0..20 {
                 match conn.poll_output(now) {
-                    Output::Sync => conn.sync(now, &mut f),
+                    Output::Forwarder => f.exchange(now, conn),
                     Output::Done => break,
                     _ => {}
                 }
@@ -612,7 +662,7 @@ mod tests {
         // Reach the destination.
         for _ in 0..20 {
             match c.poll_output(now) {
-                Output::Sync => c.sync(now, &mut f),
+                Output::Forwarder => f.exchange(now, &mut c),
                 Output::Connect { .. } => c.handle_connect_started(now, Ok(())),
                 Output::FinishConnect => c.handle_connect_result(now, Ok(())),
                 Output::Wait(_) if c.reached().is_some() => break,
@@ -632,7 +682,7 @@ mod tests {
         for _ in 0..50 {
             c.handle_cut(now);
             match c.poll_output(now) {
-                Output::Sync => c.sync(now, &mut f),
+                Output::Forwarder => f.exchange(now, &mut c),
                 Output::Close { reset } => closes.push(reset),
                 Output::Session(_) => {
                     // Whoever reads the session line finds the counts agree.
@@ -726,7 +776,7 @@ mod tests {
         );
         loop {
             match c.poll_output(later) {
-                Output::Sync => c.sync(later, &mut f),
+                Output::Forwarder => f.exchange(later, &mut c),
                 Output::Connect { addr, .. } => {
                     assert_eq!(
                         addr,

@@ -9,11 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::addr::{canonical_ip, Destination};
 use crate::forwarder::rendezvous;
 use crate::reports::log::{LogKind, LogLevel, LogRecord};
+use crate::shared::Choice;
 
 /// The bound on the sticky table when none is configured (2.5.5 used 16384).
 pub const DEFAULT_STICKY_CAPACITY: usize = 16384;
@@ -140,6 +142,14 @@ pub struct AttemptPlan {
 }
 
 impl AttemptPlan {
+    /// A plan for `client` with nothing tried yet.
+    pub fn new(client: IpAddr) -> Self {
+        AttemptPlan {
+            client: canonical_ip(client),
+            tried: Vec::new(),
+        }
+    }
+
     /// The client address this plan is for (canonical: IPv4-mapped counts as IPv4).
     pub fn client(&self) -> IpAddr {
         self.client
@@ -224,7 +234,7 @@ struct Entry {
     /// Where it is reached: its address, or for a host name under `--resolve`
     /// the addresses the last lookup returned, in its order (OPT-11). Empty for
     /// a name not (yet) resolved, and for names given to a `-h` proxy.
-    addresses: Vec<SocketAddr>,
+    addresses: Arc<[SocketAddr]>,
     /// Its running score in smooth weighted round robin (OPT-16).
     current: i64,
 }
@@ -234,7 +244,7 @@ impl Entry {
         Entry {
             id,
             key: rendezvous::destination_key(&dest),
-            addresses: dest.socket_addr().into_iter().collect(),
+            addresses: dest.socket_addr().into_iter().collect::<Vec<_>>().into(),
             dest,
             health: Health::Healthy,
             reported_up: true,
@@ -357,7 +367,16 @@ impl Balancer {
     /// The addresses `id` is reached at, in the order to try them: its own, or
     /// what the last lookup of its name returned (empty: none known).
     pub fn addresses(&self, id: DestId) -> &[SocketAddr] {
-        self.entry(id).map_or(&[], |e| e.addresses.as_slice())
+        self.entry(id).map_or(&[], |e| &e.addresses[..])
+    }
+
+    /// `id` as a [`Choice`] for one attempt: its destination and addresses.
+    pub fn choice(&self, id: DestId) -> Option<Choice> {
+        self.entry(id).map(|e| Choice {
+            dest: id,
+            destination: e.dest.clone(),
+            addresses: Arc::clone(&e.addresses),
+        })
     }
 
     /// Takes the result of looking up `id`'s host name at `now` (OPT-11): new
@@ -406,7 +425,7 @@ impl Balancer {
                     });
                 }
                 if let Some(entry) = self.entry_mut(id) {
-                    entry.addresses = addrs;
+                    entry.addresses = addrs.into();
                 }
             }
             Err(e) => {
@@ -435,10 +454,7 @@ impl Balancer {
 
     /// Starts the attempt plan for a newly accepted client; nothing is chosen yet.
     pub fn plan(&self, client: IpAddr) -> AttemptPlan {
-        AttemptPlan {
-            client: canonical_ip(client),
-            tried: Vec::new(),
-        }
+        AttemptPlan::new(client)
     }
 
     /// True when position `i` may take a new client at `now`: not draining

@@ -82,7 +82,7 @@ impl Conn {
     }
 
     /// The next output a driver must carry out at `now`. What needs no socket is
-    /// done here: [`Output::Sync`] with the shared state, log and session lines
+    /// done here: [`Output::Forwarder`] with the shared state, log and session lines
     /// to the writer thread.
     pub fn next(&mut self, now: Instant) -> Output {
         // Cut by the end of a drain (OPT-8): what that means is the core's.
@@ -91,7 +91,11 @@ impl Conn {
         }
         loop {
             match self.core.poll_output(now) {
-                Output::Sync => self.sync(now),
+                Output::Forwarder => {
+                    let core = &mut self.core;
+                    self.ctx
+                        .with(&self.listener, now, |f| f.exchange(now, core));
+                }
                 Output::Log(record) => self.ctx.writer.log(record),
                 Output::ReturnBuffer(buffer) => buffers::put(buffer),
                 Output::Session(record) => {
@@ -108,11 +112,6 @@ impl Conn {
                 other => return other,
             }
         }
-    }
-
-    fn sync(&mut self, now: Instant) {
-        let mut forwarder = self.listener.forwarder();
-        self.core.sync(now, &mut forwarder);
     }
 
     /// Carries out an I/O output on the sockets and pipes and reports its result
