@@ -76,3 +76,229 @@ pub struct Choice {
     /// choice costs no copy of a name's addresses.
     pub addresses: Arc<[SocketAddr]>,
 }
+
+#[cfg(test)]
+mod tests {
+    //! The protocol alone: a connection driven by a test that plays its
+    //! forwarder from the scenario (what a client would see), never by a
+    //! `Forwarder`.
+    use super::*;
+    use crate::config::cli::{self, Action};
+    use crate::connection::dial::Dialer;
+    use crate::connection::relay::Side;
+    use crate::connection::{ConnectFailure, Connection, Output, Ready, Runtime};
+    use crate::forwarder::Forwarder;
+    use crate::test_clock::t0;
+    use std::ffi::OsString;
+    use std::time::Instant;
+
+    const CLIENT: &str = "10.0.0.7:40000";
+
+    fn connection(words: &[&str], now: Instant) -> Connection {
+        let argv = words.iter().map(OsString::from).collect();
+        let Ok(Action::Run(config)) = cli::parse(argv) else {
+            panic!("bad command line");
+        };
+        let runtime = Runtime {
+            name: "test",
+            pipe_capacity: None,
+            buffer_release_after: Duration::ZERO,
+            reuse_buffers: false,
+        };
+        // Only its settings: the forwarder itself plays no part here.
+        let f = Forwarder::new(&config, None, 1024, runtime);
+        let peer: SocketAddr = CLIENT.parse().unwrap();
+        let dialer = Dialer::new(peer.ip(), config.dial_options(None));
+        Connection::new(f.shared_settings(), peer, now, dialer)
+    }
+
+    fn choice(id: usize, addr: &str) -> Choice {
+        let addr: SocketAddr = addr.parse().unwrap();
+        Choice {
+            dest: DestId(id),
+            destination: Destination::parse(&addr.to_string(), 80, false).unwrap(),
+            addresses: vec![addr].into(),
+        }
+    }
+
+    /// Polls until the connection asks for something other than a log line;
+    /// returns it and the events it had for the forwarder by then.
+    fn next(conn: &mut Connection, now: Instant) -> (Output, Vec<ForwarderEvent>) {
+        let mut events = Vec::new();
+        for _ in 0..50 {
+            match conn.poll_output(now) {
+                Output::Log(_) | Output::Session(_) => {}
+                Output::Forwarder => {
+                    while let Some(e) = conn.poll_forwarder_event() {
+                        events.push(e);
+                    }
+                    // The caller answers; hand it over.
+                    return (Output::Forwarder, events);
+                }
+                other => return (other, events),
+            }
+        }
+        panic!("no output")
+    }
+
+    fn chosen(conn: &mut Connection, now: Instant, event: ForwarderEvent, c: Option<Choice>) {
+        let ForwarderEvent::Choose(plan) = event else {
+            panic!("expected Choose, got {event:?}");
+        };
+        conn.handle_event(now, ConnectionEvent::Chosen { plan, choice: c });
+    }
+
+    #[test]
+    fn a_new_connection_asks_which_destination_before_anything_else_conn_2() {
+        let now = t0();
+        let mut conn = connection(&["8080", "127.0.0.1:1"], now);
+        let (out, events) = next(&mut conn, now);
+        assert_eq!(out, Output::Forwarder);
+        assert!(
+            matches!(&events[..], [ForwarderEvent::Choose(p)] if p.client() == "10.0.0.7".parse::<std::net::IpAddr>().unwrap() && p.attempts() == 0),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn no_destination_left_closes_the_client_without_a_connect_conn_4() {
+        let now = t0();
+        let mut conn = connection(&["8080", "127.0.0.1:1"], now);
+        let (_, mut events) = next(&mut conn, now);
+        chosen(&mut conn, now, events.remove(0), None);
+        let (out, events) = next(&mut conn, now);
+        assert!(matches!(out, Output::Close { reset: false }), "{out:?}");
+        assert!(events.is_empty());
+        // Then its end, with nothing reached and no failure blamed on anyone.
+        let (out, events) = next(&mut conn, now);
+        assert_eq!(out, Output::Forwarder);
+        assert!(
+            matches!(&events[..], [ForwarderEvent::Closed { dest: None, .. }]),
+            "{events:?}"
+        );
+        assert_eq!(next(&mut conn, now).0, Output::Done);
+    }
+
+    #[test]
+    fn a_refused_connect_is_reported_before_the_next_choice_conn_3_conn_4() {
+        let now = t0();
+        let mut conn = connection(&["8080", "127.0.0.1:1", "127.0.0.1:2"], now);
+        let (_, mut events) = next(&mut conn, now);
+        chosen(
+            &mut conn,
+            now,
+            events.remove(0),
+            Some(choice(0, "127.0.0.1:1")),
+        );
+        let (out, _) = next(&mut conn, now);
+        assert!(
+            matches!(out, Output::Connect { addr, .. } if addr.port() == 1),
+            "{out:?}"
+        );
+        conn.handle_connect_started(now, Err(ConnectFailure::Remote("refused".into())));
+        let (out, events) = next(&mut conn, now);
+        assert_eq!(out, Output::Forwarder);
+        // Health first, so the choice that follows already knows it.
+        match &events[..] {
+            [ForwarderEvent::Failed { dest, reason }, ForwarderEvent::Choose(plan)] => {
+                assert_eq!(*dest, DestId(0));
+                assert!(reason.contains("refused"), "{reason}");
+                // The plan the forwarder gave back, for the same client.
+                assert_eq!(plan.client(), CLIENT.parse::<SocketAddr>().unwrap().ip());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plugs_own_failure_blames_no_destination_fault_6() {
+        let now = t0();
+        let mut conn = connection(&["8080", "127.0.0.1:1", "127.0.0.1:2"], now);
+        let (_, mut events) = next(&mut conn, now);
+        chosen(
+            &mut conn,
+            now,
+            events.remove(0),
+            Some(choice(0, "127.0.0.1:1")),
+        );
+        let _ = next(&mut conn, now);
+        conn.handle_connect_started(
+            now,
+            Err(ConnectFailure::Local("Too many open files".into())),
+        );
+        let (_, events) = next(&mut conn, now);
+        assert!(
+            matches!(&events[..], [ForwarderEvent::Choose(_)]),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn the_destination_reached_is_reported_once_and_its_end_after_the_close_conn_5() {
+        let now = t0();
+        let mut conn = connection(&["8080", "127.0.0.1:1"], now);
+        let (_, mut events) = next(&mut conn, now);
+        chosen(
+            &mut conn,
+            now,
+            events.remove(0),
+            Some(choice(0, "127.0.0.1:1")),
+        );
+        let _ = next(&mut conn, now);
+        conn.handle_connect_started(now, Ok(()));
+        let ready = Ready {
+            read: false,
+            write: true,
+            error: false,
+            hangup: false,
+        };
+        conn.handle_ready(now, Side::Destination, ready);
+        let (out, _) = next(&mut conn, now);
+        assert_eq!(out, Output::FinishConnect);
+        conn.handle_connect_result(now, Ok(()));
+        let (out, events) = next(&mut conn, now);
+        assert_eq!(out, Output::Forwarder);
+        assert_eq!(events, [ForwarderEvent::Reached { dest: DestId(0) }]);
+        assert_eq!(
+            conn.reached().map(|d| d.to_string()),
+            Some("127.0.0.1:1".into())
+        );
+        // The client hangs up at once: one Closed, naming the destination.
+        conn.abandon(now);
+        let mut closed = Vec::new();
+        for _ in 0..10 {
+            match next(&mut conn, now) {
+                (Output::Done, _) => break,
+                (_, events) => closed.extend(events),
+            }
+        }
+        assert!(
+            matches!(
+                &closed[..],
+                [ForwarderEvent::Closed {
+                    dest: Some(DestId(0)),
+                    ..
+                }]
+            ),
+            "{closed:?}"
+        );
+    }
+
+    #[test]
+    fn a_choice_asked_for_by_an_abandoned_connection_is_not_made() {
+        let now = t0();
+        let mut conn = connection(&["8080", "127.0.0.1:1"], now);
+        conn.abandon(now);
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            match next(&mut conn, now) {
+                (Output::Done, _) => break,
+                (_, e) => events.extend(e),
+            }
+        }
+        assert!(
+            matches!(&events[..], [ForwarderEvent::Closed { dest: None, .. }]),
+            "{events:?}"
+        );
+    }
+}

@@ -192,6 +192,12 @@ impl Forwarder {
         &self.settings
     }
 
+    /// The settings, as a connection holds them (for tests that make one).
+    #[cfg(test)]
+    pub(crate) fn shared_settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings)
+    }
+
     /// Connections admitted and not yet accounted for: the one open count.
     pub fn open(&self) -> usize {
         self.admission.open()
