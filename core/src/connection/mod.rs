@@ -541,7 +541,12 @@ impl Connection {
     /// [`Output::Forwarder`]).
     #[must_use]
     pub fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
-        self.shared.pop_front()
+        let event = self.shared.pop_front();
+        if self.shared.is_empty() && matches!(self.phase, Phase::Relaying(_)) {
+            // Nothing more until the close: an idle connection holds no queue.
+            self.shared = VecDeque::new();
+        }
+        event
     }
 
     /// Takes the forwarder's answer to one of this connection's events.
