@@ -1024,6 +1024,43 @@ mod tests {
         assert_eq!(b.sticky_len(), 1);
     }
 
+    /// CONN-5: the operator hears of each time the table fills, once: a
+    /// remembered client coming back to a full table is no news, a table that
+    /// made room and filled again is.
+    #[test]
+    fn each_time_the_sticky_table_fills_is_reported_once_conn_5() {
+        let now = t0();
+        let policy = SelectPolicy {
+            sticky: Some(StickyPolicy {
+                timeout: Duration::from_secs(10),
+                capacity: 2,
+            }),
+            ..SelectPolicy::default()
+        };
+        let mut b = Balancer::new(dests(2), policy);
+        let full = |b: &mut Balancer| {
+            std::iter::from_fn(|| b.poll_event())
+                .filter(|e| matches!(e, SelectEvent::StickyTableFull { .. }))
+                .count()
+        };
+        pick(&mut b, now, client(1));
+        pick(&mut b, now, client(2));
+        assert_eq!(full(&mut b), 0, "two clients fit");
+        pick(&mut b, now, client(3));
+        assert_eq!(full(&mut b), 1);
+        // A remembered client returns to the full table: still the same episode.
+        pick(&mut b, now, client(1));
+        pick(&mut b, now, client(4));
+        assert_eq!(full(&mut b), 0, "the same full table, said once");
+        // Both expire; the table fills again: a new episode.
+        let later = now + Duration::from_secs(11);
+        pick(&mut b, later, client(5));
+        pick(&mut b, later, client(6));
+        assert_eq!(full(&mut b), 0);
+        pick(&mut b, later, client(7));
+        assert_eq!(full(&mut b), 1, "full again, said again");
+    }
+
     #[test]
     fn no_destinations_never_panics() {
         let mut b = Balancer::new(vec![], SelectPolicy::default());
@@ -1491,6 +1528,67 @@ mod tests {
             .map(|k| pick(&mut b, now, client(k)).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 0, 0, 1, 0, 0, 1, 0]);
+    }
+
+    /// OPT-16 with CONN-2: equal weights rotate in command-line order,
+    /// starting with the first, as plain round robin does.
+    #[test]
+    fn equal_weights_rotate_in_command_line_order_conn_2_opt_16() {
+        let now = t0();
+        let mut b = Balancer::new(
+            words(&[
+                "10.0.0.1,weight=2",
+                "10.0.0.2,weight=2",
+                "10.0.0.3,weight=2",
+            ]),
+            SelectPolicy::default(),
+        );
+        let picks: Vec<_> = (0..6)
+            .map(|k| pick(&mut b, now, client(k)).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    /// CONN-2/4 with OPT-12: the all-down reset is for when every destination
+    /// is down. A client that has tried every healthy one is closed, and the
+    /// dead one stays out for everyone.
+    #[test]
+    fn hashing_resets_nothing_while_one_is_healthy_conn_4_opt_12() {
+        let now = t0();
+        let mut b = Balancer::new(dests(3), hashing());
+        b.handle_connect_failed(now, DestId(2), "refused");
+        while b.poll_event().is_some() {}
+        let mut plan = b.plan(client(9));
+        let tried: Vec<usize> =
+            std::iter::from_fn(|| b.next_attempt(now, &mut plan).map(DestId::index)).collect();
+        let mut sorted = tried.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 1], "the healthy ones, once each");
+        assert_eq!(b.health(DestId(2)), Some(Health::Unhealthy { since: now }));
+        assert_eq!(b.poll_event(), None, "no reset");
+    }
+
+    /// OPT-11: a name whose addresses changed (one fewer, or another in the
+    /// place of one) earns its dead destination a fresh chance.
+    #[test]
+    fn a_changed_set_of_addresses_brings_a_name_back_opt_11() {
+        let now = t0();
+        for new in [vec!["10.0.0.7"], vec!["10.0.0.7", "10.0.0.9"]] {
+            let mut b = Balancer::new(
+                vec![Destination::parse("web.example:80", 80, true).unwrap()],
+                SelectPolicy::default(),
+            );
+            let ips = |list: &[&str]| Ok(list.iter().map(|a| a.parse().unwrap()).collect());
+            b.handle_resolved(now, DestId(0), ips(&["10.0.0.7", "10.0.0.8"]));
+            b.handle_connect_failed(now, DestId(0), "refused");
+            while b.poll_event().is_some() {}
+            b.handle_resolved(now, DestId(0), ips(&new));
+            assert_eq!(b.health(DestId(0)), Some(Health::Healthy), "{new:?}");
+            assert!(
+                matches!(b.poll_event(), Some(SelectEvent::Resolved { .. })),
+                "{new:?}"
+            );
+        }
     }
 
     proptest! {

@@ -33,10 +33,8 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DurationHistogram {
     /// Per bucket of [`DURATION_BUCKETS`]: connections no longer than its bound
-    /// (not cumulative).
+    /// (not cumulative; those longer than every bound are in `count` only).
     pub buckets: [u64; DURATION_BUCKETS.len()],
-    /// Connections longer than every bound.
-    pub over: u64,
     /// The sum of the durations, in microseconds (exact, as the session lines).
     pub sum_micros: u128,
     /// How many.
@@ -47,9 +45,8 @@ impl DurationHistogram {
     /// Counts one connection that lasted `d`.
     pub fn observe(&mut self, d: Duration) {
         let secs = d.as_secs_f64();
-        match DURATION_BUCKETS.iter().position(|&b| secs <= b) {
-            Some(i) => self.buckets[i] += 1,
-            None => self.over += 1,
+        if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i] += 1;
         }
         self.sum_micros += d.as_micros();
         self.count += 1;
@@ -155,17 +152,20 @@ impl Stats {
         outcome: Option<&RelayOutcome>,
         duration: Duration,
     ) {
-        match reached.and_then(|r| self.destinations.get_mut(&r)) {
-            Some(d) => {
-                d.open = d.open.saturating_sub(1);
-                if let Some(o) = outcome {
-                    d.from_client += o.from_client;
-                    d.from_destination += o.from_destination;
-                }
-                self.durations.observe(duration);
+        let Some(reached) = reached else {
+            self.failed += 1;
+            return;
+        };
+        // A destination a reload removed since has no counts left to take
+        // the bytes; the connection still reached it (OPT-15).
+        if let Some(d) = self.destinations.get_mut(&reached) {
+            d.open = d.open.saturating_sub(1);
+            if let Some(o) = outcome {
+                d.from_client += o.from_client;
+                d.from_destination += o.from_destination;
             }
-            None => self.failed += 1,
         }
+        self.durations.observe(duration);
     }
 
     /// The dump's lines at `now` with `open` connections open: one per destination,
@@ -275,5 +275,24 @@ mod tests {
                 "summary open 2 accepted 4 refused 1 failed 1",
             ]
         );
+    }
+
+    /// OPT-15: a destination that stays keeps its counts, a new one counts
+    /// from zero, a gone one's counts go; a connection that reached a
+    /// destination removed meanwhile still reached one (not `failed`).
+    #[test]
+    fn a_reload_keeps_new_and_gone_destinations_counts_apart_opt_15() {
+        let mut s = Stats::new(2);
+        s.handle_established(DestId(0));
+        s.handle_established(DestId(1));
+        s.reconfigure([DestId(1), DestId(5)].into_iter());
+        assert_eq!(s.of(DestId(1)).total, 1, "kept");
+        s.handle_established(DestId(5));
+        assert_eq!(s.of(DestId(5)).total, 1, "a new destination counts");
+        assert_eq!(s.of(DestId(0)).total, 0, "a gone one's counts go");
+        assert_eq!(s.destinations.len(), 2);
+        s.handle_closed(Some(DestId(0)), None, Duration::from_millis(3));
+        assert_eq!(s.failed, 0);
+        assert_eq!(s.durations.count, 1);
     }
 }
