@@ -391,13 +391,11 @@ impl Dialer {
 
     /// Reports that the proxy closed the connection while its reply was awaited.
     pub fn handle_reply_eof(&mut self, now: Instant) -> DialStep {
-        let Phase::Handshaking { reply, .. } = &mut self.phase else {
+        if !matches!(self.phase, Phase::Handshaking { .. }) {
             return self.stale();
-        };
-        match reply.feed_eof() {
-            ReplyStatus::Failed(f) => self.fail(now, DialFailure::Proxy(f)),
-            _ => self.fail(now, DialFailure::Proxy(ProxyFailure::Truncated)),
         }
+        // A reply still being read ended before its head did.
+        self.fail(now, DialFailure::Proxy(ProxyFailure::Truncated))
     }
 
     /// The instant the current connect or CONNECT exchange times out, if any.
