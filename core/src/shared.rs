@@ -108,7 +108,7 @@ mod tests {
         // Only its settings: the forwarder itself plays no part here.
         let f = Forwarder::new(&config, None, 1024, runtime);
         let peer: SocketAddr = CLIENT.parse().unwrap();
-        let dialer = Dialer::new(peer.ip(), config.dial_options(None));
+        let dialer = Dialer::new(peer.ip(), Arc::new(config.dial_options(None)));
         Connection::new(f.shared_settings(), peer, now, dialer)
     }
 

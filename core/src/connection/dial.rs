@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,10 +53,10 @@ impl Default for DialOptions {
 /// What the adapter should do next for this client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialStep {
-    /// Ask the forwarder which destination to try next
-    /// ([`ForwarderEvent::Choose`] with this plan); give its answer to
-    /// [`Dialer::handle_chosen`].
-    Choose(AttemptPlan),
+    /// Ask the forwarder which destination to try next: the
+    /// [`ForwarderEvent::Choose`] is [`Dialer::poll_forwarder_event`]'s; give
+    /// the answer to [`Dialer::handle_chosen`].
+    Choose,
     /// A choice was asked for and has not come back: nothing to do yet.
     Wait,
     /// Open a TCP connection to `addr`, bound first to `bind` when given, and report
@@ -171,7 +172,7 @@ pub struct Dialer {
     plan: Option<AttemptPlan>,
     /// The destination being tried or reached.
     current: Option<Choice>,
-    options: DialOptions,
+    options: Arc<DialOptions>,
     phase: Phase,
     events: VecDeque<DialEvent>,
     shared: VecDeque<ForwarderEvent>,
@@ -179,7 +180,7 @@ pub struct Dialer {
 
 impl Dialer {
     /// Creates the dialer for a client just accepted (and allowed by the rules).
-    pub fn new(client: IpAddr, options: DialOptions) -> Self {
+    pub fn new(client: IpAddr, options: Arc<DialOptions>) -> Self {
         Dialer {
             client: canonical_ip(client),
             plan: Some(AttemptPlan::new(client)),
@@ -222,10 +223,10 @@ impl Dialer {
     }
 
     fn choose(&mut self) -> DialStep {
-        match self.plan.take() {
-            Some(plan) => {
+        match self.plan {
+            Some(_) => {
                 self.phase = Phase::Choosing;
-                DialStep::Choose(plan)
+                DialStep::Choose
             }
             None => self.stale(),
         }
@@ -336,7 +337,6 @@ impl Dialer {
     }
 
     fn reached(&mut self, dest: DestId, leftover: Bytes) -> DialStep {
-        self.shared.push_back(ForwarderEvent::Reached { dest });
         self.phase = Phase::Established { dest };
         DialStep::Established { dest, leftover }
     }
@@ -424,12 +424,24 @@ impl Dialer {
         self.events.pop_front()
     }
 
-    /// Returns the next thing the forwarder must learn (a failure, the
-    /// destination reached), oldest first. Hand these over before the
-    /// [`DialStep::Choose`] that follows them: health first, then the choice.
+    /// Returns the next thing for the forwarder, oldest first: failures
+    /// ([`ForwarderEvent::Failed`]), then the choice [`DialStep::Choose`]
+    /// asked for (health first, so the choice knows it). The destination
+    /// reached is the connection's to tell.
     #[must_use]
     pub fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
-        self.shared.pop_front()
+        if let Some(failed) = self.shared.pop_front() {
+            return Some(failed);
+        }
+        match self.phase {
+            Phase::Choosing => self.plan.take().map(ForwarderEvent::Choose),
+            _ => None,
+        }
+    }
+
+    /// True when [`Dialer::poll_forwarder_event`] has one.
+    pub fn has_forwarder_event(&self) -> bool {
+        !self.shared.is_empty() || (matches!(self.phase, Phase::Choosing) && self.plan.is_some())
     }
 }
 
@@ -452,20 +464,31 @@ mod tests {
     /// its `Choose` with the balancer, until a step for the sockets comes.
     fn run(mut step: DialStep, b: &mut Balancer, now: Instant, d: &mut Dialer) -> DialStep {
         for _ in 0..100 {
+            let mut chosen = None;
             while let Some(event) = d.poll_forwarder_event() {
                 match event {
                     ForwarderEvent::Failed { dest, reason } => {
                         b.handle_connect_failed(now, dest, &reason)
                     }
-                    ForwarderEvent::Reached { dest } => b.handle_connected(now, dest),
+                    ForwarderEvent::Choose(mut plan) => {
+                        assert_eq!(step, DialStep::Choose, "a choice only when asked");
+                        let choice = b.next_attempt(now, &mut plan).and_then(|id| b.choice(id));
+                        chosen = Some(d.handle_chosen(now, plan, choice));
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            let DialStep::Choose(mut plan) = step else {
-                return step;
-            };
-            let choice = b.next_attempt(now, &mut plan).and_then(|id| b.choice(id));
-            step = d.handle_chosen(now, plan, choice);
+            match chosen {
+                Some(next) => step = next,
+                None => {
+                    assert_ne!(step, DialStep::Choose, "Choose without its event");
+                    // The connection tells the forwarder what was reached.
+                    if let DialStep::Established { dest, .. } = &step {
+                        b.handle_connected(now, *dest);
+                    }
+                    return step;
+                }
+            }
         }
         panic!("no end to the choosing")
     }
@@ -494,7 +517,7 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(client(), opts);
+        let mut d = Dialer::new(client(), Arc::new(opts));
         let step = run(d.start(now), &mut b, now, &mut d);
         assert_eq!(
             step,
@@ -519,7 +542,7 @@ mod tests {
     fn a_failed_connect_moves_on_to_the_next_destination_conn_4() {
         let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], false);
         let now = t0();
-        let mut d = Dialer::new(client(), DialOptions::default());
+        let mut d = Dialer::new(client(), Arc::default());
         assert_eq!(
             connect_addr(&run(d.start(now), &mut b, now, &mut d)).port(),
             1
@@ -564,7 +587,7 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             ..DialOptions::default()
         };
-        let mut d = Dialer::new(client(), opts);
+        let mut d = Dialer::new(client(), Arc::new(opts));
         run(d.start(now), &mut b, now, &mut d);
         assert_eq!(timeout(now + Duration::from_secs(2), &mut b, &mut d), None);
         let step = timeout(now + Duration::from_secs(3), &mut b, &mut d).unwrap();
@@ -590,7 +613,7 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(client(), opts);
+        let mut d = Dialer::new(client(), Arc::new(opts));
         assert_eq!(connect_addr(&run(d.start(now), &mut b, now, &mut d)), proxy);
         let DialStep::SendRequest { request } = run(d.handle_connected(now), &mut b, now, &mut d)
         else {
@@ -630,7 +653,7 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(client(), opts);
+        let mut d = Dialer::new(client(), Arc::new(opts));
         run(d.start(now), &mut b, now, &mut d);
         run(d.handle_connected(now), &mut b, now, &mut d);
         let step = d.handle_reply_data(now, b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
@@ -652,7 +675,7 @@ mod tests {
     fn running_out_of_sockets_is_not_the_destinations_fault_spec_5() {
         let mut b = balancer(&["127.0.0.1:1", "127.0.0.1:2"], false);
         let now = t0();
-        let mut d = Dialer::new(client(), DialOptions::default());
+        let mut d = Dialer::new(client(), Arc::default());
         run(d.start(now), &mut b, now, &mut d);
         // Not the destination's fault (FAULT-6): the next one is tried, and only
         // when every one has been tried is the client closed.
@@ -698,7 +721,7 @@ mod tests {
             ..DialOptions::default()
         };
         let now = t0();
-        let mut d = Dialer::new(client(), opts.clone());
+        let mut d = Dialer::new(client(), Arc::new(opts.clone()));
         assert_eq!(
             connect_addr(&run(d.start(now), &mut b, now, &mut d)),
             "127.0.0.1:80".parse().unwrap()
@@ -715,7 +738,7 @@ mod tests {
         // Only IPv6 addresses and -p IPv4: that destination has nothing to try.
         let mut b = balancer(&["web.example:80", "10.0.0.9:80"], true);
         b.handle_resolved(t0(), DestId(0), Ok(vec!["::1".parse().unwrap()]));
-        let mut d = Dialer::new(client(), opts);
+        let mut d = Dialer::new(client(), Arc::new(opts));
         let first = run(d.start(now), &mut b, now, &mut d);
         assert_eq!(connect_addr(&first), "10.0.0.9:80".parse().unwrap());
     }
@@ -724,7 +747,7 @@ mod tests {
     fn inputs_out_of_phase_do_not_corrupt_the_plan() {
         let mut b = balancer(&["127.0.0.1:1"], false);
         let now = t0();
-        let mut d = Dialer::new(client(), DialOptions::default());
+        let mut d = Dialer::new(client(), Arc::default());
         assert_eq!(
             run(d.handle_reply_data(now, b"x"), &mut b, now, &mut d),
             DialStep::GiveUp

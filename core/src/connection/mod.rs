@@ -47,11 +47,9 @@ use crate::connection::relay::{
     Direction, ReadInto, Relay, RelayEnd, RelayOptions, RelayOutcome, Side, WriteFrom,
 };
 use crate::forwarder::admission::PipeBudget;
-use crate::forwarder::select::AttemptPlan;
 use crate::forwarder::select::DestId;
 use crate::reports::log::{self, CloseStatus, LogKind, LogLevel, LogRecord, LogSettings};
 use crate::reports::session::SessionRecord;
-use crate::shared::Choice;
 use crate::shared::{ConnectionEvent, ForwarderEvent};
 
 /// Bytes of the proxy's reply read at a time during the CONNECT exchange.
@@ -255,7 +253,6 @@ pub enum Output {
 #[derive(Debug)]
 enum DialInput {
     Start,
-    Chosen(AttemptPlan, Option<Choice>),
     Connected,
     ConnectFailed(String),
     LocalFailure(String),
@@ -312,10 +309,17 @@ enum Phase {
     Relaying(Box<Relay>),
     Closing {
         stage: CloseStage,
-        outcome: Option<RelayOutcome>,
-        /// From accept to close, as the session line says.
-        duration: Duration,
+        /// Boxed: a connection's state stays small while it relays.
+        ended: Box<Ended>,
     },
+}
+
+/// How a connection ended, kept for its counts and lines.
+#[derive(Debug)]
+struct Ended {
+    outcome: Option<RelayOutcome>,
+    /// From accept to close, as the session line says.
+    duration: Duration,
 }
 
 /// What the core believes about one socket, from the results of calls and the
@@ -348,18 +352,14 @@ pub struct Connection {
     phase: Phase,
     sockets: [SocketState; 2],
     queue: VecDeque<Output>,
-    /// The session line and `Complete` line of a finished connection, given
-    /// once its counts are handed over: whoever reads them finds the counts
-    /// (dump, metrics) already agree (OPT-6, OPT-9).
-    after_counts: Vec<Output>,
     /// A [`DialInput`] waits to be given to the dialer.
     dial_pending: bool,
-    /// For the forwarder, oldest first ([`Output::Forwarder`]).
-    shared: VecDeque<ForwarderEvent>,
+    /// The destination reached is still to be told to the forwarder.
+    reach_untold: bool,
     reached: Option<(DestId, Destination)>,
     pending: Pending,
     /// Which direction goes first when both could act (fairness).
-    turn: usize,
+    turn: u8,
     outputs_since_wait: u32,
     pipes: [bool; 2],
     /// When the last byte moved, for releasing idle buffers and pipes.
@@ -399,9 +399,8 @@ impl Connection {
                 },
             ],
             queue: VecDeque::new(),
-            after_counts: Vec::new(),
             dial_pending: true,
-            shared: VecDeque::new(),
+            reach_untold: false,
             reached: None,
             pending: Pending::None,
             turn: 0,
@@ -446,12 +445,13 @@ impl Connection {
         // Each pass either returns or moves the connection on to closing, which
         // always returns: at most a few passes.
         loop {
+            // Lines already made go first: a client's failed attempt is
+            // logged before the health line the forwarder makes of it.
             if let Some(out) = self.queue.pop_front() {
-                if matches!(out, Output::Forwarder) && self.shared.is_empty() {
-                    // Handed over already, with an earlier one.
-                    continue;
-                }
                 return out;
+            }
+            if self.has_forwarder_event() {
+                return Output::Forwarder;
             }
             if self.dial_pending {
                 self.run_dial(now);
@@ -465,10 +465,8 @@ impl Connection {
                         self.set_stage(CloseStage::Counts);
                         Output::Close { reset }
                     }
-                    CloseStage::Counts => {
-                        self.account();
-                        Output::Forwarder
-                    }
+                    // Told with the forwarder's events, above.
+                    CloseStage::Counts => Output::Forwarder,
                     CloseStage::Done => Output::Done,
                 }),
             };
@@ -538,56 +536,77 @@ impl Connection {
     }
 
     /// The next event for the forwarder, oldest first (after
-    /// [`Output::Forwarder`]).
+    /// [`Output::Forwarder`]). They are not queued but read off the state, so
+    /// an idle connection holds nothing for them.
     #[must_use]
     pub fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
-        let event = self.shared.pop_front();
-        if self.shared.is_empty() && matches!(self.phase, Phase::Relaying(_)) {
-            // Nothing more until the close: an idle connection holds no queue.
-            self.shared = VecDeque::new();
+        if std::mem::take(&mut self.reach_untold) {
+            if let Some((dest, _)) = &self.reached {
+                return Some(ForwarderEvent::Reached { dest: *dest });
+            }
         }
-        event
+        match &mut self.phase {
+            Phase::Dialing(d) => d.dialer.poll_forwarder_event(),
+            Phase::Closing {
+                stage: CloseStage::Counts,
+                ..
+            } => self.account(),
+            _ => None,
+        }
+    }
+
+    /// True when [`Connection::poll_forwarder_event`] has one.
+    fn has_forwarder_event(&self) -> bool {
+        self.reach_untold
+            || match &self.phase {
+                Phase::Dialing(d) => d.dialer.has_forwarder_event(),
+                Phase::Closing { stage, .. } => *stage == CloseStage::Counts,
+                Phase::Relaying(_) => false,
+            }
     }
 
     /// Takes the forwarder's answer to one of this connection's events.
-    pub fn handle_event(&mut self, _now: Instant, event: ConnectionEvent) {
+    pub fn handle_event(&mut self, now: Instant, event: ConnectionEvent) {
         match event {
             ConnectionEvent::Chosen { plan, choice } => {
                 if let Phase::Dialing(d) = &mut self.phase {
-                    d.input = Some(DialInput::Chosen(plan, choice));
-                    self.dial_pending = true;
+                    let step = d.dialer.handle_chosen(now, plan, choice);
+                    self.after_dial_step(now, Some(step));
                 }
             }
         }
     }
 
-    fn tell_forwarder(&mut self, event: ForwarderEvent) {
-        self.shared.push_back(event);
-        if !matches!(self.queue.back(), Some(Output::Forwarder)) {
-            self.queue.push_back(Output::Forwarder);
-        }
-    }
-
-    /// Hands the counts over ([`ForwarderEvent::Closed`]), then the lines that
-    /// must find them there.
-    fn account(&mut self) {
-        let Phase::Closing {
-            stage,
-            outcome,
-            duration,
-        } = &mut self.phase
-        else {
-            return;
+    /// The counts to hand over ([`ForwarderEvent::Closed`]); the lines that
+    /// must find them there follow.
+    fn account(&mut self) -> Option<ForwarderEvent> {
+        let Phase::Closing { stage, ended } = &mut self.phase else {
+            return None;
         };
         *stage = CloseStage::Done;
-        let event = ForwarderEvent::Closed {
+        let Ended { outcome, duration } = **ended;
+        // The session line and the `Complete` line come after the counts:
+        // whoever reads them finds the dump and metrics agree (OPT-6, OPT-9).
+        if let (true, Some((_, destination))) = (self.settings.sessions, &self.reached) {
+            let relayed = outcome.unwrap_or(no_relay(Side::Destination));
+            let record = SessionRecord::new(
+                self.settings.source,
+                self.peer.ip(),
+                destination.clone(),
+                &relayed,
+                duration,
+            );
+            self.queue.push_back(Output::Session(Box::new(record)));
+        }
+        let status = CloseStatus::of(self.reached.is_some(), outcome.map(|o| o.end));
+        let source = self.settings.source;
+        self.log(LogLevel::Connection, || log::complete(&source, status));
+        Some(ForwarderEvent::Closed {
             peer: self.peer,
             dest: self.reached.as_ref().map(|(id, _)| *id),
-            outcome: *outcome,
-            duration: *duration,
-        };
-        self.shared.push_back(event);
-        self.queue.extend(self.after_counts.drain(..));
+            outcome,
+            duration,
+        })
     }
 
     /// Gives the dialer its pending input and does what it says next.
@@ -601,7 +620,6 @@ impl Connection {
         };
         let step = match input {
             DialInput::Start => Some(d.dialer.start(now)),
-            DialInput::Chosen(plan, choice) => Some(d.dialer.handle_chosen(now, plan, choice)),
             DialInput::Connected => Some(d.dialer.handle_connected(now)),
             DialInput::ConnectFailed(e) => Some(d.dialer.handle_connect_failed(now, &e)),
             DialInput::LocalFailure(e) => Some(d.dialer.handle_local_failure(now, &e)),
@@ -615,11 +633,19 @@ impl Connection {
             DialInput::ReplyEof => Some(d.dialer.handle_reply_eof(now)),
             DialInput::Timeout => d.dialer.handle_timeout(now),
         };
+        self.after_dial_step(now, step);
+    }
+
+    /// Logs what the dialer noticed and does what it says next (`None`:
+    /// nothing, a deadline had not passed after all).
+    fn after_dial_step(&mut self, now: Instant, step: Option<DialStep>) {
+        let Phase::Dialing(d) = &mut self.phase else {
+            return;
+        };
         // A client's failed attempts, at the normal level, so an operator sees
         // which destination failed, for whom and why (FAULT-4 limits them);
-        // then what the forwarder must learn, whose health lines follow them.
+        // the forwarder learns of them after these lines.
         let mut lines = Vec::new();
-        let mut shared = Vec::new();
         while let Some(event) = d.dialer.poll_event() {
             let record = LogRecord::limited(
                 LogKind::DestinationFailed,
@@ -628,18 +654,11 @@ impl Connection {
             );
             lines.push(record);
         }
-        while let Some(event) = d.dialer.poll_forwarder_event() {
-            shared.push(event);
-        }
         for record in lines {
             if self.settings.log.wants(record.level) {
                 self.queue.push_back(Output::Log(record));
             }
         }
-        for event in shared {
-            self.tell_forwarder(event);
-        }
-        // `None`: the deadline had not passed after all; carry on.
         if let Some(step) = step {
             self.apply_step(now, step);
         }
@@ -650,10 +669,7 @@ impl Connection {
             return;
         };
         match step {
-            DialStep::Choose(plan) => {
-                d.io = DialIo::Deciding;
-                self.tell_forwarder(ForwarderEvent::Choose(plan));
-            }
+            DialStep::Choose => d.io = DialIo::Deciding,
             DialStep::Wait => {}
             DialStep::Connect { addr, bind, .. } => {
                 d.io = DialIo::Connect { addr, bind };
@@ -680,6 +696,7 @@ impl Connection {
                         log::connect_from(&source, peer, &destination)
                     });
                     self.reached = Some((dest, destination));
+                    self.reach_untold = true;
                 }
                 match self.settings.proxy_protocol {
                     Some(_) => {
@@ -724,7 +741,6 @@ impl Connection {
             }
         }
         let end = outcome.map(|o| o.end);
-        let status = CloseStatus::of(self.reached.is_some(), end);
         if let Some(o) = outcome {
             let peer = self.peer;
             self.log(LogLevel::Debug(1), || {
@@ -735,22 +751,6 @@ impl Connection {
             });
         }
         let duration = now.saturating_duration_since(self.accepted_at);
-        if let (true, Some((_, destination))) = (self.settings.sessions, &self.reached) {
-            let relayed = outcome.unwrap_or(no_relay(Side::Destination));
-            let record = SessionRecord::new(
-                self.settings.source,
-                self.peer.ip(),
-                destination.clone(),
-                &relayed,
-                duration,
-            );
-            self.after_counts.push(Output::Session(Box::new(record)));
-        }
-        if self.settings.log.wants(LogLevel::Connection) {
-            let text = log::complete(&self.settings.source, status);
-            self.after_counts
-                .push(Output::Log(LogRecord::new(LogLevel::Connection, text)));
-        }
         for dir in Direction::BOTH {
             if std::mem::take(&mut self.pipes[dir.index()]) {
                 self.settings.pipes.give_back();
@@ -760,8 +760,7 @@ impl Connection {
         self.pending = Pending::None;
         self.phase = Phase::Closing {
             stage: CloseStage::Sockets { reset },
-            outcome,
-            duration,
+            ended: Box::new(Ended { outcome, duration }),
         };
     }
 
@@ -778,11 +777,9 @@ impl Connection {
             }
             Phase::Dialing(_) => self.finish(now, Some(no_relay(Side::Client))),
         }
-        // A choice asked for and not yet made is no longer wanted; what the
-        // forwarder must learn (a failure) still goes.
+        // A choice asked for and not yet made is no longer wanted (it went
+        // with the dialing phase).
         self.dial_pending = false;
-        self.shared
-            .retain(|e| !matches!(e, ForwarderEvent::Choose(_)));
     }
 
     /// Reports that the process cut this connection at the end of a drain
@@ -885,12 +882,12 @@ impl Connection {
             return None;
         }
         for k in 0..2 {
-            let dir = Direction::BOTH[(self.turn + k) % 2];
+            let dir = Direction::BOTH[(usize::from(self.turn) + k) % 2];
             let sink = self.sockets[dir.sink().index()];
             let source = self.sockets[dir.source().index()];
             let half = relay.half(dir);
             if let (Some(from), true) = (half.wants_write(), sink.writable) {
-                self.turn = (self.turn + 1) % 2;
+                self.turn ^= 1;
                 return Some(match from {
                     WriteFrom::Buffer => {
                         self.pending = Pending::Write(dir, half.buffered());
@@ -927,13 +924,13 @@ impl Connection {
             }
             match relay.half(dir).wants_read() {
                 Some(ReadInto::Buffer) => {
-                    self.turn = (self.turn + 1) % 2;
+                    self.turn ^= 1;
                     // The size is known once the adapter asks for the space.
                     self.pending = Pending::Read(dir, 0);
                     return Some(Output::Read(dir));
                 }
                 Some(ReadInto::Pipe) => {
-                    self.turn = (self.turn + 1) % 2;
+                    self.turn ^= 1;
                     let max = relay.half(dir).pipe_space();
                     self.pending = Pending::SpliceIn(dir, max);
                     return Some(Output::SpliceIn { dir, max });

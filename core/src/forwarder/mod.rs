@@ -76,7 +76,9 @@ pub struct Forwarder {
     stats: Stats,
     backoff: AcceptBackoff,
     /// How new connections dial; the credentials change on SIGHUP (PROC-8).
-    dial: DialOptions,
+    /// Shared by every connection that dials with them (one copy, not one
+    /// per connection).
+    dial: Arc<DialOptions>,
     /// `--resolve`: when the host names are looked up next (OPT-11).
     resolve: Option<Rounds>,
     /// `--health-check`: when the destinations are probed next (OPT-10), and
@@ -126,7 +128,7 @@ impl Forwarder {
             budget,
             stats: Stats::new(config.destinations.len()),
             backoff: AcceptBackoff::new(),
-            dial: config.dial_options(credentials),
+            dial: Arc::new(config.dial_options(credentials)),
             resolve: config.resolve.map(Rounds::new),
             health: config.health_check.map(Rounds::new),
             probing: BTreeSet::new(),
@@ -175,7 +177,7 @@ impl Forwarder {
         self.balancer
             .reconfigure(config.destinations.clone(), config.select);
         self.stats.reconfigure(self.balancer.ids());
-        self.dial = config.dial_options(credentials);
+        self.dial = Arc::new(config.dial_options(credentials));
         // A schedule that stays keeps its rhythm; a new one starts at once.
         if self.resolve.as_ref().map(Rounds::period) != config.resolve {
             self.resolve = config.resolve.map(Rounds::new);
@@ -223,7 +225,7 @@ impl Forwarder {
                         format!("accepted {peer}"),
                     ));
                 }
-                let dialer = Dialer::new(peer.ip(), self.dial.clone());
+                let dialer = Dialer::new(peer.ip(), Arc::clone(&self.dial));
                 let mut conn = Connection::new(Arc::clone(&self.settings), peer, now, dialer);
                 self.exchange(now, &mut conn);
                 Some(conn)
@@ -314,7 +316,8 @@ impl Forwarder {
     ) {
         let line = match credentials {
             Some((file, Ok(c))) => {
-                self.dial.credentials = Some(c);
+                // Connections dialing now keep the ones they started with.
+                Arc::make_mut(&mut self.dial).credentials = Some(c);
                 LogRecord::new(LogLevel::Notice, log::reloaded(Some(&file)))
             }
             Some((_, Err(why))) => LogRecord::new(

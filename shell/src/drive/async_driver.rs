@@ -209,8 +209,9 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
     let mut client = Some(client);
     let mut dest: Option<Async<TcpStream>> = None;
     let mut pipes: Pipes = [None, None];
-    // Made only when a wait has a deadline: most never need one.
-    let mut timer: Option<Timer> = None;
+    // Made only when a wait has a deadline: most never need one. Boxed, so an
+    // idle connection without one holds a pointer, not a timer.
+    let mut timer: Option<Box<Timer>> = None;
     // Each socket's place in the error watch, made when a wait for its errors
     // alone would sleep (boxed: most connections never need one); dropped
     // before the socket is closed, and once the destination is reached, so an
@@ -274,11 +275,13 @@ async fn wait_for(
     conn: &mut Conn,
     wait: &Wait,
     socks: [Option<&Async<TcpStream>>; 2],
-    timer: &mut Option<Timer>,
+    timer: &mut Option<Box<Timer>>,
     watched: &mut [Option<Box<Watched>>; 2],
 ) -> Instant {
     match wait.deadline {
-        Some(deadline) => timer.get_or_insert_with(Timer::never).set_at(deadline),
+        Some(deadline) => timer
+            .get_or_insert_with(|| Box::new(Timer::never()))
+            .set_at(deadline),
         // A timer left registered (the connect deadline) would only wake the task
         // for nothing later, and cost the reactor on every turn.
         None => *timer = None,
@@ -297,7 +300,7 @@ async fn wait_for(
             }
         }
         let expired = match (wait.deadline, timer.as_mut()) {
-            (Some(_), Some(t)) => Pin::new(t).poll(cx).is_ready(),
+            (Some(_), Some(t)) => Pin::new(&mut **t).poll(cx).is_ready(),
             _ => false,
         };
         // Errors alone: asked of the kernel only when the task would sleep.

@@ -512,14 +512,15 @@ fn idle(c: &Candidate, n: usize) -> (f64, f64) {
     let mut conns = Vec::with_capacity(n);
     // A candidate that drops connections under this load gets no figure (NaN,
     // shown as "failed") rather than ending the whole run.
-    for _ in 0..n {
-        let Ok(mut s) = TcpStream::connect(run.addr) else {
-            return (f64::NAN, f64::NAN);
-        };
-        if s.write_all(b"i").is_err() {
-            return (f64::NAN, f64::NAN);
+    for k in 0..n {
+        let opened = TcpStream::connect(run.addr).and_then(|mut s| s.write_all(b"i").map(|()| s));
+        match opened {
+            Ok(s) => conns.push(s),
+            Err(e) => {
+                eprintln!("{}: connection {k} of the idle test failed: {e}", c.name);
+                return (f64::NAN, f64::NAN);
+            }
         }
-        conns.push(s);
     }
     for s in &mut conns {
         if s.read_exact(&mut b).is_err() {
