@@ -320,7 +320,7 @@ pub(crate) fn reload(
     }
     // Commit. A line that did not change still re-reads its proxy
     // credentials, as SIGHUP always has (PROC-8).
-    for k in plan.kept.iter().filter(|k| !k.changed) {
+    for k in plan.credentials_to_reread() {
         if let Some(path) = &k.config.proxy_auth_file {
             let read = (path.display().to_string(), read_credentials(path));
             ctx.with(&running[k.old], now, |f| f.handle_reload(now, Some(read)));

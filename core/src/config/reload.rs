@@ -99,6 +99,18 @@ pub fn plan(old: &[Config], new: Vec<Config>) -> ReloadPlan {
 }
 
 impl ReloadPlan {
+    /// Kept listeners whose line did not change but names a
+    /// `--proxy-auth-file`: they re-read it at commit, as SIGHUP always has
+    /// (PROC-8); a failure to read keeps their old credentials and is logged
+    /// ([`Forwarder::handle_reload`](crate::forwarder::Forwarder::handle_reload)),
+    /// it does not fail the reload. A changed or added line's files are read
+    /// before the commit instead, and a failure there fails it (step 1).
+    pub fn credentials_to_reread(&self) -> impl Iterator<Item = &Kept> {
+        self.kept
+            .iter()
+            .filter(|k| !k.changed && k.config.proxy_auth_file.is_some())
+    }
+
     /// The log line of a reload that succeeded:
     /// `reloaded FILE: N listeners (A added, R removed, C changed)`.
     pub fn summary(&self, file: &str) -> String {
@@ -174,6 +186,30 @@ mod tests {
         assert!(after("127.0.0.1:8000 127.0.0.1:1", "127.0.0.2:8000 127.0.0.1:1").is_empty());
         assert!(after("8000 127.0.0.1:1", "[::1]:8000 127.0.0.1:1").is_empty());
         assert!(after("[::1]:8000 127.0.0.1:1", "127.0.0.1:8000 127.0.0.1:1").is_empty());
+    }
+
+    #[test]
+    fn only_unchanged_lines_reread_their_credentials_at_commit_proc_8() {
+        let auth = |port: u16, dest: &str| {
+            format!("-h 127.0.0.1:3128 --proxy-auth-file /etc/plug/auth {port} {dest}")
+        };
+        let old = listeners(&[
+            auth(8000, "a.example:22"),
+            auth(8001, "b.example:22"),
+            "8002 127.0.0.1:1".into(),
+        ]);
+        let new = listeners(&[
+            auth(8000, "a.example:22"),
+            auth(8001, "c.example:22"),
+            "8002 127.0.0.1:1".into(),
+        ]);
+        let p = plan(&old, new);
+        let reread: Vec<usize> = p.credentials_to_reread().map(|k| k.old).collect();
+        assert_eq!(
+            reread,
+            [0],
+            "the changed line read its file before the commit"
+        );
     }
 
     #[test]

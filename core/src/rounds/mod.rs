@@ -41,10 +41,53 @@ impl Rounds {
     }
 }
 
+/// What the worker that runs one kind of rounds (lookups, probes) does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRound {
+    /// Sleep until this instant (`None`: no round is due, only a reload can
+    /// wake it), or until a reload.
+    Wait(Option<Instant>),
+    /// No round will ever be due: the worker ends.
+    End,
+}
+
+/// Whether a worker for one kind of rounds is wanted at all: some listener's
+/// line has them, or a reload of `--config` may give some (OPT-15).
+pub fn wanted(some_line_has_them: bool, reloadable: bool) -> bool {
+    some_line_has_them || reloadable
+}
+
+/// After a round: `next` is the soonest next round of any listener. Without
+/// `--config` the lines never change, so a worker with nothing due ends.
+pub fn after_round(next: Option<Instant>, reloadable: bool) -> AfterRound {
+    match (next, reloadable) {
+        (None, false) => AfterRound::End,
+        (next, _) => AfterRound::Wait(next),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_clock::t0;
+
+    #[test]
+    fn a_worker_ends_only_when_no_round_can_come_opt_10_opt_11_opt_15() {
+        let later = t0() + Duration::from_secs(5);
+        assert_eq!(
+            after_round(Some(later), false),
+            AfterRound::Wait(Some(later))
+        );
+        assert_eq!(after_round(None, false), AfterRound::End);
+        // With --config a reload may add rounds: wait for it.
+        assert_eq!(after_round(None, true), AfterRound::Wait(None));
+        assert_eq!(
+            after_round(Some(later), true),
+            AfterRound::Wait(Some(later))
+        );
+        assert!(wanted(true, false) && wanted(false, true));
+        assert!(!wanted(false, false));
+    }
 
     #[test]
     fn rounds_come_at_once_then_every_secs_opt_11() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use plug_core::forwarder::Forwarder;
 use plug_core::rounds::lookup::Lookup;
 use plug_core::rounds::probe::{Probe, ProbeResult, ProbeStep};
+use plug_core::rounds::{self, AfterRound};
 
 use crate::listeners::Listener;
 use crate::net::sockets::ConnectError;
@@ -82,11 +83,11 @@ fn every_round<T: Send + 'static>(
                 .iter()
                 .filter_map(|l| next(&l.forwarder()))
                 .min();
-            if soonest.is_none() && ctx.file_start.is_none() {
-                return;
+            match rounds::after_round(soonest, ctx.file_start.is_some()) {
+                AfterRound::End => return,
+                // Until the core's next round or a reload: nothing to do before.
+                AfterRound::Wait(until) => ctx.wait_for_reload(seen, until),
             }
-            // Until the core's next round or a reload: nothing to do before.
-            ctx.wait_for_reload(seen, soonest);
         })?;
     Ok(())
 }
@@ -94,7 +95,8 @@ fn every_round<T: Send + 'static>(
 /// True when some listener has rounds of this kind, or a reload could give it
 /// some (`--config`).
 fn wanted(ctx: &Context, has: fn(&plug_core::config::cli::Config) -> bool) -> bool {
-    ctx.file_start.is_some() || ctx.listeners().iter().any(|l| has(&l.line()))
+    let some_line = ctx.listeners().iter().any(|l| has(&l.line()));
+    rounds::wanted(some_line, ctx.file_start.is_some())
 }
 
 /// Starts the lookup thread when `--resolve` is given.
