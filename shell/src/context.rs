@@ -328,7 +328,10 @@ impl Context {
     /// come, whichever is first; lines not written by then are dropped (FAULT-7).
     pub(crate) fn exit_by(&self, status: i32, flush_until: Instant) -> ! {
         self.remove_pid_file();
-        self.writer.flush_until(flush_until);
+        let lost = self.writer.flush_until(flush_until);
+        if let Some(text) = plug_core::reports::log::lost_at_exit(lost) {
+            crate::output::log::last_word(text);
+        }
         sys::exit_now(status)
     }
 

@@ -104,10 +104,9 @@ fn writer_stuck(pid: u32) -> bool {
 fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bool) {
     let backend = Backend::start(Behaviour::Echo);
     let port = free_port();
-    let (stdout, stderr) = match stalled_stdout {
-        true => (Stdio::piped(), Stdio::null()),
-        false => (Stdio::null(), Stdio::piped()),
-    };
+    // Both piped: the stalled one is never read; stderr, when it is the
+    // other, is read after exit for plug's last word.
+    let (stdout, stderr) = (Stdio::piped(), Stdio::piped());
     let mut child = Command::new(&bin.path)
         .args(args)
         .args(["-i", "127.0.0.1", &port.to_string()])
@@ -118,12 +117,29 @@ fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bo
         .spawn()
         .unwrap();
     // One page: full after a few dozen lines.
-    let shrunk = match (&child.stdout, &child.stderr) {
-        (Some(pipe), _) => rustix::pipe::fcntl_setpipe_size(pipe, 4096),
-        (_, Some(pipe)) => rustix::pipe::fcntl_setpipe_size(pipe, 4096),
+    let shrunk = match (stalled_stdout, &child.stdout, &child.stderr) {
+        (true, Some(pipe), _) => rustix::pipe::fcntl_setpipe_size(pipe, 4096),
+        (false, _, Some(pipe)) => rustix::pipe::fcntl_setpipe_size(pipe, 4096),
         _ => unreachable!(),
     };
     shrunk.unwrap();
+    // The other output is drained meanwhile, as a terminal or journal would.
+    let other = match stalled_stdout {
+        true => child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = e.read_to_string(&mut text);
+                text
+            })
+        }),
+        false => {
+            let mut out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut out, &mut std::io::sink());
+            });
+            None
+        }
+    };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(
         eventually(|| TcpStream::connect(addr).is_ok()),
@@ -159,6 +175,14 @@ fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bo
         panic!("{args:?}: still running after SIGTERM with its output stalled");
     };
     assert_eq!(status.code(), Some(0), "{args:?}");
+    // FAULT-7: what could not be written is counted, and said where it can be.
+    if let Some(stderr) = other {
+        let said = stderr.join().unwrap();
+        assert!(
+            said.contains("log or session lines not written at exit"),
+            "{args:?}: {said}"
+        );
+    }
 }
 
 #[test]

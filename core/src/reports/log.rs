@@ -437,6 +437,15 @@ pub fn over_limit(
     )
 }
 
+/// The last word on stderr when `lost` log or session lines could not be
+/// written before exit (FAULT-7: counted and dropped, never waited for), or
+/// nothing when every line was written.
+pub fn lost_at_exit(lost: u64) -> Option<String> {
+    (lost > 0).then(|| {
+        format!("plug: {lost} log or session lines not written at exit: their output was not being read")
+    })
+}
+
 /// What SIGHUP re-read (PROC-8, OPT-15): the proxy credentials from `file`, or
 /// nothing, which is said too, since an operator who edited the unit and ran
 /// `systemctl reload` must not believe the destinations changed.

@@ -51,3 +51,18 @@ impl Logger {
         self.write(&LogRecord::new(LogLevel::Error, message));
     }
 }
+
+/// Writes `text` to stderr from a thread of its own and waits for it at most
+/// 100 ms: a stderr nobody reads never holds up exit (FAULT-7).
+pub fn last_word(text: String) {
+    let (done, written) = std::sync::mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("last-word".into())
+        .spawn(move || {
+            let _ = writeln!(std::io::stderr(), "{text}");
+            let _ = done.send(());
+        });
+    if spawned.is_ok() {
+        let _ = written.recv_timeout(std::time::Duration::from_millis(100));
+    }
+}

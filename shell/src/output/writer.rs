@@ -35,6 +35,8 @@ enum Line {
 pub struct Writer {
     queue: SyncSender<Line>,
     dropped: Arc<AtomicU64>,
+    /// Lines queued and not yet written (FAULT-7 counts them at exit).
+    pending: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -43,17 +45,25 @@ impl Writer {
     pub fn start(logger: Arc<Logger>, pid: u32) -> io::Result<Writer> {
         let (queue, lines) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&dropped);
+        let pending = Arc::new(AtomicU64::new(0));
+        let counts = (Arc::clone(&dropped), Arc::clone(&pending));
         std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || write_lines(&lines, &logger, pid, &counted))?;
-        Ok(Writer { queue, dropped })
+            .spawn(move || write_lines(&lines, &logger, pid, &counts.0, &counts.1))?;
+        Ok(Writer {
+            queue,
+            dropped,
+            pending,
+        })
     }
 
     fn send(&self, line: Line) {
+        // Counted before it can be written, so the count never goes below zero.
+        self.pending.fetch_add(1, Ordering::Relaxed);
         match self.queue.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -71,16 +81,24 @@ impl Writer {
 
     /// Waits until every line queued so far is written, or `deadline`, whichever
     /// comes first: before exit. Never blocks past `deadline`, even when the queue
-    /// is full or the writer is stuck on output nobody reads (FAULT-7).
-    pub fn flush_until(&self, deadline: Instant) {
+    /// is full or the writer is stuck on output nobody reads (FAULT-7). Returns
+    /// how many lines were not written: dropped, or still queued.
+    pub fn flush_until(&self, deadline: Instant) -> u64 {
         let (done, written) = mpsc::sync_channel(1);
         if self.queue.try_send(Line::Flush(done)).is_ok() {
             let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
+        self.pending.load(Ordering::Relaxed) + self.dropped.load(Ordering::Relaxed)
     }
 }
 
-fn write_lines(lines: &Receiver<Line>, logger: &Logger, pid: u32, dropped: &AtomicU64) {
+fn write_lines(
+    lines: &Receiver<Line>,
+    logger: &Logger,
+    pid: u32,
+    dropped: &AtomicU64,
+    pending: &AtomicU64,
+) {
     let mut limiter = Limiter::new();
     loop {
         let next = match limiter.poll_timeout() {
@@ -124,7 +142,9 @@ fn write_lines(lines: &Receiver<Line>, logger: &Logger, pid: u32, dropped: &Atom
             }
             Line::Flush(done) => {
                 let _ = done.try_send(());
+                continue;
             }
         }
+        pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
