@@ -10,7 +10,7 @@
 //!
 //! The folders, in the order a client meets them:
 //! - [`config`]: [`config::cli::parse`] turns argv into a [`config::cli::Config`];
-//!   [`config::rules::AcceptRules::allows`] admits or refuses a client (CONN-1).
+//!   `config::rules::AcceptRules::allows` admits or refuses a client (CONN-1).
 //! - [`forwarder`]: what every connection of a listener shares
 //!   ([`forwarder::Forwarder`]): admission, the [`forwarder::select::Balancer`]
 //!   with health and the sticky table (CONN-2..5, OPT-12), the counts, the

@@ -126,7 +126,8 @@ impl Process {
     }
 
     /// The phase now.
-    pub fn phase(&self) -> Phase {
+    #[cfg(test)]
+    pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
 

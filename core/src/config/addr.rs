@@ -71,14 +71,14 @@ impl std::error::Error for AddrError {}
 /// True when a socket bound to `bind` (`-p`) can connect to `addr`: no bind, or
 /// one of the same family. An address of the other family is skipped, never a
 /// reason to drop a client or to mark a destination down (OPT-11, FAULT-6).
-pub fn reachable_from(bind: Option<IpAddr>, addr: &SocketAddr) -> bool {
+pub(crate) fn reachable_from(bind: Option<IpAddr>, addr: &SocketAddr) -> bool {
     bind.is_none_or(|b| b.is_ipv4() == addr.is_ipv4())
 }
 
 /// Returns the address a client really has: an IPv4-mapped IPv6 address
 /// (`::ffff:a.b.c.d`, as a dual-stack listener reports IPv4 clients) becomes the IPv4
 /// address it carries (CLI-8); every other address is returned unchanged.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -89,7 +89,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 }
 
 /// Parses a port: one to five ASCII digits with a value from 1 to 65535.
-pub fn parse_port(word: &str) -> Result<u16, AddrError> {
+pub(crate) fn parse_port(word: &str) -> Result<u16, AddrError> {
     let bad = || AddrError::BadPort(word.to_string());
     if word.is_empty() || word.len() > 5 || !word.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
@@ -102,7 +102,7 @@ pub fn parse_port(word: &str) -> Result<u16, AddrError> {
 
 /// Parses a numeric IP address, IPv4 dotted quad or IPv6, optionally in brackets
 /// (`[::1]`). Names are refused: plug does no DNS lookups (CLI-5).
-pub fn parse_ip(word: &str) -> Result<IpAddr, AddrError> {
+pub(crate) fn parse_ip(word: &str) -> Result<IpAddr, AddrError> {
     let inner = word
         .strip_prefix('[')
         .and_then(|w| w.strip_suffix(']'))
@@ -153,7 +153,7 @@ fn split_host_port(word: &str) -> Result<(&str, Option<&str>), AddrError> {
 
 /// Parses `addr[:port]` with a numeric address; `default_port` is used when the word
 /// has no port. IPv6 with a port is written `[addr]:port`.
-pub fn parse_socket_addr(word: &str, default_port: u16) -> Result<SocketAddr, AddrError> {
+pub(crate) fn parse_socket_addr(word: &str, default_port: u16) -> Result<SocketAddr, AddrError> {
     let (host, port) = split_host_port(word)?;
     let ip = parse_ip(host).map_err(|_| AddrError::BadAddress(word.to_string()))?;
     let port = match port {
@@ -326,7 +326,7 @@ impl Destination {
 
     /// The socket address to connect to, or `None` for a named host (which only an
     /// upstream proxy can reach).
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn socket_addr(&self) -> Option<SocketAddr> {
         match &self.host {
             Host::Ip(ip) => Some(SocketAddr::new(*ip, self.port)),
             Host::Name(_) => None,
@@ -391,7 +391,7 @@ impl Source {
 
     /// The FROM field of the session line (SPEC §4): the port, or `addr:port` when a
     /// listen address was given.
-    pub fn session_text(&self) -> String {
+    pub(crate) fn session_text(&self) -> String {
         match self.addr {
             None => self.port.to_string(),
             Some(ip) => SocketAddr::new(ip, self.port).to_string(),
@@ -399,7 +399,7 @@ impl Source {
     }
 
     /// The syslog tag of PROC-5: `(port)` or `(addr port)`.
-    pub fn log_tag(&self) -> String {
+    pub(crate) fn log_tag(&self) -> String {
         match self.addr {
             None => format!("({})", self.port),
             Some(ip) => format!("({ip} {})", self.port),

@@ -201,7 +201,7 @@ pub struct Config {
 
 impl Config {
     /// The dialing settings, with the credentials read from `--proxy-auth-file`.
-    pub fn dial_options(&self, credentials: Option<ProxyCredentials>) -> DialOptions {
+    pub(crate) fn dial_options(&self, credentials: Option<ProxyCredentials>) -> DialOptions {
         DialOptions {
             proxy: self.proxy,
             bind: self.bind,
@@ -211,7 +211,7 @@ impl Config {
     }
 
     /// The relay settings.
-    pub fn relay_options(&self) -> RelayOptions {
+    pub(crate) fn relay_options(&self) -> RelayOptions {
         RelayOptions {
             buffer_size: DEFAULT_BUFFER_SIZE,
             idle_timeout: self.idle_timeout,
@@ -353,7 +353,10 @@ const PROCESS_WIDE: &[&str] = &[
 /// (`words`: the line split at blanks, comment removed): the command line's
 /// options, overridden by the line's own (its `-a` rules replace the command
 /// line's), then the line's `source dest...` (OPT-13).
-pub fn listener_from_line(defaults: &Defaults, words: &[String]) -> Result<Config, CliError> {
+pub(crate) fn listener_from_line(
+    defaults: &Defaults,
+    words: &[String],
+) -> Result<Config, CliError> {
     let (line_opts, positionals) = match pre_pass(words)? {
         PrePass::Parsed { opts, positionals } => (opts, positionals),
         PrePass::Early(_) => {

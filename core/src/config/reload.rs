@@ -56,7 +56,7 @@ fn key(config: &Config) -> SocketAddr {
 /// True when a socket listening on `a` makes the kernel refuse a bind on `b`
 /// (or the reverse): the same port, and the same address or a wildcard that
 /// covers the other (`[::]` is dual-stack, PROC-1).
-pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+pub(crate) fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     let covers = |wide: SocketAddr, other: SocketAddr| {
         wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
     };

@@ -141,7 +141,7 @@ impl AcceptRules {
 
     /// Decides whether a client may connect: always with no rules, otherwise iff
     /// its address lies in at least one rule's network (CONN-1).
-    pub fn allows(&self, client: IpAddr) -> bool {
+    pub(crate) fn allows(&self, client: IpAddr) -> bool {
         self.rules.is_empty() || self.rules.iter().any(|r| r.contains(client))
     }
 }

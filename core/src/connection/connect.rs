@@ -75,7 +75,7 @@ impl ProxyCredentials {
     }
 
     /// The value of the `Proxy-Authorization` header.
-    pub fn header_value(&self) -> String {
+    pub(crate) fn header_value(&self) -> String {
         format!("Basic {}", self.encoded)
     }
 }
@@ -105,7 +105,7 @@ fn base64(input: &[u8]) -> String {
 /// Returns the request plug sends to the proxy for `dest`:
 /// `CONNECT dest HTTP/1.1`, a `Host` header (2.5.5 sent none), and
 /// `Proxy-Authorization` when credentials are configured.
-pub fn connect_request(dest: &Destination, credentials: Option<&ProxyCredentials>) -> Bytes {
+pub(crate) fn connect_request(dest: &Destination, credentials: Option<&ProxyCredentials>) -> Bytes {
     let mut req = format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n");
     if let Some(c) = credentials {
         req.push_str("Proxy-Authorization: ");
@@ -204,7 +204,7 @@ impl ProxyReply {
     /// Feeds bytes read from the proxy; call again with more while it returns
     /// [`ReplyStatus::NeedMore`]. Memory is bounded by [`MAX_REPLY_HEAD`] plus one
     /// read.
-    pub fn feed(&mut self, data: &[u8]) -> ReplyStatus {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> ReplyStatus {
         if self.complete {
             return ReplyStatus::Failed(ProxyFailure::AlreadyComplete);
         }
@@ -255,7 +255,7 @@ impl ProxyReply {
     }
 
     /// Reports that the proxy closed its side: a head that has not ended fails.
-    pub fn feed_eof(&mut self) -> ReplyStatus {
+    pub(crate) fn feed_eof(&mut self) -> ReplyStatus {
         if self.complete {
             return ReplyStatus::Failed(ProxyFailure::AlreadyComplete);
         }

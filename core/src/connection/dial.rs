@@ -54,13 +54,13 @@ impl Default for DialOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialStep {
     /// Ask the forwarder which destination to try next: the
-    /// [`ForwarderEvent::Choose`] is [`Dialer::poll_forwarder_event`]'s; give
-    /// the answer to [`Dialer::handle_chosen`].
+    /// [`ForwarderEvent::Choose`] is `Dialer::poll_forwarder_event`'s; give
+    /// the answer to `Dialer::handle_chosen`.
     Choose,
     /// A choice was asked for and has not come back: nothing to do yet.
     Wait,
     /// Open a TCP connection to `addr`, bound first to `bind` when given, and report
-    /// the result with [`Dialer::handle_connected`] or [`Dialer::handle_connect_failed`];
+    /// the result with [`Dialer::handle_connected`] or `Dialer::handle_connect_failed`;
     /// give up on it at [`Dialer::poll_timeout`].
     Connect {
         /// The destination being tried.
@@ -71,12 +71,12 @@ pub enum DialStep {
         bind: Option<SocketAddr>,
     },
     /// Write all of `request` to the proxy, then read its reply and feed it to
-    /// [`Dialer::handle_reply_data`] (or report EOF / an error).
+    /// `Dialer::handle_reply_data` (or report EOF / an error).
     SendRequest {
         /// The CONNECT request.
         request: Bytes,
     },
-    /// Read more of the proxy's reply and feed it to [`Dialer::handle_reply_data`].
+    /// Read more of the proxy's reply and feed it to `Dialer::handle_reply_data`.
     ReadReply,
     /// Connected: start relaying, delivering `leftover` to the client first.
     Established {
@@ -117,7 +117,7 @@ impl fmt::Display for DialFailure {
     }
 }
 
-/// What a dialer noticed, for the log; drained with [`Dialer::poll_event`].
+/// What a dialer noticed, for the log; drained with `Dialer::poll_event`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DialEvent {
     /// The destination that failed.
@@ -198,7 +198,7 @@ impl Dialer {
     }
 
     /// The destination being tried or reached, if any.
-    pub fn current(&self) -> Option<DestId> {
+    pub(crate) fn current(&self) -> Option<DestId> {
         match self.phase {
             Phase::Connecting { dest, .. }
             | Phase::Handshaking { dest, .. }
@@ -234,7 +234,7 @@ impl Dialer {
 
     /// Takes the forwarder's answer to [`DialStep::Choose`]: the plan back, and
     /// the destination to try (`None`: every one this client may try has failed).
-    pub fn handle_chosen(
+    pub(crate) fn handle_chosen(
         &mut self,
         now: Instant,
         plan: AttemptPlan,
@@ -363,7 +363,11 @@ impl Dialer {
 
     /// Reports that the connect failed, or that writing the request or reading the
     /// reply failed: the destination is marked unhealthy and the next one is tried.
-    pub fn handle_connect_failed(&mut self, now: Instant, error: &dyn fmt::Display) -> DialStep {
+    pub(crate) fn handle_connect_failed(
+        &mut self,
+        now: Instant,
+        error: &dyn fmt::Display,
+    ) -> DialStep {
         self.fail(now, DialFailure::Io(error.to_string()))
     }
 
@@ -377,7 +381,7 @@ impl Dialer {
 
     /// Feeds bytes read from the proxy after [`DialStep::SendRequest`] or
     /// [`DialStep::ReadReply`].
-    pub fn handle_reply_data(&mut self, now: Instant, data: &[u8]) -> DialStep {
+    pub(crate) fn handle_reply_data(&mut self, now: Instant, data: &[u8]) -> DialStep {
         let Phase::Handshaking { dest, reply, .. } = &mut self.phase else {
             return self.stale();
         };
@@ -390,7 +394,7 @@ impl Dialer {
     }
 
     /// Reports that the proxy closed the connection while its reply was awaited.
-    pub fn handle_reply_eof(&mut self, now: Instant) -> DialStep {
+    pub(crate) fn handle_reply_eof(&mut self, now: Instant) -> DialStep {
         if !matches!(self.phase, Phase::Handshaking { .. }) {
             return self.stale();
         }
@@ -420,7 +424,7 @@ impl Dialer {
 
     /// Returns the next thing worth logging, oldest first.
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<DialEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<DialEvent> {
         self.events.pop_front()
     }
 
@@ -429,7 +433,7 @@ impl Dialer {
     /// asked for (health first, so the choice knows it). The destination
     /// reached is the connection's to tell.
     #[must_use]
-    pub fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
+    pub(crate) fn poll_forwarder_event(&mut self) -> Option<ForwarderEvent> {
         if let Some(failed) = self.shared.pop_front() {
             return Some(failed);
         }
@@ -439,8 +443,8 @@ impl Dialer {
         }
     }
 
-    /// True when [`Dialer::poll_forwarder_event`] has one.
-    pub fn has_forwarder_event(&self) -> bool {
+    /// True when `Dialer::poll_forwarder_event` has one.
+    pub(crate) fn has_forwarder_event(&self) -> bool {
         !self.shared.is_empty() || (matches!(self.phase, Phase::Choosing) && self.plan.is_some())
     }
 }

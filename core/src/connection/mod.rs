@@ -343,7 +343,7 @@ enum Pending {
 }
 
 /// One accepted client: the machine of its whole life. Made by
-/// [`Forwarder::handle_accepted`].
+/// [`Forwarder::handle_accepted`](crate::forwarder::Forwarder::handle_accepted).
 #[derive(Debug)]
 pub struct Connection {
     settings: Arc<Settings>,

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 
 /// A spliced read smaller than this means the flow is interactive again, and the
-/// direction goes back to copying (see [`Half::wants_read`]).
+/// direction goes back to copying (see `Half::wants_read`).
 pub const SMALL_READ: usize = 4 * 1024;
 
 /// The copy buffer of a direction that can splice: bulk goes through the pipe, so
@@ -91,7 +91,7 @@ pub enum ReadInto {
     /// Into [`Half::read_space`], then [`Half::handle_read`].
     Buffer,
     /// splice(2) from the source socket into this direction's pipe, at most
-    /// [`Half::pipe_space`] bytes, then [`Half::handle_spliced_in`].
+    /// `Half::pipe_space` bytes, then `Half::handle_spliced_in`.
     Pipe,
 }
 
@@ -101,7 +101,7 @@ pub enum WriteFrom {
     /// From [`Half::write_data`], then [`Half::handle_written`].
     Buffer,
     /// splice(2) from this direction's pipe to the sink socket, at most
-    /// [`Half::piped`] bytes, then [`Half::handle_spliced_out`].
+    /// [`Half::piped`] bytes, then `Half::handle_spliced_out`.
     Pipe,
 }
 
@@ -175,7 +175,7 @@ impl Half {
     /// when a pipe cannot be had. Safe at any time: reads go to the pipe only while
     /// the buffer is empty and to the buffer only while the pipe is empty, and the
     /// buffer is always written first, so order is kept.
-    pub fn set_splice(&mut self, pipe_capacity: Option<usize>) {
+    pub(crate) fn set_splice(&mut self, pipe_capacity: Option<usize>) {
         self.pipe_capacity = pipe_capacity.unwrap_or(0);
     }
 
@@ -185,7 +185,8 @@ impl Half {
     }
 
     /// Bytes written to the sink so far.
-    pub fn delivered(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn delivered(&self) -> u64 {
         self.delivered
     }
 
@@ -195,7 +196,7 @@ impl Half {
     }
 
     /// Bytes held in the buffer.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.tail - self.head
     }
 
@@ -205,18 +206,18 @@ impl Half {
     }
 
     /// How many more bytes the pipe may take.
-    pub fn pipe_space(&self) -> usize {
+    pub(crate) fn pipe_space(&self) -> usize {
         self.pipe_capacity.saturating_sub(self.piped)
     }
 
     /// True when nothing read is waiting to be written (buffer and pipe empty).
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.buffered() == 0 && self.piped == 0
     }
 
     /// True when this direction has finished: shut down after its source ended, or
     /// aborted.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self.state, HalfState::Closed | HalfState::Aborted)
     }
 
@@ -227,7 +228,7 @@ impl Half {
     /// a copy read that fills at least half the buffer switches it to the pipe, and
     /// a spliced read under [`SMALL_READ`] switches it back. Small interactive
     /// messages are cheaper copied than moved through a pipe, and need none.
-    pub fn wants_read(&self) -> Option<ReadInto> {
+    pub(crate) fn wants_read(&self) -> Option<ReadInto> {
         if self.state != HalfState::Open || self.pipe_full {
             return None;
         }
@@ -255,7 +256,7 @@ impl Half {
 
     /// Where the next write comes from, or `None` when nothing is pending. The
     /// buffer is always emptied before the pipe.
-    pub fn wants_write(&self) -> Option<WriteFrom> {
+    pub(crate) fn wants_write(&self) -> Option<WriteFrom> {
         if self.is_done() {
             None
         } else if self.buffered() > 0 {
@@ -269,7 +270,7 @@ impl Half {
 
     /// True when the source ended and everything was delivered, so the sink's write
     /// half should be shut down now (exactly once).
-    pub fn wants_shutdown(&self) -> bool {
+    pub(crate) fn wants_shutdown(&self) -> bool {
         self.state == HalfState::Draining && self.is_idle()
     }
 
@@ -342,7 +343,7 @@ impl Half {
 
     /// Records that `n` bytes were spliced from the source into the pipe; `0`
     /// means the source ended.
-    pub fn handle_spliced_in(&mut self, n: usize) {
+    pub(crate) fn handle_spliced_in(&mut self, n: usize) {
         if n == 0 {
             return self.handle_eof();
         }
@@ -388,7 +389,7 @@ impl Half {
     }
 
     /// Records that `n` bytes were spliced from the pipe to the sink.
-    pub fn handle_spliced_out(&mut self, n: usize) {
+    pub(crate) fn handle_spliced_out(&mut self, n: usize) {
         if self.is_done() {
             return;
         }
@@ -404,14 +405,14 @@ impl Half {
     /// have data, because the pipe is full: no read is wanted until some of it has
     /// been written out (so a driver does not wait on a readable socket and spin).
     /// Ignored when the pipe is empty, where blocking means the socket has nothing.
-    pub fn handle_pipe_full(&mut self) {
+    pub(crate) fn handle_pipe_full(&mut self) {
         if self.piped > 0 {
             self.pipe_full = true;
         }
     }
 
     /// Records that the sink's write half was shut down; this direction is done.
-    /// Ignored unless [`Half::wants_shutdown`] was true.
+    /// Ignored unless `Half::wants_shutdown` was true.
     pub fn handle_shutdown(&mut self) {
         if self.wants_shutdown() {
             self.state = HalfState::Closed;
@@ -419,7 +420,7 @@ impl Half {
     }
 
     /// Ends this direction because the connection failed; pending bytes are dropped.
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         if self.state != HalfState::Closed {
             self.state = HalfState::Aborted;
         }
@@ -429,7 +430,7 @@ impl Half {
     /// Takes the buffer away when nothing is pending (or the direction is aborted), so
     /// an idle connection holds no buffer memory; returns it so the adapter can pool
     /// it, or `None` when there is none to give or bytes are still pending.
-    pub fn release_idle_buffer(&mut self) -> Option<BytesMut> {
+    pub(crate) fn release_idle_buffer(&mut self) -> Option<BytesMut> {
         if self.storage.is_empty() || (self.buffered() > 0 && self.state != HalfState::Aborted) {
             return None;
         }
@@ -441,7 +442,7 @@ impl Half {
     /// Lends a buffer (e.g. from a pool) for this direction's next reads; used only
     /// when it has none, resized to the configured capacity. Its old contents are
     /// never sent: only bytes read into it are written out.
-    pub fn provide_buffer(&mut self, mut buffer: BytesMut) {
+    pub(crate) fn provide_buffer(&mut self, mut buffer: BytesMut) {
         if self.storage.is_empty() {
             buffer.resize(self.buffer_size(), 0);
             self.storage = buffer;
@@ -451,12 +452,12 @@ impl Half {
     }
 
     /// The size of buffer this direction would allocate for its next read.
-    pub fn planned_buffer_size(&self) -> usize {
+    pub(crate) fn planned_buffer_size(&self) -> usize {
         self.buffer_size()
     }
 
     /// True when this direction holds a buffer.
-    pub fn has_buffer(&self) -> bool {
+    pub(crate) fn has_buffer(&self) -> bool {
         !self.storage.is_empty()
     }
 
@@ -512,7 +513,7 @@ pub enum RelayEnd {
 impl RelayEnd {
     /// True when the surviving peer should see a reset rather than a clean close,
     /// so that a stream cut short is never mistaken for a complete one.
-    pub fn is_abortive(self) -> bool {
+    pub(crate) fn is_abortive(self) -> bool {
         matches!(self, RelayEnd::Failed { .. })
     }
 }
@@ -550,7 +551,7 @@ impl Relay {
 
     /// Like [`Relay::new`], and `preamble` (a PROXY protocol header, OPT-4) goes to
     /// the destination before any client byte; it is not counted as received.
-    pub fn with_preamble(
+    pub(crate) fn with_preamble(
         now: Instant,
         options: RelayOptions,
         leftover: &[u8],
@@ -580,7 +581,7 @@ impl Relay {
     /// One direction's state, for [`Half::read_space`], [`Half::set_splice`] and
     /// [`Half::release_idle_buffer`]. Report I/O through the `Relay` methods so the
     /// idle timer sees it.
-    pub fn half_mut(&mut self, dir: Direction) -> &mut Half {
+    pub(crate) fn half_mut(&mut self, dir: Direction) -> &mut Half {
         match dir {
             Direction::Upstream => &mut self.upstream,
             Direction::Downstream => &mut self.downstream,
@@ -605,13 +606,13 @@ impl Relay {
     }
 
     /// Records `n` bytes spliced into `dir`'s pipe (`0`: its source ended).
-    pub fn handle_spliced_in(&mut self, now: Instant, dir: Direction, n: usize) {
+    pub(crate) fn handle_spliced_in(&mut self, now: Instant, dir: Direction, n: usize) {
         self.touch(now, n);
         self.half_mut(dir).handle_spliced_in(n);
     }
 
     /// Records that `dir`'s pipe was found full (see [`Half::handle_pipe_full`]).
-    pub fn handle_pipe_full(&mut self, _now: Instant, dir: Direction) {
+    pub(crate) fn handle_pipe_full(&mut self, _now: Instant, dir: Direction) {
         self.half_mut(dir).handle_pipe_full();
     }
 
@@ -627,7 +628,7 @@ impl Relay {
     }
 
     /// Records `n` bytes spliced out of `dir`'s pipe.
-    pub fn handle_spliced_out(&mut self, now: Instant, dir: Direction, n: usize) {
+    pub(crate) fn handle_spliced_out(&mut self, now: Instant, dir: Direction, n: usize) {
         self.touch(now, n);
         self.half_mut(dir).handle_spliced_out(n);
     }
@@ -639,7 +640,7 @@ impl Relay {
 
     /// Records a reset or error on `side` (a failed read, write or shutdown): both
     /// directions end at once (CONN-6).
-    pub fn handle_error(&mut self, _now: Instant, side: Side) {
+    pub(crate) fn handle_error(&mut self, _now: Instant, side: Side) {
         if self.is_finished() {
             return;
         }
@@ -672,7 +673,7 @@ impl Relay {
     }
 
     /// True when both directions are done: close both sockets then.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.upstream.is_done() && self.downstream.is_done()
     }
 

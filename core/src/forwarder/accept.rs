@@ -51,7 +51,7 @@ impl AcceptBackoff {
 
     /// Decides what to do after accept failed at `now` with `failure`; `detail` is
     /// the OS error text for the log.
-    pub fn handle_failure(
+    pub(crate) fn handle_failure(
         &mut self,
         now: Instant,
         failure: AcceptFailure,

@@ -34,7 +34,7 @@ fn default_pipes(usable: u64) -> u64 {
 /// The default `--max-conns` for an open-file limit of `nofile` (FAULT-3): every
 /// connection holds two sockets, and splice pipes have descriptors of their own
 /// set aside, so an admitted client is never dropped for lack of descriptors.
-pub fn default_max_conns(nofile: u64) -> usize {
+pub(crate) fn default_max_conns(nofile: u64) -> usize {
     let usable = nofile.saturating_sub(RESERVED_DESCRIPTORS);
     let for_connections = usable.saturating_sub(2 * default_pipes(usable)) / 2;
     usize::try_from(for_connections)
@@ -45,7 +45,7 @@ pub fn default_max_conns(nofile: u64) -> usize {
 /// How many splice pipes may be open at once when `max_conns` connections (each
 /// two sockets) share an open-file limit of `nofile` (FAULT-3): what is left after
 /// the connections, at most [`MAX_PIPES`]. Zero means every direction copies.
-pub fn pipe_budget(nofile: u64, max_conns: usize) -> usize {
+pub(crate) fn pipe_budget(nofile: u64, max_conns: usize) -> usize {
     let usable = nofile.saturating_sub(RESERVED_DESCRIPTORS);
     let conns = u64::try_from(max_conns).unwrap_or(u64::MAX);
     let left = usable.saturating_sub(conns.saturating_mul(2)) / 2;
@@ -69,14 +69,14 @@ impl PipeBudget {
     }
 
     /// Takes one pipe from the budget; false when none is left.
-    pub fn try_take(&self) -> bool {
+    pub(crate) fn try_take(&self) -> bool {
         self.free
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok()
     }
 
     /// Gives back a pipe taken with [`PipeBudget::try_take`].
-    pub fn give_back(&self) {
+    pub(crate) fn give_back(&self) {
         self.free.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -102,7 +102,7 @@ pub struct ProcessBudget {
 }
 
 impl ProcessBudget {
-    /// The budget for `--max-conns` (`None`: [`default_max_conns`] of the
+    /// The budget for `--max-conns` (`None`: `default_max_conns` of the
     /// open-file limit `nofile`), with pipes when the runtime splices.
     pub fn new(max_conns: Option<u32>, nofile: u64, splicing: bool) -> Self {
         let max_conns = max_conns.map_or_else(
@@ -256,7 +256,7 @@ impl Admission {
 
     /// Takes new accept rules and per-client limit (a reload, OPT-15); the
     /// connections open stay counted.
-    pub fn reconfigure(&mut self, rules: AcceptRules, max_per_client: Option<u32>) {
+    pub(crate) fn reconfigure(&mut self, rules: AcceptRules, max_per_client: Option<u32>) {
         self.rules = rules;
         self.max_per_client = max_per_client.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     }

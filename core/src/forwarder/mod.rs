@@ -3,8 +3,9 @@
 //! fails (SPEC §5) and the rate limits of client-caused log lines (FAULT-4).
 //!
 //! The adapter keeps one `Forwarder` behind a lock. The accept loop feeds it
-//! [`Forwarder::handle_accepted`]; each [`Connection`] reaches it through
-//! [`Connection::sync`]. There is one count of open connections, the admission's:
+//! [`Forwarder::handle_accepted`]; each [`Connection`] talks to it by events
+//! ([`crate::shared`]), handed over by [`Forwarder::exchange`]. There is one
+//! count of open connections, the admission's:
 //! it goes up when a client is admitted and down when its connection is accounted
 //! for, whatever ended it (FAULT-5).
 

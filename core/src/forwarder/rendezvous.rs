@@ -34,14 +34,14 @@ fn splitmix64(mut z: u64) -> u64 {
 /// The part of every weight that depends on the destination alone: its text as
 /// written (`10.0.0.5:80`, `backend.example:443`), not its place on the command
 /// line, so the order of the list never matters. Computed once per destination.
-pub fn destination_key(dest: &Destination) -> u64 {
+pub(crate) fn destination_key(dest: &Destination) -> u64 {
     fnv1a(FNV_OFFSET, dest.to_string().as_bytes())
 }
 
 /// The weight of the destination with `key` ([`destination_key`]) for `client`:
 /// the same on every machine, in every run; an IPv4-mapped client counts as its
 /// IPv4 address.
-pub fn weight_with(key: u64, client: IpAddr) -> u64 {
+pub(crate) fn weight_with(key: u64, client: IpAddr) -> u64 {
     // A separator no address text contains keeps (dest, client) pairs apart.
     let h = fnv1a(key, b"|");
     let h = match canonical_ip(client) {
@@ -56,7 +56,7 @@ pub fn weight_with(key: u64, client: IpAddr) -> u64 {
 /// fraction in (0, 1). Each destination then wins a share of clients
 /// proportional to its weight, and a removed destination's clients still are
 /// the only ones that move. For equal weights the order is the hashes' order.
-pub fn weighted_score(hash: u64, weight: u32) -> f64 {
+pub(crate) fn weighted_score(hash: u64, weight: u32) -> f64 {
     // The midpoint of the hash's interval: never 0, never 1.
     #[allow(clippy::cast_precision_loss)]
     let u = (hash as f64 + 0.5) / 18_446_744_073_709_551_616.0;

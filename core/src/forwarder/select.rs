@@ -77,7 +77,7 @@ impl Default for SelectPolicy {
     }
 }
 
-/// What the balancer noticed, for the log; drained with [`Balancer::poll_event`].
+/// What the balancer noticed, for the log; drained with `Balancer::poll_event`.
 /// Destinations are named by address, as the operator wrote them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SelectEvent {
@@ -156,12 +156,12 @@ impl AttemptPlan {
     }
 
     /// How many destinations this client has been given so far.
-    pub fn attempts(&self) -> usize {
+    pub(crate) fn attempts(&self) -> usize {
         self.tried.len()
     }
 
     /// True when this client has already been given `dest`.
-    pub fn has_tried(&self, dest: DestId) -> bool {
+    pub(crate) fn has_tried(&self, dest: DestId) -> bool {
         self.tried.contains(&dest)
     }
 }
@@ -302,7 +302,7 @@ impl Balancer {
     /// its identity, health, addresses and sticky clients; a new one starts
     /// healthy with a new identity; sticky clients of one that is gone are
     /// forgotten.
-    pub fn reconfigure(&mut self, destinations: Vec<Destination>, policy: SelectPolicy) {
+    pub(crate) fn reconfigure(&mut self, destinations: Vec<Destination>, policy: SelectPolicy) {
         let mut old: Vec<Option<Entry>> = self.entries.drain(..).map(Some).collect();
         let mut entries = Vec::with_capacity(destinations.len());
         for dest in &destinations {
@@ -371,7 +371,7 @@ impl Balancer {
     }
 
     /// `id` as a [`Choice`] for one attempt: its destination and addresses.
-    pub fn choice(&self, id: DestId) -> Option<Choice> {
+    pub(crate) fn choice(&self, id: DestId) -> Option<Choice> {
         self.entry(id).map(|e| Choice {
             dest: id,
             destination: e.dest.clone(),
@@ -436,7 +436,7 @@ impl Balancer {
 
     /// When `id`'s current outage began (`None`: it is not reported down): for the
     /// state dump, which says how long a destination has been out.
-    pub fn down_since(&self, id: DestId) -> Option<Instant> {
+    pub(crate) fn down_since(&self, id: DestId) -> Option<Instant> {
         self.entry(id).and_then(|e| e.down_since)
     }
 
@@ -448,7 +448,8 @@ impl Balancer {
 
     /// The number of clients in the sticky table right now (expired entries that no
     /// call has purged yet included).
-    pub fn sticky_len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn sticky_len(&self) -> usize {
         self.sticky.entries.len()
     }
 
@@ -502,7 +503,7 @@ impl Balancer {
     /// eligible, every one is marked healthy again and the first untried one is
     /// used, with rotation continuing after it (CONN-2). When every destination
     /// is draining, none is chosen.
-    pub fn next_attempt(&mut self, now: Instant, plan: &mut AttemptPlan) -> Option<DestId> {
+    pub(crate) fn next_attempt(&mut self, now: Instant, plan: &mut AttemptPlan) -> Option<DestId> {
         let n = self.entries.len();
         if n == 0 || plan.attempts() >= n {
             return None;
@@ -644,7 +645,7 @@ impl Balancer {
     /// because of `reason`: it leaves rotation until `-r` passes or every
     /// destination has failed (CONN-3). The first failure of an outage is
     /// reported as [`SelectEvent::Down`].
-    pub fn handle_connect_failed(&mut self, now: Instant, dest: DestId, reason: &str) {
+    pub(crate) fn handle_connect_failed(&mut self, now: Instant, dest: DestId, reason: &str) {
         let Some(e) = self.entry_mut(dest) else {
             return;
         };
@@ -677,7 +678,7 @@ impl Balancer {
 
     /// Returns the next thing worth logging, oldest first; drain after each call.
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<SelectEvent> {
+    pub(crate) fn poll_event(&mut self) -> Option<SelectEvent> {
         self.events.pop_front()
     }
 }
@@ -685,7 +686,7 @@ impl Balancer {
 impl SelectEvent {
     /// The log line of this event: health changes at the normal level, limited
     /// as clients can cause them (FAULT-4); retries as debug detail.
-    pub fn log_record(&self) -> LogRecord {
+    pub(crate) fn log_record(&self) -> LogRecord {
         let text = self.to_string();
         match self {
             SelectEvent::Down { .. }

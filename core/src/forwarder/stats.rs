@@ -43,7 +43,7 @@ pub struct DurationHistogram {
 
 impl DurationHistogram {
     /// Counts one connection that lasted `d`.
-    pub fn observe(&mut self, d: Duration) {
+    pub(crate) fn observe(&mut self, d: Duration) {
         let secs = d.as_secs_f64();
         if let Some(i) = DURATION_BUCKETS.iter().position(|&b| secs <= b) {
             self.buckets[i] += 1;
@@ -101,7 +101,7 @@ impl Stats {
 
     /// After a reload (OPT-15): counters for the destinations `ids` names, the
     /// ones that stayed keeping theirs.
-    pub fn reconfigure(&mut self, ids: impl Iterator<Item = DestId>) {
+    pub(crate) fn reconfigure(&mut self, ids: impl Iterator<Item = DestId>) {
         let mut old = std::mem::take(&mut self.destinations);
         self.destinations = ids
             .map(|id| (id, old.remove(&id).unwrap_or_default()))
@@ -120,7 +120,7 @@ impl Stats {
     }
 
     /// Counts a client refused by the rules or a limit.
-    pub fn handle_refused(&mut self, why: &Refusal) {
+    pub(crate) fn handle_refused(&mut self, why: &Refusal) {
         match why {
             Refusal::Rules => self.refused.rules += 1,
             Refusal::Capacity { .. } => self.refused.max_conns += 1,
@@ -129,14 +129,14 @@ impl Stats {
     }
 
     /// Counts a connect to `dest` that failed for a client (not a health check).
-    pub fn handle_connect_failed(&mut self, dest: DestId) {
+    pub(crate) fn handle_connect_failed(&mut self, dest: DestId) {
         if let Some(d) = self.destinations.get_mut(&dest) {
             d.connect_failures += 1;
         }
     }
 
     /// Counts a connection that reached `dest`.
-    pub fn handle_established(&mut self, dest: DestId) {
+    pub(crate) fn handle_established(&mut self, dest: DestId) {
         if let Some(d) = self.destinations.get_mut(&dest) {
             d.open += 1;
             d.total += 1;
@@ -146,7 +146,7 @@ impl Stats {
     /// Counts the end of an admitted connection that lasted `duration`: with the
     /// destination it reached and its relay outcome, or with none when every
     /// destination failed.
-    pub fn handle_closed(
+    pub(crate) fn handle_closed(
         &mut self,
         reached: Option<DestId>,
         outcome: Option<&RelayOutcome>,

@@ -239,7 +239,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// Decides about one line at `now`: `true` to write it. Call
-    /// [`RateLimit::poll_suppressed`] first so the count comes before new lines.
+    /// `RateLimit::poll_suppressed` first so the count comes before new lines.
     pub fn allow(&mut self, now: Instant) -> bool {
         self.roll(now);
         if self.in_window < RATE_LIMIT {
@@ -264,7 +264,7 @@ impl RateLimit {
     /// The line about what was held back, once its window has ended; `None` while
     /// the window runs or when nothing was suppressed.
     #[must_use]
-    pub fn poll_suppressed(&mut self, now: Instant) -> Option<String> {
+    pub(crate) fn poll_suppressed(&mut self, now: Instant) -> Option<String> {
         if self.suppressed == 0 {
             return None;
         }
@@ -425,7 +425,7 @@ pub fn refused(source: &Source, peer: IpAddr) -> String {
 
 /// `TAG: Connect from ADDR refused: REASON` for a client over a connection limit
 /// (OPT-3); clients refused by the accept rules keep 2.5.5's [`refused`] text.
-pub fn over_limit(
+pub(crate) fn over_limit(
     source: &Source,
     peer: IpAddr,
     reason: &crate::forwarder::admission::Refusal,

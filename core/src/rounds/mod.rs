@@ -20,7 +20,7 @@ impl Rounds {
     }
 
     /// How often rounds come.
-    pub fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         self.every
     }
 
