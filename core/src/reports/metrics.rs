@@ -890,9 +890,32 @@ mod tests {
         ) {
             let req = b"GET /metrics HTTP/1.1\r\nHost: plug\r\nAccept: */*\r\n\r\n";
             prop_assert_eq!(scrape(req, &splits, "m 1\n"), scrape(req, &[], "m 1\n"));
-            // Garbage is never answered with the metrics.
+            // Garbage is never answered with the metrics: an error, or
+            // nothing when it never ends a head.
             let answer = scrape(&garbage, &splits, "m 1\n");
-            prop_assert!(!answer.starts_with("HTTP/1.1 200"), "{}", answer);
+            prop_assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{}", answer);
+        }
+
+        /// OPT-9: each kind of request gets its status, however it arrives.
+        #[test]
+        fn each_status_for_every_split_opt_9(
+            splits in proptest::collection::vec(0usize..40, 0..6),
+            case in 0usize..6,
+        ) {
+            let long = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_REQUEST_HEAD));
+            let cases: [(&[u8], &str); 6] = [
+                (b"GET /metrics HTTP/1.1\r\nHost: plug\r\n\r\n", "HTTP/1.1 200 "),
+                (b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n", "HTTP/1.1 200 "),
+                (b"GET /other HTTP/1.1\r\n\r\n", "HTTP/1.1 404 "),
+                (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 405 "),
+                (b"\x16\x03\x01\x02\x00\x01\x00\xfc\x03\x03\r\n\r\n", "HTTP/1.1 400 "),
+                (long.as_bytes(), "HTTP/1.1 400 "),
+            ];
+            let (request, status) = cases[case];
+            let answer = scrape(request, &splits, "m 1\n");
+            prop_assert!(answer.starts_with(status), "{:?}: {}", String::from_utf8_lossy(&request[..request.len().min(40)]), answer);
+            // The metrics only with a 200.
+            prop_assert_eq!(answer.ends_with("\r\n\r\nm 1\n"), status == "HTTP/1.1 200 ");
         }
     }
 
