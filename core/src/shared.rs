@@ -148,6 +148,25 @@ mod tests {
         conn.handle_event(now, ConnectionEvent::Chosen { plan, choice: c });
     }
 
+    /// A connection whose first choice, 127.0.0.1:1, was given, and whose
+    /// connect to it was asked for.
+    fn connecting(words: &[&str], now: Instant) -> Connection {
+        let mut conn = connection(words, now);
+        let (_, mut events) = next(&mut conn, now);
+        chosen(
+            &mut conn,
+            now,
+            events.remove(0),
+            Some(choice(0, "127.0.0.1:1")),
+        );
+        let (out, _) = next(&mut conn, now);
+        assert!(
+            matches!(out, Output::Connect { addr, .. } if addr.port() == 1),
+            "{out:?}"
+        );
+        conn
+    }
+
     #[test]
     fn a_new_connection_asks_which_destination_before_anything_else_conn_2() {
         let now = t0();
@@ -182,19 +201,7 @@ mod tests {
     #[test]
     fn a_refused_connect_is_reported_before_the_next_choice_conn_3_conn_4() {
         let now = t0();
-        let mut conn = connection(&["8080", "127.0.0.1:1", "127.0.0.1:2"], now);
-        let (_, mut events) = next(&mut conn, now);
-        chosen(
-            &mut conn,
-            now,
-            events.remove(0),
-            Some(choice(0, "127.0.0.1:1")),
-        );
-        let (out, _) = next(&mut conn, now);
-        assert!(
-            matches!(out, Output::Connect { addr, .. } if addr.port() == 1),
-            "{out:?}"
-        );
+        let mut conn = connecting(&["8080", "127.0.0.1:1", "127.0.0.1:2"], now);
         conn.handle_connect_started(now, Err(ConnectFailure::Remote("refused".into())));
         let (out, events) = next(&mut conn, now);
         assert_eq!(out, Output::Forwarder);
@@ -213,15 +220,7 @@ mod tests {
     #[test]
     fn plugs_own_failure_blames_no_destination_fault_6() {
         let now = t0();
-        let mut conn = connection(&["8080", "127.0.0.1:1", "127.0.0.1:2"], now);
-        let (_, mut events) = next(&mut conn, now);
-        chosen(
-            &mut conn,
-            now,
-            events.remove(0),
-            Some(choice(0, "127.0.0.1:1")),
-        );
-        let _ = next(&mut conn, now);
+        let mut conn = connecting(&["8080", "127.0.0.1:1", "127.0.0.1:2"], now);
         conn.handle_connect_started(
             now,
             Err(ConnectFailure::Local("Too many open files".into())),
@@ -236,15 +235,7 @@ mod tests {
     #[test]
     fn the_destination_reached_is_reported_once_and_its_end_after_the_close_conn_5() {
         let now = t0();
-        let mut conn = connection(&["8080", "127.0.0.1:1"], now);
-        let (_, mut events) = next(&mut conn, now);
-        chosen(
-            &mut conn,
-            now,
-            events.remove(0),
-            Some(choice(0, "127.0.0.1:1")),
-        );
-        let _ = next(&mut conn, now);
+        let mut conn = connecting(&["8080", "127.0.0.1:1"], now);
         conn.handle_connect_started(now, Ok(()));
         let ready = Ready {
             read: false,
