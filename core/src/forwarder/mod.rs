@@ -526,11 +526,16 @@ mod tests {
     use crate::test_clock::t0;
     use std::ffi::OsString;
 
-    fn forwarder(words: &[&str]) -> Forwarder {
+    fn config(words: &[&str]) -> Config {
         let argv = words.iter().map(OsString::from).collect();
         let Ok(Action::Run(config)) = cli::parse(argv) else {
             panic!("bad command line");
         };
+        *config
+    }
+
+    fn forwarder(words: &[&str]) -> Forwarder {
+        let config = config(words);
         let runtime = Runtime {
             name: "test",
             pipe_capacity: Some(1 << 20),
@@ -737,6 +742,27 @@ mod tests {
         std::iter::from_fn(|| f.poll_log(now))
             .map(|r| r.text)
             .collect()
+    }
+
+    /// OPT-15 with OPT-10/11: a reload that keeps a line's `--resolve` keeps
+    /// its rhythm (no burst of lookups on every SIGHUP); a changed period
+    /// starts a new schedule at once.
+    #[test]
+    fn a_reload_keeps_the_rhythm_of_rounds_that_stay_opt_11_opt_15() {
+        let now = t0();
+        let words = ["--resolve", "30", "8080", "web.example:80"];
+        let mut f = forwarder(&words);
+        assert_eq!(f.poll_lookups(now).len(), 1);
+        let later = now + Duration::from_secs(5);
+        f.handle_reconfigure(later, &config(&words), None);
+        assert!(f.poll_lookups(later).is_empty(), "due again at 30 s only");
+        let faster = ["--resolve", "10", "8080", "web.example:80"];
+        f.handle_reconfigure(later, &config(&faster), None);
+        assert_eq!(
+            f.poll_lookups(later).len(),
+            1,
+            "a new schedule starts at once"
+        );
     }
 
     #[test]
