@@ -498,21 +498,6 @@ impl Connection {
         out
     }
 
-    /// The earliest deadline of the current phase (connect, idle, buffer release),
-    /// or `None`.
-    #[must_use]
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        match &self.phase {
-            Phase::Dialing(d) => d.dialer.poll_timeout(),
-            Phase::Relaying(relay) => earliest(
-                relay.poll_timeout(),
-                self.quiet_since
-                    .and_then(|since| self.release_deadline_at(since)),
-            ),
-            Phase::Closing { .. } => None,
-        }
-    }
-
     /// Checks the deadlines at `now` (also done by every [`Connection::poll_output`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         match &mut self.phase {
