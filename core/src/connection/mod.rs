@@ -1329,3 +1329,176 @@ impl fmt::Display for ConnectFailure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! What the whole-connection simulation does not pin: what an I/O error
+    //! means, when the connection is over, how long it may run before letting
+    //! others, that both directions take turns, and when quiet buffers go.
+    use super::*;
+    use crate::config::cli::{self, Action};
+    use crate::forwarder::Forwarder;
+    use crate::test_clock::t0;
+    use std::ffi::OsString;
+
+    #[test]
+    fn would_block_and_interrupted_are_not_errors_fault_1() {
+        let err = |k: io::ErrorKind| Transfer::from(Err(io::Error::from(k)));
+        assert_eq!(err(io::ErrorKind::WouldBlock), Transfer::WouldBlock);
+        assert_eq!(err(io::ErrorKind::Interrupted), Transfer::Interrupted);
+        assert!(matches!(
+            err(io::ErrorKind::ConnectionReset),
+            Transfer::Failed(_)
+        ));
+        assert_eq!(Transfer::from(Ok(7)), Transfer::Moved(7));
+    }
+
+    /// A connection relaying between two sockets that are always ready.
+    fn relaying(release_after: Duration) -> (Forwarder, Connection, Instant) {
+        let now = t0();
+        let argv = ["8080", "127.0.0.1:9000"].map(OsString::from).to_vec();
+        let Ok(Action::Run(config)) = cli::parse(argv) else {
+            panic!("bad command line");
+        };
+        let runtime = Runtime {
+            name: "test",
+            pipe_capacity: None,
+            buffer_release_after: release_after,
+            reuse_buffers: true,
+        };
+        let mut f = Forwarder::new(&config, None, 1024, runtime);
+        let mut c = f
+            .handle_accepted(now, "10.0.0.7:4000".parse().unwrap())
+            .unwrap();
+        assert!(!c.is_done(), "a new connection is not over");
+        let writable = Ready {
+            write: true,
+            ..Ready::default()
+        };
+        for _ in 0..20 {
+            match c.poll_output(now) {
+                Output::Forwarder => f.exchange(now, &mut c),
+                Output::Connect { .. } => c.handle_connect_started(now, Ok(())),
+                Output::Wait(_) if c.reached().is_none() => {
+                    c.handle_ready(now, Side::Destination, writable)
+                }
+                Output::FinishConnect => c.handle_connect_result(now, Ok(())),
+                Output::Log(_) => {}
+                Output::Read(Direction::Upstream) => {
+                    // Relaying: the client's first read is the test's.
+                    return (f, c, now);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("never relaying")
+    }
+
+    /// Does `out` as sockets that always have data and always take it all,
+    /// and whose poller says so whenever asked.
+    fn busy(c: &mut Connection, now: Instant, out: &Output) {
+        match *out {
+            Output::Read(dir) => {
+                let n = c.read_space(dir).len();
+                c.handle_transfer(now, Transfer::Moved(n));
+            }
+            Output::Write(dir) => {
+                let n = c.write_data(dir).len();
+                c.handle_transfer(now, Transfer::Moved(n));
+            }
+            _ => {}
+        }
+        let all = Ready {
+            read: true,
+            write: true,
+            ..Ready::default()
+        };
+        c.handle_ready(now, Side::Client, all);
+        c.handle_ready(now, Side::Destination, all);
+    }
+
+    #[test]
+    fn a_connection_that_can_always_move_lets_others_run_after_its_budget() {
+        let (_f, mut c, now) = relaying(Duration::from_secs(60));
+        busy(&mut c, now, &Output::Read(Direction::Upstream));
+        // Counted from the first yield: I/O outputs in a row, none waiting.
+        let mut since_yield = None;
+        let mut yields = 0;
+        for _ in 0..1_000 {
+            let out = c.poll_output(now);
+            match out {
+                Output::Yield => {
+                    if let Some(n) = since_yield {
+                        // The output the yield put off, then its budget.
+                        assert_eq!(n, OUTPUTS_BEFORE_YIELD + 1, "exactly its budget");
+                    }
+                    since_yield = Some(0);
+                    yields += 1;
+                }
+                Output::Wait(_) => since_yield = since_yield.map(|_| 0),
+                Output::Read(_) | Output::Write(_) => {
+                    since_yield = since_yield.map(|n| n + 1);
+                }
+                _ => {}
+            }
+            busy(&mut c, now, &out);
+        }
+        assert!(yields >= 5, "{yields}");
+    }
+
+    #[test]
+    fn both_directions_take_turns_conn_6() {
+        let (_f, mut c, now) = relaying(Duration::from_secs(60));
+        busy(&mut c, now, &Output::Read(Direction::Upstream));
+        let mut reads = [1usize, 0];
+        for _ in 0..400 {
+            let out = c.poll_output(now);
+            if let Output::Read(dir) = out {
+                reads[dir.index()] += 1;
+            }
+            busy(&mut c, now, &out);
+        }
+        // Both always have data: neither starves the other.
+        assert!(reads[0] > 50 && reads[1] > 50, "{reads:?}");
+        assert!(reads[0].abs_diff(reads[1]) <= 2, "{reads:?}");
+    }
+
+    #[test]
+    fn a_quiet_direction_gives_its_buffer_back_when_due_fault_3() {
+        let release = Duration::from_secs(5);
+        let (_f, mut c, now) = relaying(release);
+        // One client message, relayed; then nothing more.
+        let n = c.read_space(Direction::Upstream).len().min(10);
+        c.handle_transfer(now, Transfer::Moved(n));
+        let mut deadline = None;
+        for _ in 0..20 {
+            match c.poll_output(now) {
+                Output::Write(dir) => {
+                    let n = c.write_data(dir).len();
+                    c.handle_transfer(now, Transfer::Moved(n));
+                }
+                Output::Read(_) => c.handle_transfer(now, Transfer::WouldBlock),
+                Output::Wait(w) => {
+                    deadline = w.deadline;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            deadline,
+            Some(now + release),
+            "woken when the buffer is due"
+        );
+        let later = now + release;
+        let mut returned = false;
+        for _ in 0..10 {
+            match c.poll_output(later) {
+                Output::ReturnBuffer(_) => returned = true,
+                Output::Wait(_) => break,
+                _ => {}
+            }
+        }
+        assert!(returned, "the quiet buffer goes back at its deadline");
+    }
+}
