@@ -1501,4 +1501,33 @@ mod tests {
         }
         assert!(returned, "the quiet buffer goes back at its deadline");
     }
+
+    /// Issue 20's rule: a short read says the socket is drained, so the next
+    /// read of that direction waits for the poller instead of spending a
+    /// call on EAGAIN; a full read reads again at once.
+    #[test]
+    fn a_short_read_waits_for_the_poller_a_full_one_reads_on() {
+        for full in [false, true] {
+            let (_f, mut c, now) = relaying(Duration::from_secs(60));
+            let space = c.read_space(Direction::Upstream).len();
+            let n = if full { space } else { space / 2 };
+            c.handle_transfer(now, Transfer::Moved(n));
+            let mut read_again = false;
+            for _ in 0..10 {
+                match c.poll_output(now) {
+                    Output::Read(Direction::Upstream) => {
+                        read_again = true;
+                        break;
+                    }
+                    Output::Write(dir) => {
+                        let n = c.write_data(dir).len();
+                        c.handle_transfer(now, Transfer::Moved(n));
+                    }
+                    Output::Wait(_) => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(read_again, full, "full read: {full}");
+        }
+    }
 }
