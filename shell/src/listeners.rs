@@ -271,11 +271,9 @@ pub(crate) fn reload(
         }
     }
     let prepare = |config: &Config| {
-        let addr = config.source.bind_addr();
-        sockets::bind(addr)
-            .map_err(|e| plug_core::reports::log::cannot_listen(addr, &e))
+        listen_on(config)
+            .map_err(|e| plug_core::reports::log::cannot_listen(config.source.bind_addr(), &e))
             .and_then(|socket| {
-                sockets::prepare_listener(&socket, config.keepalive);
                 let credentials = credentials_of(config)?;
                 let session = open_session(config)?;
                 Ok(Prepared {
@@ -365,6 +363,14 @@ pub(crate) fn reload(
     closed
 }
 
+/// Binds and listens on `config`'s address, with a listener's options: for a
+/// listener a reload adds, and for one that listens again.
+fn listen_on(config: &Config) -> io::Result<TcpListener> {
+    let socket = sockets::bind(config.source.bind_addr())?;
+    sockets::prepare_listener(&socket, config.keepalive);
+    Ok(socket)
+}
+
 /// After a failed reload released `released` (positions in `running`), makes
 /// each listen again on its own address, so the reload changes nothing. One
 /// whose address was taken meanwhile is lost: it is logged, and returned so
@@ -380,12 +386,8 @@ fn listen_again(
     for &i in released {
         let old = &running[i];
         let config = old.line();
-        let addr = config.source.bind_addr();
         let again = Arc::new(old.reopened());
-        let result = sockets::bind(addr).and_then(|socket| {
-            sockets::prepare_listener(&socket, config.keepalive);
-            start(ctx, acceptor, &again, socket)
-        });
+        let result = listen_on(&config).and_then(|socket| start(ctx, acceptor, &again, socket));
         match result {
             Ok(()) => listeners[i] = again,
             Err(e) => {
