@@ -1215,6 +1215,20 @@ pub fn output_with_input(command: &mut Command, input: &[u8]) -> std::process::O
     child.wait_with_output().unwrap()
 }
 
+/// Runs `command` to its end and requires that it succeeded (its output, both
+/// streams, in the failure); returns its stdout.
+pub fn succeeded(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// A redis-server of the caller's own on 127.0.0.1 (no persistence), killed
 /// when dropped: a real server for real clients through plug.
 pub struct RedisServer {

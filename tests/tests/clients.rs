@@ -23,16 +23,10 @@ fn redis_benchmark_through_plug_gets_every_answer_conn_6() {
         let port = plug.port.to_string();
         // 20 clients, then 20 clients pipelining 16 requests each.
         for pipeline in ["1", "16"] {
-            let out = Command::new(&bench)
-                .args(["-h", "127.0.0.1", "-p", &port, "-c", "20", "-n", "4000"])
-                .args(["-P", pipeline, "-t", "set,get", "-q", "--csv"])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&out.stderr)
+            let text = succeeded(
+                Command::new(&bench)
+                    .args(["-h", "127.0.0.1", "-p", &port, "-c", "20", "-n", "4000"])
+                    .args(["-P", pipeline, "-t", "set,get", "-q", "--csv"]),
             );
             for test in ["\"SET\"", "\"GET\""] {
                 assert!(text.contains(test), "no {test} result: {text}");

@@ -38,16 +38,11 @@ const UNITS: &[&str] = &[
 fn the_example_config_file_passes_check_opt_13_opt_14() {
     each_binary(|bin| {
         let conf = contrib("config/plug.conf");
-        let out = Command::new(&bin.path)
-            .args(["--check", "--config", conf.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = succeeded(Command::new(&bin.path).args([
+            "--check",
+            "--config",
+            conf.to_str().unwrap(),
+        ]));
         assert_eq!(
             said.trim_end(),
             format!("{}: configuration OK (3 listeners)", bin.name)
@@ -185,17 +180,12 @@ fn logrotate_rotates_a_live_session_file() {
             b"before"
         );
         assert!(eventually(|| lines(&file) == 1));
-        let out = Command::new(&logrotate)
-            .arg("-f")
-            .arg("-s")
-            .arg(dir.path("state"))
-            .arg(&conf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeeded(
+            Command::new(&logrotate)
+                .arg("-f")
+                .arg("-s")
+                .arg(dir.path("state"))
+                .arg(&conf),
         );
         let rotated = dir.path("sessions.log.1");
         assert_eq!(lines(&rotated), 1);
@@ -265,17 +255,11 @@ fn fail2ban_finds_refused_clients_in_real_syslog_lines() {
             .collect();
         let log = dev.path("syslog.txt");
         std::fs::write(&log, &file).unwrap();
-        let out = Command::new(&regex)
-            .arg("--print-all-matched")
-            .arg(&log)
-            .arg(&filter)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let text = succeeded(
+            Command::new(&regex)
+                .arg("--print-all-matched")
+                .arg(&log)
+                .arg(&filter),
         );
         let total = syslog.seen.len();
         let want = format!(
