@@ -8,13 +8,14 @@
 //! own reactor; only task spawning and the accept loop's executor are async-std's.
 
 use std::future::Future;
-use std::net::TcpStream;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use async_global_executor::GlobalExecutorConfig;
-use plug_shell::drive::async_driver::{self, AcceptTasks, Async, Spawn};
+use plug_shell::drive::async_driver::{self, AcceptTasks, Spawn};
 use plug_shell::drive::conn::Conn;
+use plug_shell::drive::reactor::async_io::AsyncIo;
+use plug_shell::drive::reactor::Reactor;
 
 /// Spawns tasks on async-std's executor; accept loops too, so a new
 /// connection starts where it was accepted.
@@ -22,9 +23,13 @@ use plug_shell::drive::conn::Conn;
 struct AsyncStdSpawn;
 
 impl Spawn for AsyncStdSpawn {
-    fn spawn(&self, conn: Conn, client: Async<TcpStream>) {
+    type Reactor = AsyncIo;
+
+    fn spawn(&self, conn: Conn, client: <AsyncIo as Reactor>::Stream) {
         // Dropping the handle detaches the task.
-        drop(async_std::task::spawn(async_driver::serve(conn, client)));
+        drop(async_std::task::spawn(async_driver::serve::<AsyncIo>(
+            conn, client,
+        )));
     }
 
     fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>) {

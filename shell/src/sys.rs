@@ -233,6 +233,85 @@ pub fn epoll_wait(epoll: RawFd, out: &mut Vec<(u64, u32)>) -> io::Result<()> {
     }
 }
 
+/// Adds (`add`) or changes `fd`'s registration in `epoll`: level-triggered,
+/// for `events`, tagged `key`.
+pub fn epoll_register(epoll: RawFd, fd: RawFd, events: u32, key: u64, add: bool) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: key };
+    let op = if add {
+        libc::EPOLL_CTL_ADD
+    } else {
+        libc::EPOLL_CTL_MOD
+    };
+    // SAFETY: `event` is a valid epoll_event; the kernel checks the descriptors.
+    let rc = unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits for events on `epoll` at most `timeout` (`None`: forever), into
+/// `events`; EINTR is no error (none is returned, and the caller loops).
+pub fn epoll_wait_for(
+    epoll: RawFd,
+    events: &mut [libc::epoll_event],
+    timeout: Option<Duration>,
+) -> io::Result<usize> {
+    // Rounded up: a deadline is never reported early.
+    let ms = timeout.map_or(-1, |t| {
+        let ms = t.as_nanos().div_ceil(1_000_000);
+        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+    });
+    let len = libc::c_int::try_from(events.len()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `events` is a writable array of at least `len` epoll_event.
+    let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), len, ms) };
+    if n >= 0 {
+        return Ok(usize::try_from(n).unwrap_or(0));
+    }
+    let err = io::Error::last_os_error();
+    match err.kind() {
+        io::ErrorKind::Interrupted => Ok(0),
+        _ => Err(err),
+    }
+}
+
+/// An empty epoll event, to fill a buffer for [`epoll_wait_for`].
+pub const EPOLL_EVENT: libc::epoll_event = libc::epoll_event { events: 0, u64: 0 };
+
+/// An event counter that wakes an epoll wait from another thread
+/// (non-blocking, close-on-exec).
+pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: eventfd takes a count and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by eventfd and is owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to the counter `fd`, making it readable.
+pub fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64; a full counter only gives EAGAIN,
+    // which leaves it readable, as wanted.
+    unsafe { libc::write(fd, std::ptr::from_ref(&one).cast(), 8) };
+}
+
+/// Takes the counter `fd` back to zero.
+pub fn eventfd_drain(fd: RawFd) {
+    let mut count: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a valid u64.
+    unsafe { libc::read(fd, std::ptr::from_mut(&mut count).cast(), 8) };
+}
+
+/// epoll's readable flag.
+pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
+/// epoll's writable flag.
+pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+/// epoll's peer-shut-its-writing flag.
+pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 /// epoll's error flag.
 pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
 /// epoll's hang-up flag.

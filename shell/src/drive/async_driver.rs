@@ -4,16 +4,13 @@
 //! [`Wait`] names, or its timer, and does everything else with [`Conn::perform`].
 
 use std::future::Future;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-/// async-io's socket wrapper, re-exported so adapters name the same type.
-pub use async_io::Async;
-use async_io::Timer;
 use futures_lite::future;
 use plug_core::connection::relay::Side;
 use plug_core::connection::{Output, Ready, Runtime, Wait};
@@ -23,6 +20,7 @@ use plug_core::reports::metrics::{Scrape, ScrapeOutput};
 
 use crate::drive::conn::{Conn, Pipes};
 use crate::drive::error_watch::{ErrorWatch, Watched};
+use crate::drive::reactor::{self, Deadline, Reactor, Source};
 use crate::drive::scrape;
 use crate::listeners::{Acceptor, Listener};
 use crate::net::sockets;
@@ -44,9 +42,12 @@ pub const fn runtime(name: &'static str) -> Runtime {
 
 /// How a runtime starts a connection's task.
 pub trait Spawn: Sync {
+    /// The reactor its tasks wait on.
+    type Reactor: Reactor;
+
     /// Runs [`serve`] for this connection to completion in the background. The
     /// runtime spawns the future itself, unboxed: one allocation per connection.
-    fn spawn(&self, conn: Conn, client: Async<TcpStream>);
+    fn spawn(&self, conn: Conn, client: <Self::Reactor as Reactor>::Stream);
 
     /// Runs a rarer task (a scrape) in the background; boxed, as it is rare.
     fn spawn_boxed(&self, task: Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
@@ -64,7 +65,8 @@ impl<S: Spawn + Clone + Send + std::fmt::Debug + 'static> Acceptor for AcceptTas
         listener: Arc<Listener>,
         socket: TcpListener,
     ) -> std::io::Result<()> {
-        let socket = Async::new(socket)?;
+        socket.set_nonblocking(true)?;
+        let socket = <S::Reactor as Reactor>::Listener::new(socket)?;
         let (ctx, spawner) = (Arc::clone(ctx), self.0.clone());
         self.0.spawn_boxed(Box::pin(async move {
             accept_loop(&ctx, &listener, socket, &spawner).await;
@@ -73,7 +75,8 @@ impl<S: Spawn + Clone + Send + std::fmt::Debug + 'static> Acceptor for AcceptTas
     }
 
     fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> std::io::Result<()> {
-        let socket = Async::new(socket)?;
+        socket.set_nonblocking(true)?;
+        let socket = <S::Reactor as Reactor>::Listener::new(socket)?;
         let (ctx, spawner) = (Arc::clone(ctx), self.0.clone());
         self.0.spawn_boxed(Box::pin(async move {
             metrics_loop(&ctx, &socket, &spawner).await;
@@ -104,22 +107,22 @@ pub fn executor_threads(var: &str) -> usize {
 /// Accepts on `socket` until it is shut and `ends` says so, handing each
 /// socket (registered with the reactor) to `serve`; what a failed accept means
 /// is the core's (§5, FAULT-1), for `listener` or, for scrapes, its own pause.
-async fn accept_each(
-    socket: &Async<TcpListener>,
+async fn accept_each<R: Reactor>(
+    socket: &R::Listener,
     ends: impl Fn() -> bool,
     failed: impl Fn(&std::io::Error) -> AcceptNext,
-    mut serve: impl FnMut(Async<TcpStream>, std::net::SocketAddr),
+    mut serve: impl FnMut(R::Stream, std::net::SocketAddr),
 ) {
     loop {
         // `read_with` waits on the reactor whenever accept says EAGAIN.
-        let accepted = socket.read_with(sockets::accept).await;
-        match accepted.and_then(|(c, peer)| Ok((Async::new_nonblocking(c)?, peer))) {
+        let accepted = reactor::read_with(socket, sockets::accept).await;
+        match accepted.and_then(|(c, peer)| Ok((R::Stream::new(c)?, peer))) {
             Ok((client, peer)) => serve(client, peer),
             Err(_) if ends() => break,
             Err(e) => match failed(&e) {
                 AcceptNext::Retry | AcceptNext::WaitReadable => {}
                 AcceptNext::Pause(pause) => {
-                    Timer::after(pause).await;
+                    reactor::sleep_until::<R::Timer>(Instant::now() + pause).await;
                 }
             },
         }
@@ -128,13 +131,13 @@ async fn accept_each(
 
 /// Accepts `listener`'s clients until a stop or a reload shuts it, spawning
 /// one task per admitted client; then reports that its loop has ended.
-pub async fn accept_loop(
+pub async fn accept_loop<R: Reactor>(
     ctx: &Arc<Context>,
     listener: &Arc<Listener>,
-    socket: Async<TcpListener>,
-    spawner: &dyn Spawn,
+    socket: R::Listener,
+    spawner: &dyn Spawn<Reactor = R>,
 ) {
-    accept_each(
+    accept_each::<R>(
         &socket,
         || ctx.accept_should_end(listener),
         |e| ctx.accept_failed(listener, Instant::now(), e),
@@ -153,15 +156,19 @@ pub async fn accept_loop(
 
 /// Accepts scrapes on the `--metrics` listener until a graceful stop shuts it,
 /// one task each (OPT-9); then returns.
-pub async fn metrics_loop(ctx: &Arc<Context>, socket: &Async<TcpListener>, spawner: &dyn Spawn) {
-    accept_each(
+pub async fn metrics_loop<R: Reactor>(
+    ctx: &Arc<Context>,
+    socket: &R::Listener,
+    spawner: &dyn Spawn<Reactor = R>,
+) {
+    accept_each::<R>(
         socket,
         || ctx.is_stopping(),
         |e| ctx.scrape_accept_failed(e),
         |client, _| {
             // Over the budget: dropped, so closed at once (FAULT-6).
             if let Some(ticket) = scrape::admit(ctx) {
-                let task = serve_scrape(Arc::clone(ctx), client);
+                let task = serve_scrape::<R>(Arc::clone(ctx), client);
                 spawner.spawn_boxed(Box::pin(async move {
                     task.await;
                     drop(ticket);
@@ -173,7 +180,7 @@ pub async fn metrics_loop(ctx: &Arc<Context>, socket: &Async<TcpListener>, spawn
 }
 
 /// Serves one scrape to its end, doing what the core's [`Scrape`] says.
-pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
+pub async fn serve_scrape<R: Reactor>(ctx: Arc<Context>, stream: R::Stream) {
     let mut scrape = Scrape::new(Instant::now());
     loop {
         let now = Instant::now();
@@ -185,13 +192,13 @@ pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
             ScrapeOutput::Wait { read, deadline } => {
                 let ready = async {
                     let _ = match read {
-                        true => stream.readable().await,
-                        false => stream.writable().await,
+                        true => reactor::readable(&stream).await,
+                        false => reactor::writable(&stream).await,
                     };
                     true
                 };
                 let expired = async {
-                    Timer::at(deadline).await;
+                    reactor::sleep_until::<R::Timer>(deadline).await;
                     false
                 };
                 if future::or(ready, expired).await {
@@ -204,14 +211,14 @@ pub async fn serve_scrape(ctx: Arc<Context>, stream: Async<TcpStream>) {
 }
 
 /// Serves one admitted client to the end.
-pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
+pub async fn serve<R: Reactor>(mut conn: Conn, client: R::Stream) {
     conn.start(client.get_ref());
     let mut client = Some(client);
-    let mut dest: Option<Async<TcpStream>> = None;
+    let mut dest: Option<R::Stream> = None;
     let mut pipes: Pipes = [None, None];
     // Made only when a wait has a deadline: most never need one. Boxed, so an
     // idle connection without one holds a pointer, not a timer.
-    let mut timer: Option<Box<Timer>> = None;
+    let mut timer: Option<Box<R::Timer>> = None;
     // Each socket's place in the error watch, made when a wait for its errors
     // alone would sleep (boxed: most connections never need one); dropped
     // before the socket is closed, and once the destination is reached, so an
@@ -225,7 +232,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
         let (Some(c), false) = (&client, out == Output::Done) else {
             return;
         };
-        let d = dest.as_ref().map(Async::get_ref);
+        let d = dest.as_ref().map(Source::get_ref);
         if conn.perform(now, &out, c.get_ref(), d, &mut pipes) {
             continue;
         }
@@ -237,7 +244,7 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
                 watched[Side::Destination.index()] = None;
                 dest = None;
                 if let Some(s) = made {
-                    match Async::new_nonblocking(s) {
+                    match R::Stream::new(s) {
                         Ok(s) => dest = Some(s),
                         Err(e) => conn.connect_failed_locally(now, &e),
                     }
@@ -249,14 +256,14 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
                     watched = [None, None];
                 }
                 let socks = [Some(c), dest.as_ref()];
-                now = wait_for(&mut conn, &wait, socks, &mut timer, &mut watched).await;
+                now = wait_for::<R>(&mut conn, &wait, socks, &mut timer, &mut watched).await;
             }
             Output::Yield => {
                 future::yield_now().await;
                 now = Instant::now();
             }
             Output::Close { reset } => {
-                let socks = [client.as_ref(), dest.as_ref()].map(|s| s.map(Async::get_ref));
+                let socks = [client.as_ref(), dest.as_ref()].map(|s| s.map(Source::get_ref));
                 conn.before_close(reset, socks);
                 watched = [None, None];
                 client = None;
@@ -271,16 +278,16 @@ pub async fn serve(mut conn: Conn, client: Async<TcpStream>) {
 /// Waits until a socket is ready as `wait` says, or its deadline; reports what
 /// the reactor said and returns the time it woke. A socket watched for errors
 /// alone is handed to the [`ErrorWatch`] when nothing else is ready (FAULT-1).
-async fn wait_for(
+async fn wait_for<R: Reactor>(
     conn: &mut Conn,
     wait: &Wait,
-    socks: [Option<&Async<TcpStream>>; 2],
-    timer: &mut Option<Box<Timer>>,
+    socks: [Option<&R::Stream>; 2],
+    timer: &mut Option<Box<R::Timer>>,
     watched: &mut [Option<Box<Watched>>; 2],
 ) -> Instant {
     match wait.deadline {
         Some(deadline) => timer
-            .get_or_insert_with(|| Box::new(Timer::never()))
+            .get_or_insert_with(|| Box::new(R::Timer::never()))
             .set_at(deadline),
         // A timer left registered (the connect deadline) would only wake the task
         // for nothing later, and cost the reactor on every turn.
@@ -300,7 +307,7 @@ async fn wait_for(
             }
         }
         let expired = match (wait.deadline, timer.as_mut()) {
-            (Some(_), Some(t)) => Pin::new(&mut **t).poll(cx).is_ready(),
+            (Some(_), Some(t)) => t.poll_expired(cx).is_ready(),
             _ => false,
         };
         // Errors alone: asked of the kernel only when the task would sleep.
@@ -313,8 +320,8 @@ async fn wait_for(
                 let Some(errors) = ErrorWatch::shared() else {
                     break;
                 };
-                let watch =
-                    watched[i].get_or_insert_with(|| Box::new(errors.watch(sock.as_raw_fd())));
+                let watch = watched[i]
+                    .get_or_insert_with(|| Box::new(errors.watch(sock.get_ref().as_raw_fd())));
                 if let Poll::Ready(r) = watch.poll_error(cx) {
                     ready[i] = r;
                 }

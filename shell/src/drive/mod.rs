@@ -7,5 +7,7 @@ pub mod async_driver;
 pub mod conn;
 #[cfg(feature = "async")]
 pub mod error_watch;
+#[cfg(feature = "async")]
+pub mod reactor;
 pub mod rounds;
 pub mod scrape;

@@ -1,0 +1,480 @@
+//! plug's own reactor: one epoll instance per executor thread, waited on by
+//! that thread between its tasks ([`block_on`]), so readiness never crosses
+//! threads and no helper thread takes the reactor from a busy one.
+//!
+//! Level-triggered, with each socket's interest following what its task waits
+//! for, lazily: interest is added when a task waits for it, and dropped only
+//! when the kernel reports readiness that no task waits for. A connection that
+//! keeps waiting for the same thing (both sides readable, as relaying does)
+//! costs no `epoll_ctl` at all, and one `epoll_wait` serves every socket that
+//! is ready. Deadlines are a sorted map whose earliest entry is the wait's
+//! timeout: no timerfd, and nothing armed for a wait without one.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use super::{Deadline, Reactor, Source};
+use crate::sys;
+
+/// plug's reactor, as a [`Reactor`]: sockets and timers belong to the
+/// [`block_on`] loop of the thread that first waits on them.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoll;
+
+impl Reactor for Epoll {
+    type Stream = Socket<std::net::TcpStream>;
+    type Listener = Socket<std::net::TcpListener>;
+    type Timer = Timer;
+}
+
+/// The key of the loop's own wake-up counter; sockets' keys start at 1.
+const WAKE_KEY: u64 = 0;
+/// How many events one wait takes at most.
+const EVENTS_PER_WAIT: usize = 256;
+/// A readiness a task has been woken for and not yet taken.
+const READY_READ: u8 = 1;
+/// As [`READY_READ`], for writing.
+const READY_WRITE: u8 = 2;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+thread_local! {
+    /// The reactor of this thread's loop, while [`block_on`] runs.
+    static CURRENT: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
+}
+
+/// One loop's reactor.
+#[derive(Debug)]
+struct Poller {
+    epoll: OwnedFd,
+    /// Made readable to wake the loop's wait from another thread.
+    wake: OwnedFd,
+    sources: Mutex<Sources>,
+    timers: Mutex<Timers>,
+}
+
+/// The sockets registered with a poller, by key (their index plus one).
+#[derive(Debug, Default)]
+struct Sources {
+    slots: Vec<Option<Arc<Shared>>>,
+    free: Vec<usize>,
+}
+
+/// Tasks waiting for a deadline, earliest first.
+#[derive(Debug, Default)]
+struct Timers {
+    entries: BTreeMap<(Instant, u64), Waker>,
+    next_id: u64,
+}
+
+impl Poller {
+    fn new() -> io::Result<Poller> {
+        let epoll = sys::epoll_create()?;
+        let wake = sys::eventfd()?;
+        sys::epoll_register(
+            epoll.as_raw_fd(),
+            wake.as_raw_fd(),
+            sys::EPOLLIN,
+            WAKE_KEY,
+            true,
+        )?;
+        Ok(Poller {
+            epoll,
+            wake,
+            sources: Mutex::default(),
+            timers: Mutex::default(),
+        })
+    }
+
+    /// This thread's poller.
+    fn current() -> io::Result<Arc<Poller>> {
+        CURRENT
+            .with(|c| c.borrow().clone())
+            .ok_or_else(|| io::Error::other("waited on outside a thread of plug's reactor"))
+    }
+
+    fn insert(&self, shared: Arc<Shared>) -> u64 {
+        let mut sources = lock(&self.sources);
+        let index = match sources.free.pop() {
+            Some(i) => i,
+            None => {
+                sources.slots.push(None);
+                sources.slots.len() - 1
+            }
+        };
+        sources.slots[index] = Some(shared);
+        index as u64 + 1
+    }
+
+    fn remove(&self, key: u64) {
+        let mut sources = lock(&self.sources);
+        let index = (key - 1) as usize;
+        if let Some(slot) = sources.slots.get_mut(index) {
+            *slot = None;
+            sources.free.push(index);
+        }
+    }
+
+    /// How long the loop may sleep before the earliest deadline (`None`: none).
+    fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let timers = lock(&self.timers);
+        timers
+            .entries
+            .first_key_value()
+            .map(|((at, _), _)| at.saturating_duration_since(now))
+    }
+
+    /// Wakes every task whose deadline is `now` or earlier.
+    fn fire_timers(&self, now: Instant) {
+        loop {
+            let due = {
+                let mut timers = lock(&self.timers);
+                match timers.entries.first_key_value() {
+                    Some(((at, _), _)) if *at <= now => timers.entries.pop_first(),
+                    _ => None,
+                }
+            };
+            match due {
+                Some((_, waker)) => waker.wake(),
+                None => return,
+            }
+        }
+    }
+
+    /// Hands each event to the task waiting for it, and stops reporting what
+    /// no task waits for.
+    fn dispatch(&self, events: &[libc::epoll_event]) {
+        for event in events {
+            let (key, flags) = (event.u64, event.events);
+            if key == WAKE_KEY {
+                sys::eventfd_drain(self.wake.as_raw_fd());
+                continue;
+            }
+            let shared = lock(&self.sources)
+                .slots
+                .get((key - 1) as usize)
+                .cloned()
+                .flatten();
+            if let Some(shared) = shared {
+                shared.handle_event(self, flags);
+            }
+        }
+    }
+}
+
+/// What a socket and the reactor share.
+#[derive(Debug)]
+struct Shared {
+    fd: RawFd,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The poller it was registered with, and its key there; none until a task
+    /// first waits on it.
+    home: Option<(Arc<Poller>, u64)>,
+    /// Whether the epoll set holds it (a hang-up nobody waits for takes it out).
+    added: bool,
+    /// The epoll interest it is registered with.
+    interest: u32,
+    /// Readiness a task was woken for and has not taken yet.
+    ready: u8,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+impl State {
+    fn wanted(&self) -> u32 {
+        let read = if self.reader.is_some() {
+            sys::EPOLLIN
+        } else {
+            0
+        };
+        let write = if self.writer.is_some() {
+            sys::EPOLLOUT
+        } else {
+            0
+        };
+        read | write
+    }
+}
+
+impl Shared {
+    fn poll_ready(self: &Arc<Self>, cx: &mut Context<'_>, bit: u8) -> Poll<io::Result<()>> {
+        let mut state = lock(&self.state);
+        if state.ready & bit != 0 {
+            state.ready &= !bit;
+            return Poll::Ready(Ok(()));
+        }
+        let slot = match bit {
+            READY_READ => &mut state.reader,
+            _ => &mut state.writer,
+        };
+        match slot {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
+        }
+        let wanted = state.wanted();
+        if state.added && state.interest == wanted {
+            return Poll::Pending;
+        }
+        let (poller, key) = match &state.home {
+            Some((poller, key)) => (Arc::clone(poller), *key),
+            None => {
+                let poller = match Poller::current() {
+                    Ok(p) => p,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let key = poller.insert(Arc::clone(self));
+                state.home = Some((Arc::clone(&poller), key));
+                (poller, key)
+            }
+        };
+        let registered =
+            sys::epoll_register(poller.epoll.as_raw_fd(), self.fd, wanted, key, !state.added);
+        match registered {
+            Ok(()) => {
+                state.added = true;
+                state.interest = wanted;
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn handle_event(&self, poller: &Poller, flags: u32) {
+        let hangup = flags & (sys::EPOLLERR | sys::EPOLLHUP) != 0;
+        let mut wake = [None, None];
+        let mut unwanted = 0;
+        {
+            let mut state = lock(&self.state);
+            let waiting = state.reader.is_some() || state.writer.is_some();
+            if flags & sys::EPOLLIN != 0 || hangup {
+                match state.reader.take() {
+                    Some(w) => {
+                        state.ready |= READY_READ;
+                        wake[0] = Some(w);
+                    }
+                    None => unwanted |= sys::EPOLLIN,
+                }
+            }
+            if flags & sys::EPOLLOUT != 0 || hangup {
+                match state.writer.take() {
+                    Some(w) => {
+                        state.ready |= READY_WRITE;
+                        wake[1] = Some(w);
+                    }
+                    None => unwanted |= sys::EPOLLOUT,
+                }
+            }
+            // Level-triggered epoll reports it again on every wait until then.
+            if hangup && !waiting {
+                // Reported whatever the interest: only leaving the set stops it.
+                sys::epoll_forget(poller.epoll.as_raw_fd(), self.fd);
+                state.added = false;
+                state.interest = 0;
+            } else if state.interest & unwanted != 0 {
+                let interest = state.interest & !unwanted;
+                if let Some((_, key)) = state.home {
+                    let fd = self.fd;
+                    if sys::epoll_register(poller.epoll.as_raw_fd(), fd, interest, key, false)
+                        .is_ok()
+                    {
+                        state.interest = interest;
+                    }
+                }
+            }
+        }
+        for waker in wake.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+
+    fn forget(&self) {
+        let mut state = lock(&self.state);
+        if let Some((poller, key)) = state.home.take() {
+            if state.added {
+                sys::epoll_forget(poller.epoll.as_raw_fd(), self.fd);
+            }
+            poller.remove(key);
+        }
+    }
+}
+
+/// A non-blocking socket on plug's reactor.
+#[derive(Debug)]
+pub struct Socket<T: AsFd> {
+    shared: Arc<Shared>,
+    io: T,
+}
+
+impl<T: AsFd + Send + Sync + 'static> Source<T> for Socket<T> {
+    fn new(io: T) -> io::Result<Self> {
+        let fd = io.as_fd().as_raw_fd();
+        let state = Mutex::default();
+        Ok(Socket {
+            shared: Arc::new(Shared { fd, state }),
+            io,
+        })
+    }
+
+    fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.poll_ready(cx, READY_READ)
+    }
+
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.poll_ready(cx, READY_WRITE)
+    }
+}
+
+impl<T: AsFd> Drop for Socket<T> {
+    fn drop(&mut self) {
+        // Before `io` closes the descriptor.
+        self.shared.forget();
+    }
+}
+
+/// A deadline on plug's reactor.
+#[derive(Debug)]
+pub struct Timer {
+    at: Option<Instant>,
+    /// Its entry in its poller's timers, while a task waits for it.
+    entry: Option<(Arc<Poller>, (Instant, u64))>,
+}
+
+impl Timer {
+    fn cancel(&mut self) {
+        if let Some((poller, key)) = self.entry.take() {
+            lock(&poller.timers).entries.remove(&key);
+        }
+    }
+}
+
+impl Deadline for Timer {
+    fn never() -> Self {
+        Timer {
+            at: None,
+            entry: None,
+        }
+    }
+
+    fn set_at(&mut self, at: Instant) {
+        if self.at != Some(at) {
+            self.cancel();
+            self.at = Some(at);
+        }
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(at) = self.at else {
+            return Poll::Pending;
+        };
+        if Instant::now() >= at {
+            self.cancel();
+            return Poll::Ready(());
+        }
+        if let Some((poller, key)) = &self.entry {
+            let mut timers = lock(&poller.timers);
+            if let Some(waker) = timers.entries.get_mut(key) {
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+                return Poll::Pending;
+            }
+        }
+        // A deadline can only be kept by a loop; outside one it passes now.
+        let Ok(poller) = Poller::current() else {
+            return Poll::Ready(());
+        };
+        let key = {
+            let mut timers = lock(&poller.timers);
+            let key = (at, timers.next_id);
+            timers.next_id += 1;
+            timers.entries.insert(key, cx.waker().clone());
+            key
+        };
+        self.entry = Some((poller, key));
+        Poll::Pending
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// How a loop learns it has tasks to run: set by any thread, and an eventfd
+/// write only when the loop sleeps in `epoll_wait`.
+#[derive(Debug)]
+struct LoopSignal {
+    notified: AtomicBool,
+    sleeping: AtomicBool,
+    poller: Arc<Poller>,
+}
+
+impl Wake for LoopSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.notified.swap(true, Ordering::SeqCst) && self.sleeping.load(Ordering::SeqCst) {
+            sys::eventfd_signal(self.poller.wake.as_raw_fd());
+        }
+    }
+}
+
+/// Runs `future` on this thread with a reactor of its own, until it ends:
+/// poll it when woken, then wait for the sockets and deadlines of everything
+/// it runs (an executor's tasks), without sleeping while it has work.
+pub fn block_on<F: Future>(future: F) -> io::Result<F::Output> {
+    let poller = Arc::new(Poller::new()?);
+    CURRENT.with(|c| *c.borrow_mut() = Some(Arc::clone(&poller)));
+    let signal = Arc::new(LoopSignal {
+        notified: AtomicBool::new(true),
+        sleeping: AtomicBool::new(false),
+        poller: Arc::clone(&poller),
+    });
+    let waker = Waker::from(Arc::clone(&signal));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    let mut events = [sys::EPOLL_EVENT; EVENTS_PER_WAIT];
+    let result = loop {
+        if signal.notified.swap(false, Ordering::SeqCst) {
+            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                break Ok(out);
+            }
+        }
+        signal.sleeping.store(true, Ordering::SeqCst);
+        let timeout = if signal.notified.load(Ordering::SeqCst) {
+            Some(Duration::ZERO)
+        } else {
+            poller.next_timeout(Instant::now())
+        };
+        let waited = sys::epoll_wait_for(poller.epoll.as_raw_fd(), &mut events, timeout);
+        signal.sleeping.store(false, Ordering::SeqCst);
+        match waited {
+            Ok(n) => poller.dispatch(&events[..n]),
+            Err(e) => break Err(e),
+        }
+        poller.fire_timers(Instant::now());
+    };
+    CURRENT.with(|c| *c.borrow_mut() = None);
+    result
+}
