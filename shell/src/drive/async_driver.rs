@@ -317,6 +317,14 @@ async fn wait_for<R: Reactor>(
                 let (Some(sock), true) = (sock, w.errors && !w.read && !w.write) else {
                     continue;
                 };
+                match sock.poll_trouble(cx) {
+                    Some(Poll::Ready(r)) => {
+                        ready[i] = r;
+                        continue;
+                    }
+                    Some(Poll::Pending) => continue,
+                    None => {}
+                }
                 let Some(errors) = ErrorWatch::shared() else {
                     break;
                 };

@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use plug_core::connection::Ready;
+
 use super::{Deadline, Reactor, Source};
 use crate::sys;
 
@@ -190,8 +192,12 @@ struct State {
     interest: u32,
     /// Readiness a task was woken for and has not taken yet.
     ready: u8,
+    /// The error and hang-up flags a task was woken for and has not taken yet.
+    trouble: u32,
     reader: Option<Waker>,
     writer: Option<Waker>,
+    /// A task waiting for an error or hang-up alone.
+    watcher: Option<Waker>,
 }
 
 impl State {
@@ -210,6 +216,13 @@ impl State {
     }
 }
 
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
 impl Shared {
     fn poll_ready(self: &Arc<Self>, cx: &mut Context<'_>, bit: u8) -> Poll<io::Result<()>> {
         let mut state = lock(&self.state);
@@ -217,14 +230,34 @@ impl Shared {
             state.ready &= !bit;
             return Poll::Ready(Ok(()));
         }
-        let slot = match bit {
-            READY_READ => &mut state.reader,
-            _ => &mut state.writer,
-        };
-        match slot {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => *slot = Some(cx.waker().clone()),
+        match bit {
+            READY_READ => set_waker(&mut state.reader, cx),
+            _ => set_waker(&mut state.writer, cx),
         }
+        self.register(state)
+    }
+
+    fn poll_trouble(self: &Arc<Self>, cx: &mut Context<'_>) -> Poll<Ready> {
+        let mut state = lock(&self.state);
+        if state.trouble != 0 {
+            let flags = std::mem::take(&mut state.trouble);
+            return Poll::Ready(Ready {
+                error: flags & sys::EPOLLERR != 0,
+                hangup: flags & sys::EPOLLHUP != 0,
+                ..Ready::default()
+            });
+        }
+        set_waker(&mut state.watcher, cx);
+        match self.register(state) {
+            // The kernel refused: found instead at the next read or write.
+            Poll::Ready(_) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Brings the epoll registration in line with what tasks wait for;
+    /// Ready only with the kernel's refusal.
+    fn register(self: &Arc<Self>, mut state: MutexGuard<'_, State>) -> Poll<io::Result<()>> {
+        // Errors and hang-ups are reported whatever the interest.
         let wanted = state.wanted();
         if state.added && state.interest == wanted {
             return Poll::Pending;
@@ -255,11 +288,18 @@ impl Shared {
 
     fn handle_event(&self, poller: &Poller, flags: u32) {
         let hangup = flags & (sys::EPOLLERR | sys::EPOLLHUP) != 0;
-        let mut wake = [None, None];
+        let mut wake = [None, None, None];
         let mut unwanted = 0;
         {
             let mut state = lock(&self.state);
-            let waiting = state.reader.is_some() || state.writer.is_some();
+            let waiting =
+                state.reader.is_some() || state.writer.is_some() || state.watcher.is_some();
+            if hangup {
+                if let Some(w) = state.watcher.take() {
+                    state.trouble |= flags & (sys::EPOLLERR | sys::EPOLLHUP);
+                    wake[2] = Some(w);
+                }
+            }
             if flags & sys::EPOLLIN != 0 || hangup {
                 match state.reader.take() {
                     Some(w) => {
@@ -301,10 +341,12 @@ impl Shared {
         }
     }
 
-    fn forget(&self) {
+    /// Takes the socket out of its poller before it is closed; out of the
+    /// epoll set too unless `closing` does that (a descriptor no other holds).
+    fn forget(&self, closing: bool) {
         let mut state = lock(&self.state);
         if let Some((poller, key)) = state.home.take() {
-            if state.added {
+            if state.added && !closing {
                 sys::epoll_forget(poller.epoll.as_raw_fd(), self.fd);
             }
             poller.remove(key);
@@ -314,12 +356,12 @@ impl Shared {
 
 /// A non-blocking socket on plug's reactor.
 #[derive(Debug)]
-pub struct Socket<T: AsFd> {
+pub struct Socket<T: Descriptor> {
     shared: Arc<Shared>,
     io: T,
 }
 
-impl<T: AsFd + Send + Sync + 'static> Source<T> for Socket<T> {
+impl<T: Descriptor + Send + Sync + 'static> Source<T> for Socket<T> {
     fn new(io: T) -> io::Result<Self> {
         let fd = io.as_fd().as_raw_fd();
         let state = Mutex::default();
@@ -340,13 +382,35 @@ impl<T: AsFd + Send + Sync + 'static> Source<T> for Socket<T> {
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.shared.poll_ready(cx, READY_WRITE)
     }
+
+    fn poll_trouble(&self, cx: &mut Context<'_>) -> Option<Poll<Ready>> {
+        Some(self.shared.poll_trouble(cx))
+    }
 }
 
-impl<T: AsFd> Drop for Socket<T> {
+impl<T: Descriptor> Drop for Socket<T> {
     fn drop(&mut self) {
         // Before `io` closes the descriptor.
-        self.shared.forget();
+        self.shared.forget(T::ONLY_HOLDER);
     }
+}
+
+/// Whether a socket's descriptor is its only one, so closing it also takes
+/// it out of the epoll set (one system call fewer per socket).
+pub trait Descriptor: AsFd {
+    /// True when no other descriptor refers to the same socket.
+    const ONLY_HOLDER: bool;
+}
+
+impl Descriptor for std::net::TcpStream {
+    // Accepted or connected by plug, and never duplicated.
+    const ONLY_HOLDER: bool = true;
+}
+
+impl Descriptor for std::net::TcpListener {
+    // The listener keeps the socket and its accept loop gets a duplicate
+    // (listeners::start), so the listener can shut it to stop the loop.
+    const ONLY_HOLDER: bool = false;
 }
 
 /// A deadline on plug's reactor.

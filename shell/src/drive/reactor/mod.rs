@@ -10,6 +10,8 @@ use std::net::{TcpListener, TcpStream};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use plug_core::connection::Ready;
+
 #[cfg(feature = "async-io")]
 pub mod async_io;
 pub mod epoll;
@@ -39,6 +41,15 @@ pub trait Source<T>: Send + Sync + Sized + 'static {
     /// Ready once the socket is writable (or has an error or hang-up);
     /// otherwise wakes the task when it may be.
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Ready with what happened once the socket has an error or hang-up,
+    /// whatever else it is waited for; otherwise wakes the task then. `None`
+    /// when this reactor cannot tell (async-io asks only for readable or
+    /// writable): the driver's [`ErrorWatch`](crate::drive::error_watch::ErrorWatch)
+    /// does it instead.
+    fn poll_trouble(&self, _cx: &mut Context<'_>) -> Option<Poll<Ready>> {
+        None
+    }
 }
 
 /// A deadline, reset as a connection's waits change.
