@@ -55,6 +55,12 @@ thread_local! {
     static CURRENT: RefCell<Option<Arc<Poller>>> = const { RefCell::new(None) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many times this thread's loop has waited: a loop that spins shows.
+    static TURNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// One loop's reactor.
 #[derive(Debug)]
 struct Poller {
@@ -531,6 +537,8 @@ pub fn block_on<F: Future>(future: F) -> io::Result<F::Output> {
         } else {
             poller.next_timeout(Instant::now())
         };
+        #[cfg(test)]
+        TURNS.with(|t| t.set(t.get() + 1));
         let waited = sys::epoll_wait_for(poller.epoll.as_raw_fd(), &mut events, timeout);
         signal.sleeping.store(false, Ordering::SeqCst);
         match waited {
@@ -541,4 +549,134 @@ pub fn block_on<F: Future>(future: F) -> io::Result<F::Output> {
     };
     CURRENT.with(|c| *c.borrow_mut() = None);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::drive::reactor::{readable, sleep_until};
+
+    /// A connected pair on loopback: the peer, and plug's end (non-blocking).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (peer, ours)
+    }
+
+    fn turns() -> u64 {
+        TURNS.with(std::cell::Cell::get)
+    }
+
+    /// Runs `future` on a loop of its own thread, failing rather than hanging
+    /// if a wake-up is lost.
+    fn run<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> T {
+        let (done, outcome) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(block_on(future).unwrap());
+        });
+        outcome
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the loop never finished: a wake-up was lost")
+    }
+
+    /// How many loop turns waiting `millis` takes on this loop.
+    async fn turns_while_waiting(millis: u64) -> u64 {
+        let before = turns();
+        let at = Instant::now() + Duration::from_millis(millis);
+        sleep_until::<Timer>(at).await;
+        assert!(Instant::now() >= at, "a deadline passed early");
+        turns() - before
+    }
+
+    #[test]
+    fn a_task_is_woken_when_its_socket_becomes_readable() {
+        let (mut peer, ours) = pair();
+        let got = run(async move {
+            let socket = Socket::new(ours).unwrap();
+            let writer = std::thread::spawn(move || peer.write_all(b"x").map(|()| peer));
+            readable(&socket).await.unwrap();
+            let mut byte = [0u8; 1];
+            let mut stream = socket.get_ref();
+            let n = stream.read(&mut byte).unwrap();
+            drop(writer.join());
+            byte[..n].to_vec()
+        });
+        assert_eq!(got, b"x");
+    }
+
+    #[test]
+    fn a_deadline_is_kept_by_sleeping_not_spinning() {
+        // A wait rounded down to the millisecond would wake early and spin.
+        let spun = run(turns_while_waiting(30));
+        assert!(spun <= 3, "{spun} turns of the loop for one deadline");
+    }
+
+    #[test]
+    fn a_wake_from_another_thread_reaches_a_sleeping_loop() {
+        let woken = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&woken);
+        let mut started = false;
+        run(std::future::poll_fn(move |cx| {
+            if flag.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            if !started {
+                started = true;
+                let (flag, waker) = (Arc::clone(&flag), cx.waker().clone());
+                // Nothing else would wake this loop: no socket, no deadline.
+                std::thread::spawn(move || {
+                    flag.store(true, Ordering::SeqCst);
+                    waker.wake();
+                });
+            }
+            Poll::Pending
+        }));
+        assert!(woken.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn readiness_nobody_waits_for_is_not_reported_again() {
+        let (mut peer, ours) = pair();
+        peer.write_all(b"unread").unwrap();
+        let spun = run(async move {
+            let socket = Socket::new(ours).unwrap();
+            readable(&socket).await.unwrap();
+            // Still readable, and no task waits for it now: level-triggered
+            // epoll would report it on every turn if its interest stayed.
+            readable(&socket).await.unwrap();
+            turns_while_waiting(100).await
+        });
+        assert!(spun <= 4, "{spun} turns while nothing could move");
+        drop(peer);
+    }
+
+    #[test]
+    fn a_reset_wakes_a_task_watching_for_errors_alone_then_is_not_reported_again() {
+        let (peer, ours) = pair();
+        let (trouble, spun) = run(async move {
+            let socket = Socket::new(ours).unwrap();
+            let resetter = std::thread::spawn(move || {
+                socket2::SockRef::from(&peer)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(peer);
+            });
+            let trouble = std::future::poll_fn(|cx| match socket.poll_trouble(cx) {
+                Some(p) => p,
+                None => Poll::Ready(Ready::default()),
+            })
+            .await;
+            resetter.join().unwrap();
+            // A hang-up is reported whatever the interest: it must leave the set.
+            (trouble, turns_while_waiting(100).await)
+        });
+        assert!(trouble.error || trouble.hangup, "{trouble:?}");
+        assert!(spun <= 4, "{spun} turns after a hang-up nobody waits for");
+    }
 }
