@@ -861,7 +861,8 @@ impl Connection {
         let Phase::Relaying(relay) = &mut self.phase else {
             return None;
         };
-        if relay.handle_timeout(now) || relay.is_finished() {
+        // True once finished, whether by the idle timeout or both directions.
+        if relay.handle_timeout(now) {
             let outcome = relay.outcome();
             self.finish(now, outcome);
             return None;
@@ -1355,21 +1356,46 @@ mod tests {
 
     /// A connection relaying between two sockets that are always ready.
     fn relaying(release_after: Duration) -> (Forwarder, Connection, Instant) {
+        relaying_with(&[], None, release_after)
+    }
+
+    /// A connection accepted by a forwarder made from `options` (before the
+    /// port and destination) on a runtime splicing through pipes of
+    /// `pipe_capacity`, if any.
+    fn accepted(
+        options: &[&str],
+        pipe_capacity: Option<usize>,
+        release_after: Duration,
+    ) -> (Forwarder, Connection, Instant) {
         let now = t0();
-        let argv = ["8080", "127.0.0.1:9000"].map(OsString::from).to_vec();
+        let argv = options
+            .iter()
+            .chain(&["8080", "127.0.0.1:9000"])
+            .map(OsString::from)
+            .collect();
         let Ok(Action::Run(config)) = cli::parse(argv) else {
             panic!("bad command line");
         };
         let runtime = Runtime {
             name: "test",
-            pipe_capacity: None,
+            pipe_capacity,
             buffer_release_after: release_after,
             reuse_buffers: true,
         };
         let mut f = Forwarder::new(&config, None, 1024, runtime);
-        let mut c = f
+        let c = f
             .handle_accepted(now, "10.0.0.7:4000".parse().unwrap())
             .unwrap();
+        (f, c, now)
+    }
+
+    /// As [`relaying`], with `options` and pipes of `pipe_capacity`.
+    fn relaying_with(
+        options: &[&str],
+        pipe_capacity: Option<usize>,
+        release_after: Duration,
+    ) -> (Forwarder, Connection, Instant) {
+        let (mut f, mut c, now) = accepted(options, pipe_capacity, release_after);
         assert!(!c.is_done(), "a new connection is not over");
         let writable = Ready {
             write: true,
@@ -1405,6 +1431,9 @@ mod tests {
             Output::Write(dir) => {
                 let n = c.write_data(dir).len();
                 c.handle_transfer(now, Transfer::Moved(n));
+            }
+            Output::SpliceIn { max, .. } | Output::SpliceOut { max, .. } => {
+                c.handle_transfer(now, Transfer::Moved(max));
             }
             _ => {}
         }
@@ -1448,19 +1477,26 @@ mod tests {
 
     #[test]
     fn both_directions_take_turns_conn_6() {
-        let (_f, mut c, now) = relaying(Duration::from_secs(60));
-        busy(&mut c, now, &Output::Read(Direction::Upstream));
-        let mut reads = [1usize, 0];
-        for _ in 0..400 {
-            let out = c.poll_output(now);
-            if let Output::Read(dir) = out {
-                reads[dir.index()] += 1;
+        // Copying, and splicing once both flows are bulk.
+        for pipes in [None, Some(PIPE)] {
+            let (_f, mut c, now) = relaying_with(&[], pipes, Duration::from_secs(60));
+            busy(&mut c, now, &Output::Read(Direction::Upstream));
+            let mut reads = [1usize, 0];
+            let mut spliced = [0usize; 2];
+            for _ in 0..800 {
+                let out = c.poll_output(now);
+                match out {
+                    Output::Read(dir) => reads[dir.index()] += 1,
+                    Output::SpliceIn { dir, .. } => spliced[dir.index()] += 1,
+                    _ => {}
+                }
+                busy(&mut c, now, &out);
             }
-            busy(&mut c, now, &out);
+            let moved = if pipes.is_some() { spliced } else { reads };
+            // Both always have data: neither starves the other.
+            assert!(moved[0] > 50 && moved[1] > 50, "{pipes:?}: {moved:?}");
+            assert!(moved[0].abs_diff(moved[1]) <= 2, "{pipes:?}: {moved:?}");
         }
-        // Both always have data: neither starves the other.
-        assert!(reads[0] > 50 && reads[1] > 50, "{reads:?}");
-        assert!(reads[0].abs_diff(reads[1]) <= 2, "{reads:?}");
     }
 
     #[test]
@@ -1529,5 +1565,417 @@ mod tests {
             }
             assert_eq!(read_again, full, "full read: {full}");
         }
+    }
+
+    /// The pipe size of the splicing tests.
+    const PIPE: usize = 64 * 1024;
+
+    /// Drives `c` until an output `stop` accepts, doing reads and writes as
+    /// `io` says; panics if none comes within 50 outputs.
+    fn until(
+        c: &mut Connection,
+        now: Instant,
+        mut io: impl FnMut(&mut Connection, &Output),
+        stop: impl Fn(&Output) -> bool,
+    ) -> Output {
+        for _ in 0..50 {
+            let out = c.poll_output(now);
+            if stop(&out) {
+                return out;
+            }
+            io(c, &out);
+        }
+        panic!("the output looked for never came");
+    }
+
+    /// Moves everything offered: reads fill their space, writes and splices
+    /// take all.
+    fn all(c: &mut Connection, out: &Output) {
+        let now = t0();
+        match *out {
+            Output::Read(dir) => {
+                let n = c.read_space(dir).len();
+                c.handle_transfer(now, Transfer::Moved(n));
+            }
+            Output::Write(dir) => {
+                let n = c.write_data(dir).len();
+                c.handle_transfer(now, Transfer::Moved(n));
+            }
+            Output::SpliceIn { max, .. } | Output::SpliceOut { max, .. } => {
+                c.handle_transfer(now, Transfer::Moved(max));
+            }
+            _ => {}
+        }
+    }
+
+    /// A relaying connection whose upstream flow is bulk, with its pipe
+    /// opened: the next output is the first splice in.
+    fn splicing() -> (Forwarder, Connection, Instant) {
+        let (f, mut c, now) = relaying_with(&[], Some(PIPE), Duration::from_secs(60));
+        // A full read marks the flow bulk; once written, the pipe takes over.
+        all(&mut c, &Output::Read(Direction::Upstream));
+        let open = until(&mut c, now, all, |o| matches!(o, Output::OpenPipe(_)));
+        assert_eq!(open, Output::OpenPipe(Direction::Upstream));
+        let first = c.poll_output(now);
+        assert!(
+            matches!(
+                first,
+                Output::SpliceIn {
+                    dir: Direction::Upstream,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+        // Handed back to the test: the splice is pending.
+        (f, c, now)
+    }
+
+    fn is_wait(out: &Output) -> bool {
+        matches!(out, Output::Wait(_))
+    }
+
+    /// FAULT-3: a direction whose pipe cannot be made copies instead, and the
+    /// pipe goes back to the budget.
+    #[test]
+    fn a_pipe_that_cannot_be_made_leaves_its_direction_copying_fault_3() {
+        let (_f, mut c, now) = relaying_with(&[], Some(PIPE), Duration::from_secs(60));
+        let free = c.settings.pipes.free();
+        all(&mut c, &Output::Read(Direction::Upstream));
+        let open = until(&mut c, now, all, |o| matches!(o, Output::OpenPipe(_)));
+        assert_eq!(open, Output::OpenPipe(Direction::Upstream));
+        assert_eq!(c.settings.pipes.free(), free - 1, "a pipe was taken");
+        c.handle_pipe_failed(now, Direction::Upstream);
+        assert_eq!(c.settings.pipes.free(), free, "and given back");
+        let next = until(&mut c, now, all, |o| {
+            matches!(
+                o,
+                Output::Read(Direction::Upstream) | Output::SpliceIn { .. } | Output::OpenPipe(_)
+            )
+        });
+        assert_eq!(next, Output::Read(Direction::Upstream), "copies instead");
+    }
+
+    /// A splice in that would block on an empty pipe means the client has
+    /// nothing: wait for it. On a pipe with bytes in it, it means the pipe is
+    /// full: splice in again as soon as some went out, without waiting.
+    #[test]
+    fn a_full_pipe_is_not_an_empty_socket() {
+        // Empty pipe: the next output is a wait for the client.
+        let (_f, mut c, now) = splicing();
+        c.handle_transfer(now, Transfer::WouldBlock);
+        let Output::Wait(w) = c.poll_output(now) else {
+            panic!("no wait after the client had nothing");
+        };
+        assert!(w.watch[Side::Client.index()].read, "{w:?}");
+
+        // The pipe filled as asked; the destination takes only some of it,
+        // so there is room, but the kernel's pipe turns out full.
+        let (_f, mut c, now) = splicing();
+        c.handle_transfer(now, Transfer::Moved(PIPE));
+        let out = c.poll_output(now);
+        assert!(
+            matches!(out, Output::SpliceOut { max: PIPE, .. }),
+            "{out:?}"
+        );
+        c.handle_transfer(now, Transfer::Moved(1000));
+        let out = c.poll_output(now);
+        assert!(matches!(out, Output::SpliceIn { max: 1000, .. }), "{out:?}");
+        c.handle_transfer(now, Transfer::WouldBlock);
+        let Output::Wait(w) = c.poll_output(now) else {
+            panic!("no wait with the pipe full and the destination full");
+        };
+        assert!(!w.watch[Side::Client.index()].read, "a full pipe: {w:?}");
+        assert!(w.watch[Side::Destination.index()].write, "{w:?}");
+        let writable = Ready {
+            write: true,
+            ..Ready::default()
+        };
+        c.handle_ready(now, Side::Destination, writable);
+        let out = c.poll_output(now);
+        let rest = PIPE - 1000;
+        assert!(
+            matches!(out, Output::SpliceOut { max, .. } if max == rest),
+            "{out:?}"
+        );
+        c.handle_transfer(now, Transfer::Moved(rest));
+        let out = c.poll_output(now);
+        assert!(
+            matches!(out, Output::SpliceIn { .. }),
+            "the client was never found empty: {out:?}"
+        );
+    }
+
+    /// A quiet direction keeps its pipe for PIPE_IDLE, then closes it and
+    /// gives it back.
+    #[test]
+    fn a_quiet_pipe_is_closed_after_pipe_idle_fault_3() {
+        let (_f, mut c, now) = splicing();
+        let free = c.settings.pipes.free();
+        // The last bytes for a while: spliced in, then out.
+        c.handle_transfer(now, Transfer::Moved(1000));
+        let quiet = |c: &mut Connection, out: &Output| match out {
+            Output::Read(_) | Output::SpliceIn { .. } => {
+                c.handle_transfer(t0(), Transfer::WouldBlock)
+            }
+            other => all(c, other),
+        };
+        let Output::Wait(w) = until(&mut c, now, quiet, |o| {
+            is_wait(o) || matches!(o, Output::ClosePipe(_))
+        }) else {
+            panic!("the pipe was closed at once");
+        };
+        assert_eq!(w.deadline, Some(now + PIPE_IDLE), "woken when it is due");
+        let later = now + PIPE_IDLE;
+        let out = until(&mut c, later, quiet, |o| {
+            is_wait(o) || matches!(o, Output::ClosePipe(_))
+        });
+        assert_eq!(out, Output::ClosePipe(Direction::Upstream));
+        assert_eq!(c.settings.pipes.free(), free + 1, "given back");
+    }
+
+    /// CONN-6: when the second direction ends, both sockets are closed, which
+    /// sends its FIN: one shutdown(2), for the first direction to end only.
+    #[test]
+    fn only_the_first_direction_to_end_is_shut_down_conn_6() {
+        let (_f, mut c, now) = relaying(Duration::from_secs(60));
+        let mut shutdowns = Vec::new();
+        let mut ended = [false; 2];
+        for _ in 0..50 {
+            match c.poll_output(now) {
+                Output::Read(dir) if !ended[dir.index()] => {
+                    ended[dir.index()] = true;
+                    c.handle_transfer(now, Transfer::Moved(0));
+                }
+                Output::Read(_) => c.handle_transfer(now, Transfer::WouldBlock),
+                Output::Wait(_) => {
+                    let readable = Ready {
+                        read: true,
+                        ..Ready::default()
+                    };
+                    c.handle_ready(now, Side::Client, readable);
+                    c.handle_ready(now, Side::Destination, readable);
+                }
+                Output::ShutdownWrite(dir) => {
+                    shutdowns.push(dir);
+                    c.handle_shutdown(now, Ok(()));
+                }
+                Output::Close { reset } => {
+                    assert!(!reset, "both ended cleanly");
+                    assert_eq!(shutdowns, [Direction::Upstream]);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        panic!("never closed: {shutdowns:?} {ended:?}");
+    }
+
+    /// -dd logs every read with its size, and each end of stream; -d none.
+    #[test]
+    fn every_read_is_logged_at_dd_only() {
+        for (options, logged) in [(&["-d"][..], false), (&["-d", "-d"][..], true)] {
+            let (_f, mut c, now) = relaying_with(options, None, Duration::from_secs(60));
+            let mut texts = Vec::new();
+            let _ = c.read_space(Direction::Upstream);
+            c.handle_transfer(now, Transfer::Moved(5));
+            let mut eof = false;
+            for _ in 0..20 {
+                match c.poll_output(now) {
+                    Output::Log(r) => texts.push(r.text),
+                    Output::Read(_) if !eof => {
+                        eof = true;
+                        c.handle_transfer(now, Transfer::Moved(0));
+                    }
+                    Output::Write(dir) => {
+                        let n = c.write_data(dir).len();
+                        c.handle_transfer(now, Transfer::Moved(n));
+                    }
+                    Output::Read(_) => c.handle_transfer(now, Transfer::WouldBlock),
+                    Output::Wait(_) if !eof => {
+                        let readable = Ready {
+                            read: true,
+                            ..Ready::default()
+                        };
+                        c.handle_ready(now, Side::Client, readable);
+                    }
+                    Output::Wait(_) => break,
+                    _ => {}
+                }
+            }
+            let expected = [
+                "10.0.0.7:4000: 5 bytes from the client",
+                "10.0.0.7:4000: end of stream from the client",
+            ];
+            for line in expected {
+                assert_eq!(
+                    texts.iter().any(|t| t == line),
+                    logged,
+                    "{options:?}: {texts:?}"
+                );
+            }
+        }
+    }
+
+    /// Issue 20's rule, for writes: a short write says the socket is full, so
+    /// the rest waits for the poller; a full write goes on.
+    #[test]
+    fn a_short_write_waits_for_the_poller_a_full_one_goes_on() {
+        for full in [false, true] {
+            let (_f, mut c, now) = relaying(Duration::from_secs(60));
+            let _ = c.read_space(Direction::Upstream);
+            c.handle_transfer(now, Transfer::Moved(100));
+            let out = until(&mut c, now, |_, _| {}, |o| matches!(o, Output::Write(_)));
+            assert_eq!(out, Output::Write(Direction::Upstream));
+            let n = if full { 100 } else { 40 };
+            c.handle_transfer(now, Transfer::Moved(n));
+            let next = c.poll_output(now);
+            let wrote_on = matches!(next, Output::Write(_));
+            if full {
+                assert!(!wrote_on, "nothing left to write: {next:?}");
+            } else {
+                let Output::Wait(w) = next else {
+                    panic!("a short write tried again at once: {next:?}");
+                };
+                assert!(w.watch[Side::Destination.index()].write, "{w:?}");
+            }
+        }
+    }
+
+    /// A wait says the poller was asked; only I/O in a row without one counts
+    /// toward the yield budget.
+    #[test]
+    fn a_connection_that_waits_never_yields() {
+        let (_f, mut c, now) = relaying(Duration::from_secs(60));
+        let _ = c.read_space(Direction::Upstream);
+        c.handle_transfer(now, Transfer::Moved(10));
+        let readable = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        for _ in 0..(10 * OUTPUTS_BEFORE_YIELD) {
+            match c.poll_output(now) {
+                Output::Yield => panic!("yielded although it waited each time"),
+                Output::Write(dir) => {
+                    let n = c.write_data(dir).len();
+                    c.handle_transfer(now, Transfer::Moved(n));
+                }
+                Output::Read(dir) => {
+                    // A short read: drained until the poller says more came.
+                    let _ = c.read_space(dir);
+                    c.handle_transfer(now, Transfer::Moved(10));
+                }
+                Output::Wait(_) => c.handle_ready(now, Side::Client, readable),
+                _ => {}
+            }
+        }
+    }
+
+    /// The poller saying "readable" is what makes a drained socket read again.
+    #[test]
+    fn readable_after_a_wait_reads_again() {
+        let (_f, mut c, now) = relaying(Duration::from_secs(60));
+        c.handle_transfer(now, Transfer::WouldBlock);
+        let quiet = |c: &mut Connection, out: &Output| {
+            if let Output::Read(_) = out {
+                c.handle_transfer(t0(), Transfer::WouldBlock);
+            }
+        };
+        assert!(is_wait(&until(&mut c, now, quiet, is_wait)));
+        let readable = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        c.handle_ready(now, Side::Client, readable);
+        assert_eq!(c.poll_output(now), Output::Read(Direction::Upstream));
+    }
+
+    /// A connection that has asked for its destination's connect.
+    fn connecting(options: &[&str]) -> (Forwarder, Connection, Instant, Wait) {
+        let (mut f, mut c, now) = accepted(options, None, Duration::from_secs(60));
+        for _ in 0..20 {
+            match c.poll_output(now) {
+                Output::Forwarder => f.exchange(now, &mut c),
+                Output::Connect { .. } => c.handle_connect_started(now, Ok(())),
+                Output::Wait(w) => return (f, c, now, w),
+                Output::Log(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("never connecting");
+    }
+
+    /// FAULT-1: while its destination is dialed, the client is watched for
+    /// errors and hang-ups, and either alone means it left: the dial stops.
+    #[test]
+    fn a_client_that_leaves_while_dialing_ends_the_dial_fault_1() {
+        let (_f, _c, _now, wait) = connecting(&[]);
+        assert!(wait.watch[Side::Client.index()].errors, "{wait:?}");
+        for (error, hangup) in [(true, false), (false, true)] {
+            let (mut f, mut c, now, _) = connecting(&[]);
+            let gone = Ready {
+                error,
+                hangup,
+                ..Ready::default()
+            };
+            c.handle_ready(now, Side::Client, gone);
+            let mut closed = false;
+            for _ in 0..20 {
+                match c.poll_output(now) {
+                    Output::Forwarder => f.exchange(now, &mut c),
+                    Output::FinishConnect | Output::Wait(_) => break,
+                    Output::Close { .. } | Output::Done => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            assert!(closed, "error {error}, hang-up {hangup}: still dialing");
+        }
+    }
+
+    /// A buffer given back when quiet is asked for again at the next read,
+    /// and one lent then is the one read into.
+    #[test]
+    fn a_returned_buffer_is_asked_for_again_and_a_lent_one_used_fault_3() {
+        let (_f, mut c, now) = relaying(Duration::ZERO);
+        // None is held before the first read.
+        let size = c.wants_buffer(Direction::Upstream).expect("asked for");
+        assert!(size > 1, "{size}");
+        let _ = c.read_space(Direction::Upstream);
+        assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
+        c.handle_transfer(now, Transfer::Moved(10));
+        let quiet = |c: &mut Connection, out: &Output| match out {
+            Output::Read(_) => c.handle_transfer(t0(), Transfer::WouldBlock),
+            other => all(c, other),
+        };
+        let Output::ReturnBuffer(buffer) =
+            until(&mut c, now, quiet, |o| matches!(o, Output::ReturnBuffer(_)))
+        else {
+            unreachable!()
+        };
+        assert!(buffer.capacity() >= size, "{}", buffer.capacity());
+        let _ = until(&mut c, now, quiet, is_wait);
+        let readable = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        c.handle_ready(now, Side::Client, readable);
+        assert_eq!(c.poll_output(now), Output::Read(Direction::Upstream));
+        assert_eq!(c.wants_buffer(Direction::Upstream), Some(size));
+        let lent = BytesMut::with_capacity(size);
+        let at = lent.as_ptr();
+        c.lend_buffer(Direction::Upstream, lent);
+        assert_eq!(c.read_space(Direction::Upstream).as_ptr(), at.cast_mut());
+        assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
+    }
+
+    /// What a failed connect logs is the system's own text.
+    #[test]
+    fn a_connect_failure_reads_as_the_system_said_it() {
+        let refused = "Connection refused (os error 111)".to_string();
+        assert_eq!(ConnectFailure::Remote(refused.clone()).to_string(), refused);
+        assert_eq!(ConnectFailure::Local(refused.clone()).to_string(), refused);
     }
 }
