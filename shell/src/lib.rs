@@ -2,7 +2,8 @@
 //! start-up order, detaching, pid file, signals, syslog, the log and session
 //! writer, systemd, socket options, splice pipes, and the handle through which a
 //! connection driver consults the core ([`Conn`]). With the `async` feature, the
-//! connection driver over async-io that both async runtimes use.
+//! connection driver both async runtimes use, and plug's own reactor (smol's);
+//! with `async-io`, async-io's reactor under the same driver (async-std's).
 //!
 //! Start-up order (PROC-1/2/3/6/7/9), single-threaded throughout: block the
 //! signals plug handles → parse and validate → close inherited descriptors →
@@ -23,7 +24,7 @@
 //! - [`lifecycle`]: the signal thread and the thread that carries out the
 //!   core's process machine (stop, drain, cut, exit);
 //! - [`drive`]: the core's machines carried out on sockets: a connection
-//!   ([`Conn`], and the async-io driver), a scrape, the rounds of probes and
+//!   ([`Conn`], and the async driver and its reactors), a scrape, the rounds of probes and
 //!   lookups;
 //! - [`net`]: socket options, splice pipes, the sockets a cut resets;
 //! - [`output`]: the writer thread, the log and syslog, the session file;

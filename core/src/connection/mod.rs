@@ -1254,11 +1254,15 @@ impl Connection {
         };
         let dest = &mut self.sockets[Side::Destination.index()];
         let input = match (pending, &mut d.io) {
-            (Pending::Write(..), DialIo::Sending { request, sent }) => match result {
+            (Pending::Write(_, offered), DialIo::Sending { request, sent }) => match result {
                 Transfer::Moved(0) => Some(DialInput::ConnectFailed(
                     "the proxy took no bytes".to_string(),
                 )),
                 Transfer::Moved(n) => {
+                    if n < offered {
+                        // As in the relay: a short write says the socket is full.
+                        dest.writable = false;
+                    }
                     *sent = (*sent + n).min(request.len());
                     if *sent == request.len() {
                         d.io = DialIo::Receiving {
@@ -1483,8 +1487,19 @@ mod tests {
             busy(&mut c, now, &Output::Read(Direction::Upstream));
             let mut reads = [1usize, 0];
             let mut spliced = [0usize; 2];
+            let mut last = Some(Direction::Upstream);
             for _ in 0..800 {
                 let out = c.poll_output(now);
+                let moved = match out {
+                    Output::Read(dir) | Output::Write(dir) => Some(dir),
+                    Output::SpliceIn { dir, .. } | Output::SpliceOut { dir, .. } => Some(dir),
+                    _ => None,
+                };
+                if let Some(dir) = moved {
+                    // Both can always move: each transfer is the other's turn.
+                    assert_ne!(last, Some(dir), "{pipes:?}: {dir:?} twice in a row");
+                    last = Some(dir);
+                }
                 match out {
                     Output::Read(dir) => reads[dir.index()] += 1,
                     Output::SpliceIn { dir, .. } => spliced[dir.index()] += 1,
@@ -1964,11 +1979,18 @@ mod tests {
         c.handle_ready(now, Side::Client, readable);
         assert_eq!(c.poll_output(now), Output::Read(Direction::Upstream));
         assert_eq!(c.wants_buffer(Direction::Upstream), Some(size));
-        let lent = BytesMut::with_capacity(size);
-        let at = lent.as_ptr();
-        c.lend_buffer(Direction::Upstream, lent);
-        assert_eq!(c.read_space(Direction::Upstream).as_ptr(), at.cast_mut());
+        // Told apart from one it would allocate by its capacity (an address
+        // could be reused).
+        c.lend_buffer(Direction::Upstream, BytesMut::with_capacity(3 * size));
         assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
+        assert_eq!(c.read_space(Direction::Upstream).len(), size);
+        c.handle_transfer(now, Transfer::Moved(10));
+        let Output::ReturnBuffer(again) =
+            until(&mut c, now, quiet, |o| matches!(o, Output::ReturnBuffer(_)))
+        else {
+            unreachable!()
+        };
+        assert!(again.capacity() >= 3 * size, "the lent one was used");
     }
 
     /// What a failed connect logs is the system's own text.
@@ -1977,5 +1999,157 @@ mod tests {
         let refused = "Connection refused (os error 111)".to_string();
         assert_eq!(ConnectFailure::Remote(refused.clone()).to_string(), refused);
         assert_eq!(ConnectFailure::Local(refused.clone()).to_string(), refused);
+    }
+
+    /// With `-h`, a short write of the CONNECT request waits for the proxy's
+    /// socket to be writable again; a full one goes on to read the reply.
+    #[test]
+    fn a_short_write_of_the_connect_request_waits_for_the_proxy() {
+        for full in [false, true] {
+            let (mut f, mut c, now) =
+                accepted(&["-h", "127.0.0.9:3128"], None, Duration::from_secs(60));
+            let writable = Ready {
+                write: true,
+                ..Ready::default()
+            };
+            let mut request = 0;
+            let mut after = None;
+            for _ in 0..30 {
+                let out = c.poll_output(now);
+                match out {
+                    Output::Forwarder => f.exchange(now, &mut c),
+                    Output::Connect { .. } => c.handle_connect_started(now, Ok(())),
+                    Output::FinishConnect => c.handle_connect_result(now, Ok(())),
+                    Output::Wait(_) if request == 0 => {
+                        c.handle_ready(now, Side::Destination, writable)
+                    }
+                    Output::Write(Direction::Upstream) if request == 0 => {
+                        request = c.write_data(Direction::Upstream).len();
+                        assert!(request > 10, "{request}");
+                        // Only the direction asked for has bytes to write.
+                        assert!(c.write_data(Direction::Downstream).is_empty());
+                        let n = if full { request } else { request / 2 };
+                        c.handle_transfer(now, Transfer::Moved(n));
+                    }
+                    Output::Log(_) => {}
+                    other => {
+                        after = Some(other);
+                        break;
+                    }
+                }
+            }
+            let after = after.expect("nothing after the request");
+            // Only the direction asked for has space to read into.
+            assert!(c.read_space(Direction::Upstream).is_empty());
+            match (full, after) {
+                (true, Output::Read(Direction::Downstream)) => {}
+                (true, Output::Wait(w)) => {
+                    assert!(w.watch[Side::Destination.index()].read, "{w:?}")
+                }
+                (false, Output::Wait(w)) => {
+                    assert!(w.watch[Side::Destination.index()].write, "{w:?}")
+                }
+                (full, other) => panic!("full write {full}: {other:?}"),
+            }
+        }
+    }
+
+    /// FAULT-1: an error reported alone (as an error watch reports it) is
+    /// collected by the next read or write of that socket: a connect's by
+    /// finishing it, a proxy's by reading its reply.
+    #[test]
+    fn an_error_alone_is_collected_by_the_next_read_or_write_fault_1() {
+        let error = Ready {
+            error: true,
+            ..Ready::default()
+        };
+        let (_f, mut c, now, _) = connecting(&[]);
+        c.handle_ready(now, Side::Destination, error);
+        assert_eq!(c.poll_output(now), Output::FinishConnect);
+
+        let (mut f, mut c, now) =
+            accepted(&["-h", "127.0.0.9:3128"], None, Duration::from_secs(60));
+        let writable = Ready {
+            write: true,
+            ..Ready::default()
+        };
+        for _ in 0..30 {
+            match c.poll_output(now) {
+                Output::Forwarder => f.exchange(now, &mut c),
+                Output::Connect { .. } => c.handle_connect_started(now, Ok(())),
+                Output::FinishConnect => c.handle_connect_result(now, Ok(())),
+                Output::Write(dir) => {
+                    let n = c.write_data(dir).len();
+                    c.handle_transfer(now, Transfer::Moved(n));
+                }
+                Output::Wait(w) if w.watch[Side::Destination.index()].read => {
+                    // Waiting for the proxy's reply; its socket fails instead.
+                    c.handle_ready(now, Side::Destination, error);
+                    assert_eq!(c.poll_output(now), Output::Read(Direction::Downstream));
+                    return;
+                }
+                Output::Wait(_) => c.handle_ready(now, Side::Destination, writable),
+                _ => {}
+            }
+        }
+        panic!("never waited for the proxy's reply");
+    }
+
+    /// An end of stream is no activity (as for the idle timeout): buffers
+    /// quiet since before it still go back when due (FAULT-3).
+    #[test]
+    fn an_end_of_stream_does_not_restart_the_quiet_clock_fault_3() {
+        let release = Duration::from_secs(5);
+        let (_f, mut c, now) = relaying(release);
+        let readable = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        // Ten bytes each way at `now`, then nothing.
+        let _ = c.read_space(Direction::Upstream);
+        c.handle_transfer(now, Transfer::Moved(10));
+        let mut down = false;
+        let mut deadline = None;
+        for _ in 0..30 {
+            match c.poll_output(now) {
+                Output::Write(dir) => {
+                    let n = c.write_data(dir).len();
+                    c.handle_transfer(now, Transfer::Moved(n));
+                }
+                Output::Read(Direction::Downstream) if !down => {
+                    down = true;
+                    let _ = c.read_space(Direction::Downstream);
+                    c.handle_transfer(now, Transfer::Moved(10));
+                }
+                Output::Read(_) => c.handle_transfer(now, Transfer::WouldBlock),
+                Output::Wait(_) if !down => c.handle_ready(now, Side::Destination, readable),
+                Output::Wait(w) => {
+                    deadline = w.deadline;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(deadline, Some(now + release));
+        // The client ends its sending three seconds later.
+        let later = now + Duration::from_secs(3);
+        c.handle_ready(later, Side::Client, readable);
+        let mut ended = false;
+        for _ in 0..30 {
+            match c.poll_output(later) {
+                Output::Read(Direction::Upstream) if !ended => {
+                    ended = true;
+                    c.handle_transfer(later, Transfer::Moved(0));
+                }
+                Output::Read(_) => c.handle_transfer(later, Transfer::WouldBlock),
+                Output::ShutdownWrite(_) => c.handle_shutdown(later, Ok(())),
+                Output::Wait(w) if ended => {
+                    assert_eq!(w.deadline, Some(now + release), "quiet since before");
+                    return;
+                }
+                _ => {}
+            }
+        }
+        panic!("never waited after the end of stream");
     }
 }

@@ -1,5 +1,7 @@
-//! Errors and hang-ups on sockets that nothing reads or writes, for the async
-//! runtimes (FAULT-1). async-io asks its reactor only for readable or
+//! Errors and hang-ups on sockets that nothing reads or writes, for a reactor
+//! that cannot report them itself (FAULT-1): async-io's, under async-std; plug's
+//! own reactor does ([`Source::poll_trouble`](crate::drive::reactor::Source)).
+//! async-io asks its reactor only for readable or
 //! writable, so a socket the core watches for errors alone (a client while its
 //! destination is dialed, or while its bytes wait for a stalled destination)
 //! would never wake its task, and a reset there would wait for a deadline.

@@ -1,6 +1,6 @@
 //! Carrying out the core's machines on sockets: a connection ([`conn::Conn`],
-//! and with the `async` feature the async-io driver), a scrape, and the rounds of
-//! probes and lookups.
+//! and with the `async` feature the async driver and the reactors it waits on),
+//! a scrape, and the rounds of probes and lookups.
 
 #[cfg(feature = "async")]
 pub mod async_driver;
