@@ -91,16 +91,6 @@ impl AcceptRule {
         Ok(AcceptRule { network, prefix })
     }
 
-    /// The masked network address.
-    pub fn network(&self) -> IpAddr {
-        self.network
-    }
-
-    /// The prefix length in bits.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
     /// True when `client` (canonicalised: IPv4-mapped counts as IPv4) lies in this
     /// network. An IPv4 rule never matches a real IPv6 client, nor the reverse.
     pub fn contains(&self, client: IpAddr) -> bool {
@@ -154,6 +144,26 @@ mod tests {
 
     fn rule(w: &str) -> AcceptRule {
         AcceptRule::parse(w).unwrap()
+    }
+
+    /// CONN-1's `bits` is a decimal number of at most three digits: what
+    /// Rust's integer parser would also take (`+8`, `0008`) is refused.
+    #[test]
+    fn a_prefix_is_one_to_three_decimal_digits_conn_1() {
+        for bad in [
+            "10.0.0.0/+8",
+            "10.0.0.0/0008",
+            "10.0.0.0/",
+            "10.0.0.0/ 8",
+            "::1/+64",
+        ] {
+            assert!(
+                matches!(AcceptRule::parse(bad), Err(RuleError::BadPrefix(_))),
+                "{bad}"
+            );
+        }
+        assert_eq!(rule("10.1.2.3/008").to_string(), "10.0.0.0/8");
+        assert_eq!(rule("::1/128").to_string(), "::1/128");
     }
 
     #[test]

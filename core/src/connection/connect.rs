@@ -400,6 +400,71 @@ mod tests {
         );
     }
 
+    /// CONN-9's limit, written as the SPEC gives it rather than through the
+    /// constant (which could drift with the code): a head of exactly 16 KiB
+    /// opens the tunnel, one byte more is too large.
+    #[test]
+    fn the_reply_head_limit_is_16_kib_conn_9() {
+        for (len, opens) in [(16 * 1024, true), (16 * 1024 + 1, false)] {
+            let mut head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+            head.resize(len - 4, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(head.len(), len);
+            let expected = match opens {
+                true => ReplyStatus::Tunnel {
+                    leftover: Bytes::new(),
+                },
+                false => ReplyStatus::Failed(ProxyFailure::TooLarge),
+            };
+            assert_eq!(parse_whole(&head, false), expected, "{len} bytes");
+        }
+    }
+
+    /// Past the limit the answer does not depend on how the bytes arrive: a
+    /// head still unfinished 16 KiB + 1 bytes in is too large, whatever
+    /// garbage follows; garbage within the limit is malformed, however long
+    /// the reply goes on.
+    #[test]
+    fn past_the_limit_every_split_gives_the_same_failure_conn_9() {
+        let limit = 16 * 1024;
+        let mut late = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        late.resize(limit + 1, b'a');
+        late.extend_from_slice(b"\x01garbage\r\n\r\n");
+        let mut early = b"HTTP/1.1 200 OK\r\n\x01bad\r\nX: ".to_vec();
+        early.resize(limit + 100, b'a');
+        let cases = [
+            (late, ProxyFailure::TooLarge),
+            (early, ProxyFailure::Malformed(String::new())),
+        ];
+        for (bytes, expected) in cases {
+            for cuts in [&[][..], &[100], &[limit], &[limit + 1], &[limit + 2]] {
+                let got = parse_split(&bytes, cuts);
+                let ok = match (&got, &expected) {
+                    (
+                        ReplyStatus::Failed(ProxyFailure::Malformed(_)),
+                        ProxyFailure::Malformed(_),
+                    ) => true,
+                    (ReplyStatus::Failed(f), e) => f == e,
+                    _ => false,
+                };
+                assert!(ok, "cut at {cuts:?}: {got:?}, not {expected:?}");
+            }
+        }
+    }
+
+    /// What an operator reads when the credentials file is unusable (OPT-5).
+    #[test]
+    fn credentials_errors_say_what_the_file_must_hold_opt_5() {
+        assert_eq!(
+            CredentialsError::NoColon.to_string(),
+            "proxy credentials must be written user:password"
+        );
+        assert_eq!(
+            CredentialsError::ControlCharacter.to_string(),
+            "proxy credentials must be one line of user:password"
+        );
+    }
+
     #[test]
     fn reason_is_made_printable() {
         let r = parse_whole(b"HTTP/1.1 502 Bad\x01Gateway\r\n\r\n", false);
