@@ -190,21 +190,7 @@ pub fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
 /// epoll reports EPOLLERR and EPOLLHUP whatever the interest), tagged `key`:
 /// added (`add`), or re-armed.
 pub fn epoll_watch_errors(epoll: RawFd, fd: RawFd, key: u64, add: bool) -> io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: libc::EPOLLONESHOT as u32,
-        u64: key,
-    };
-    let op = if add {
-        libc::EPOLL_CTL_ADD
-    } else {
-        libc::EPOLL_CTL_MOD
-    };
-    // SAFETY: `event` is a valid epoll_event; the kernel checks the descriptors.
-    let rc = unsafe { libc::epoll_ctl(epoll, op, fd, &mut event) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    epoll_register(epoll, fd, libc::EPOLLONESHOT as u32, key, add)
 }
 
 /// Stops watching `fd` in `epoll` (before it is closed).

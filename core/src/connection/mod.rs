@@ -1427,27 +1427,14 @@ mod tests {
     /// Does `out` as sockets that always have data and always take it all,
     /// and whose poller says so whenever asked.
     fn busy(c: &mut Connection, now: Instant, out: &Output) {
-        match *out {
-            Output::Read(dir) => {
-                let n = c.read_space(dir).len();
-                c.handle_transfer(now, Transfer::Moved(n));
-            }
-            Output::Write(dir) => {
-                let n = c.write_data(dir).len();
-                c.handle_transfer(now, Transfer::Moved(n));
-            }
-            Output::SpliceIn { max, .. } | Output::SpliceOut { max, .. } => {
-                c.handle_transfer(now, Transfer::Moved(max));
-            }
-            _ => {}
-        }
-        let all = Ready {
+        all(c, now, out);
+        let ready = Ready {
             read: true,
             write: true,
             ..Ready::default()
         };
-        c.handle_ready(now, Side::Client, all);
-        c.handle_ready(now, Side::Destination, all);
+        c.handle_ready(now, Side::Client, ready);
+        c.handle_ready(now, Side::Destination, ready);
     }
 
     #[test]
@@ -1605,8 +1592,7 @@ mod tests {
 
     /// Moves everything offered: reads fill their space, writes and splices
     /// take all.
-    fn all(c: &mut Connection, out: &Output) {
-        let now = t0();
+    fn all(c: &mut Connection, now: Instant, out: &Output) {
         match *out {
             Output::Read(dir) => {
                 let n = c.read_space(dir).len();
@@ -1623,13 +1609,18 @@ mod tests {
         }
     }
 
+    /// [`all`] at the tests' start time, as [`until`] takes it.
+    fn moved(c: &mut Connection, out: &Output) {
+        all(c, t0(), out);
+    }
+
     /// A relaying connection whose upstream flow is bulk, with its pipe
     /// opened: the next output is the first splice in.
     fn splicing() -> (Forwarder, Connection, Instant) {
         let (f, mut c, now) = relaying_with(&[], Some(PIPE), Duration::from_secs(60));
         // A full read marks the flow bulk; once written, the pipe takes over.
-        all(&mut c, &Output::Read(Direction::Upstream));
-        let open = until(&mut c, now, all, |o| matches!(o, Output::OpenPipe(_)));
+        all(&mut c, now, &Output::Read(Direction::Upstream));
+        let open = until(&mut c, now, moved, |o| matches!(o, Output::OpenPipe(_)));
         assert_eq!(open, Output::OpenPipe(Direction::Upstream));
         let first = c.poll_output(now);
         assert!(
@@ -1656,13 +1647,13 @@ mod tests {
     fn a_pipe_that_cannot_be_made_leaves_its_direction_copying_fault_3() {
         let (_f, mut c, now) = relaying_with(&[], Some(PIPE), Duration::from_secs(60));
         let free = c.settings.pipes.free();
-        all(&mut c, &Output::Read(Direction::Upstream));
-        let open = until(&mut c, now, all, |o| matches!(o, Output::OpenPipe(_)));
+        all(&mut c, now, &Output::Read(Direction::Upstream));
+        let open = until(&mut c, now, moved, |o| matches!(o, Output::OpenPipe(_)));
         assert_eq!(open, Output::OpenPipe(Direction::Upstream));
         assert_eq!(c.settings.pipes.free(), free - 1, "a pipe was taken");
         c.handle_pipe_failed(now, Direction::Upstream);
         assert_eq!(c.settings.pipes.free(), free, "and given back");
-        let next = until(&mut c, now, all, |o| {
+        let next = until(&mut c, now, moved, |o| {
             matches!(
                 o,
                 Output::Read(Direction::Upstream) | Output::SpliceIn { .. } | Output::OpenPipe(_)
@@ -1733,7 +1724,7 @@ mod tests {
             Output::Read(_) | Output::SpliceIn { .. } => {
                 c.handle_transfer(t0(), Transfer::WouldBlock)
             }
-            other => all(c, other),
+            other => all(c, t0(), other),
         };
         let Output::Wait(w) = until(&mut c, now, quiet, |o| {
             is_wait(o) || matches!(o, Output::ClosePipe(_))
@@ -1963,7 +1954,7 @@ mod tests {
         c.handle_transfer(now, Transfer::Moved(10));
         let quiet = |c: &mut Connection, out: &Output| match out {
             Output::Read(_) => c.handle_transfer(t0(), Transfer::WouldBlock),
-            other => all(c, other),
+            other => all(c, t0(), other),
         };
         let Output::ReturnBuffer(buffer) =
             until(&mut c, now, quiet, |o| matches!(o, Output::ReturnBuffer(_)))

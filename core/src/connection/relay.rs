@@ -105,7 +105,10 @@ pub enum WriteFrom {
     Pipe,
 }
 
-/// What one direction should do next, in the order a blocking driver should do it.
+/// What one direction should do next, in the order a blocking driver should do
+/// it: the relay's rules in one view, for its tests (the connection asks
+/// [`Half::wants_write`], `wants_shutdown` and `wants_read` itself).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HalfNext {
     /// Write pending bytes to the sink.
@@ -276,6 +279,7 @@ impl Half {
 
     /// The next step for a driver that does one thing at a time: write pending bytes
     /// first, then shut down, then read.
+    #[cfg(test)]
     pub fn next(&self) -> HalfNext {
         match self.state {
             HalfState::Aborted => HalfNext::Aborted,
@@ -588,7 +592,8 @@ impl Relay {
         }
     }
 
-    /// What `dir` should do next (see [`Half::next`]).
+    /// What `dir` should do next (see `Half::next`).
+    #[cfg(test)]
     pub fn next(&self, dir: Direction) -> HalfNext {
         self.half(dir).next()
     }
@@ -795,6 +800,100 @@ mod tests {
         assert_eq!(r.half(down).received(), 12 + n as u64 + 100);
     }
 
+    /// The sizes the README gives, as literals (the constants could drift
+    /// with the code): a direction that can splice copies its small messages
+    /// through 4 KiB, one that cannot through 64 KiB.
+    #[test]
+    fn copy_buffers_are_4_kib_beside_a_pipe_else_64_kib() {
+        let mut copying = Half::new(DEFAULT_BUFFER_SIZE);
+        assert_eq!(copying.read_space().len(), 64 * 1024);
+        let mut splicing = Half::new(DEFAULT_BUFFER_SIZE);
+        splicing.set_splice(Some(1 << 20));
+        assert_eq!(splicing.read_space().len(), 4 * 1024);
+    }
+
+    /// A spliced read under 4 KiB, with room for more in the pipe, means the
+    /// flow is interactive again: it goes back to copying.
+    #[test]
+    fn a_spliced_read_under_4_kib_goes_back_to_copying() {
+        for (n, spliced_on) in [(4 * 1024 - 1, false), (4 * 1024, true)] {
+            let mut h = Half::new(DEFAULT_BUFFER_SIZE);
+            h.set_splice(Some(1 << 20));
+            let full = h.read_space().len();
+            h.handle_read(full);
+            h.handle_written(full);
+            assert_eq!(h.wants_read(), Some(ReadInto::Pipe), "bulk");
+            h.handle_spliced_in(n);
+            h.handle_spliced_out(n);
+            let next = h.wants_read();
+            let expected = if spliced_on {
+                ReadInto::Pipe
+            } else {
+                ReadInto::Buffer
+            };
+            assert_eq!(next, Some(expected), "after {n} bytes");
+        }
+    }
+
+    /// A read reported larger than the space it was given counts only that
+    /// space: no byte that was not read is ever written.
+    #[test]
+    fn a_read_larger_than_its_space_counts_only_the_space() {
+        let mut h = Half::new(DEFAULT_BUFFER_SIZE);
+        let _ = h.read_space();
+        h.handle_read(10);
+        let space = h.read_space().len();
+        h.handle_read(space + 10);
+        assert_eq!(h.buffered(), space + 10);
+        assert_eq!(h.write_data().len(), space + 10);
+        assert_eq!(h.received(), (space + 10) as u64);
+    }
+
+    /// A pipe found full stays full until some of it has gone out: nothing
+    /// written is no room made.
+    #[test]
+    fn a_full_pipe_waits_for_bytes_to_go_out() {
+        let mut h = Half::new(DEFAULT_BUFFER_SIZE);
+        h.set_splice(Some(1 << 20));
+        let full = h.read_space().len();
+        h.handle_read(full);
+        h.handle_written(full);
+        h.handle_spliced_in(100_000);
+        h.handle_pipe_full();
+        h.handle_spliced_out(0);
+        assert_eq!(h.wants_read(), None, "still full");
+        h.handle_spliced_out(1);
+        assert_eq!(h.wants_read(), Some(ReadInto::Pipe));
+    }
+
+    /// What a relay reports as spliced is what both directions spliced.
+    #[test]
+    fn the_outcome_counts_what_either_direction_spliced() {
+        let now = t0();
+        let mut r = Relay::new(now, RelayOptions::default(), b"");
+        let up = Direction::Upstream;
+        r.half_mut(up).set_splice(Some(1 << 20));
+        let full = r.half_mut(up).read_space().len();
+        r.handle_read(now, up, full);
+        r.handle_written(now, up, full);
+        r.handle_spliced_in(now, up, 100);
+        r.handle_spliced_out(now, up, 100);
+        r.handle_error(now, Side::Client);
+        let outcome = r.outcome().expect("finished");
+        assert_eq!(outcome.spliced, 100);
+    }
+
+    /// What a direction holds is what was read and not yet written.
+    #[test]
+    fn a_partial_write_leaves_the_rest_buffered() {
+        let mut h = Half::new(DEFAULT_BUFFER_SIZE);
+        let _ = h.read_space();
+        h.handle_read(100);
+        h.handle_written(40);
+        assert_eq!(h.buffered(), 60);
+        assert_eq!(h.write_data().len(), 60);
+    }
+
     #[test]
     fn only_bulk_flows_are_spliced() {
         let mut h = Half::new(DEFAULT_BUFFER_SIZE);
@@ -880,6 +979,21 @@ mod tests {
         );
         assert_eq!(r.outcome().unwrap().end, RelayEnd::IdleTimeout);
         assert_eq!(r.poll_timeout(), None);
+    }
+
+    /// OPT-2 counts bytes: an end of stream moves none, so it does not
+    /// restart the idle timer.
+    #[test]
+    fn an_end_of_stream_is_no_activity_opt_2() {
+        let now = t0();
+        let idle = Duration::from_secs(30);
+        let options = RelayOptions {
+            buffer_size: 16,
+            idle_timeout: Some(idle),
+        };
+        let mut r = Relay::new(now, options, b"");
+        r.handle_read(now + Duration::from_secs(10), Direction::Upstream, 0);
+        assert_eq!(r.poll_timeout(), Some(now + idle));
     }
 
     #[test]
