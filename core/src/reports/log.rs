@@ -524,6 +524,52 @@ mod tests {
     use super::*;
     use crate::connection::relay::Side;
 
+    /// FAULT-7's last word: said only when lines were lost, with their count.
+    #[test]
+    fn lines_lost_at_exit_are_counted_only_when_some_were_fault_7() {
+        assert_eq!(lost_at_exit(0), None);
+        assert_eq!(
+            lost_at_exit(3).as_deref(),
+            Some(
+                "plug: 3 log or session lines not written at exit: their output was not being read"
+            )
+        );
+    }
+
+    /// OPT-14's line, as the SPEC writes it.
+    #[test]
+    fn check_says_the_configuration_is_ok_with_its_listener_count_opt_14() {
+        assert_eq!(
+            configuration_ok("plug", 3),
+            "plug: configuration OK (3 listeners)"
+        );
+    }
+
+    /// A record shows as its text, without prefix or newline.
+    #[test]
+    fn a_record_shows_as_its_text() {
+        let record = LogRecord::new(LogLevel::Notice, "Plugdaemon started.");
+        assert_eq!(record.to_string(), "Plugdaemon started.");
+    }
+
+    /// Connection lines are made with `-l` or any `-d`, and not without
+    /// either; errors and notices always; `-d` lines up to the `-d` count.
+    #[test]
+    fn which_lines_are_made_follows_l_and_d_cli_2() {
+        let settings = |debug, connections| LogSettings { debug, connections };
+        assert!(!settings(0, false).wants(LogLevel::Connection));
+        assert!(settings(0, true).wants(LogLevel::Connection));
+        assert!(settings(1, false).wants(LogLevel::Connection));
+        assert!(settings(2, false).wants(LogLevel::Connection));
+        for s in [settings(0, false), settings(3, true)] {
+            assert!(s.wants(LogLevel::Error) && s.wants(LogLevel::Notice));
+        }
+        assert!(settings(1, false).wants(LogLevel::Debug(1)));
+        assert!(!settings(1, false).wants(LogLevel::Debug(2)));
+        assert!(settings(2, false).wants(LogLevel::Debug(2)));
+        assert!(!settings(0, true).wants(LogLevel::Debug(1)));
+    }
+
     #[test]
     fn syslog_texts_proc_5() {
         let s = Source::parse("119").unwrap();
