@@ -203,18 +203,13 @@ pub fn epoll_forget(epoll: RawFd, fd: RawFd) {
 /// Waits (forever, retrying EINTR) for events on `epoll`: each one's key and
 /// its flags.
 pub fn epoll_wait(epoll: RawFd, out: &mut Vec<(u64, u32)>) -> io::Result<()> {
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut events = [EPOLL_EVENT; 64];
     loop {
-        // SAFETY: `events` is a writable array of 64 epoll_event.
-        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), 64, -1) };
-        if n >= 0 {
-            let n = usize::try_from(n).unwrap_or(0);
+        // Without a timeout, none means EINTR: wait again.
+        let n = epoll_wait_for(epoll, &mut events, None)?;
+        if n > 0 {
             out.extend(events[..n].iter().map(|e| (e.u64, e.events)));
             return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
         }
     }
 }

@@ -254,10 +254,9 @@ impl Shared {
             });
         }
         set_waker(&mut state.watcher, cx);
-        match self.register(state) {
-            // The kernel refused: found instead at the next read or write.
-            Poll::Ready(_) | Poll::Pending => Poll::Pending,
-        }
+        // Should the kernel refuse, the error is found at the next read or write.
+        let _ = self.register(state);
+        Poll::Pending
     }
 
     /// Brings the epoll registration in line with what tasks wait for;
