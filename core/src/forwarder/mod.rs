@@ -765,6 +765,33 @@ mod tests {
         );
     }
 
+    /// OPT-15 with OPT-10: the same for `--health-check`. A reload that keeps
+    /// the period keeps the next round where it was; a new period starts its
+    /// rounds at once.
+    #[test]
+    fn a_reload_keeps_the_rhythm_of_health_checks_that_stay_opt_10_opt_15() {
+        let now = t0();
+        let words = ["--health-check", "30", "8080", "127.0.0.1:9000"];
+        let mut f = forwarder(&words);
+        assert_eq!(f.poll_probes(now).len(), 1);
+        f.handle_probe_result(now, DestId(0), ProbeResult::Up);
+        let later = now + Duration::from_secs(5);
+        f.handle_reconfigure(later, &config(&words), None);
+        assert_eq!(f.poll_probe_timeout(), Some(now + Duration::from_secs(30)));
+        assert!(f.poll_probes(later).is_empty(), "due again at 30 s only");
+        let faster = ["--health-check", "10", "8080", "127.0.0.1:9000"];
+        f.handle_reconfigure(later, &config(&faster), None);
+        assert_eq!(
+            f.poll_probes(later).len(),
+            1,
+            "a new schedule starts at once"
+        );
+        assert_eq!(
+            f.poll_probe_timeout(),
+            Some(later + Duration::from_secs(10))
+        );
+    }
+
     #[test]
     fn host_names_are_looked_up_in_rounds_and_tried_in_order_opt_11() {
         let now = t0();
