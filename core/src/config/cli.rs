@@ -1342,6 +1342,31 @@ mod tests {
         );
         assert!(lines[3].starts_with("config: max conns 441, per ip none, accept rules 10.0.0.0/8"));
         assert!(lines.iter().all(|l| l.starts_with("config: ")));
+        assert_eq!(
+            lines[2],
+            "config: connect timeout 10s, idle timeout off, drain timeout off"
+        );
+
+        // Timeouts given show in seconds; a hashed choice is no table (CONN-5).
+        let c = run(&[
+            "-f",
+            "--hash",
+            "--idle-timeout",
+            "90",
+            "--drain-timeout",
+            "5",
+            "8080",
+            "10.0.0.5",
+        ]);
+        let lines = c.describe(441);
+        assert_eq!(
+            lines[1],
+            "config: order round robin, sticky by rendezvous hash of the client address, retry a failed destination once all have failed"
+        );
+        assert_eq!(
+            lines[2],
+            "config: connect timeout 10s, idle timeout 90s, drain timeout 5s"
+        );
     }
 
     #[test]

@@ -110,9 +110,10 @@ mod tests {
         let text = "# web\n\
                     8080 127.0.0.1:80 127.0.0.1:81   # two backends\n\
                     \n   \t\n\
-                    -a 192.168.0.0/16 --connect-timeout 7 127.0.0.1:2222 127.0.0.1:22,weight=2\n";
+                    -a 192.168.0.0/16 --connect-timeout 7 127.0.0.1:2222 127.0.0.1:22,weight=2\n\
+                    --connect-timeout 9 9090 127.0.0.1:90\n";
         let ls = parse(&s, "plug.conf", text).unwrap();
-        assert_eq!(ls.len(), 2);
+        assert_eq!(ls.len(), 3);
         let mut expected =
             alone("-n -f --connect-timeout 3 -a 10.0.0.0/8 8080 127.0.0.1:80 127.0.0.1:81");
         expected.config_file = Some("plug.conf".into());
@@ -122,6 +123,12 @@ mod tests {
         );
         expected.config_file = Some("plug.conf".into());
         assert_eq!(ls[1], expected, "the line's values win, its -a replaces");
+        let mut expected = alone("-n -f -a 10.0.0.0/8 --connect-timeout 9 9090 127.0.0.1:90");
+        expected.config_file = Some("plug.conf".into());
+        assert_eq!(
+            ls[2], expected,
+            "a line with options but no -a keeps the defaults' rules"
+        );
         assert_eq!(listener_label(&ls[0]), "0.0.0.0:8080");
         assert_eq!(listener_label(&ls[1]), "127.0.0.1:2222");
     }

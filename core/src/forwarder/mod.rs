@@ -765,6 +765,22 @@ mod tests {
         );
     }
 
+    /// OPT-13/OPT-15: a listener of a `--config` file is labelled in metrics by
+    /// its address, through reloads; a plug of one listener has no label.
+    #[test]
+    fn a_listener_keeps_its_metrics_label_through_a_reload_opt_13_opt_15() {
+        let words = ["--idle-timeout", "30", "8080", "127.0.0.1:9000"];
+        assert_eq!(forwarder(&words).label(), None);
+        let budget = Arc::new(ProcessBudget::new(None, 1024, true));
+        let runtime = forwarder(&words).settings().runtime;
+        let label = Some("0.0.0.0:8080".to_string());
+        let mut f = Forwarder::with_budget(&config(&words), None, budget, runtime, label);
+        assert_eq!(f.label(), Some("0.0.0.0:8080"));
+        let changed = ["--idle-timeout", "60", "8080", "127.0.0.1:9001"];
+        f.handle_reconfigure(t0(), &config(&changed), None);
+        assert_eq!(f.label(), Some("0.0.0.0:8080"));
+    }
+
     /// OPT-15 with OPT-10: the same for `--health-check`. A reload that keeps
     /// the period keeps the next round where it was; a new period starts its
     /// rounds at once.
