@@ -444,6 +444,8 @@ enum PrePass {
     Early(Action),
 }
 
+/// The key of a short option other than `-V`, which acts where it appears
+/// (CLI-1) and never becomes an option.
 fn short_key(c: u8) -> &'static str {
     match c {
         b'n' => "-n",
@@ -452,7 +454,6 @@ fn short_key(c: u8) -> &'static str {
         b'f' => "-f",
         b'o' => "-o",
         b'd' => "-d",
-        b'V' => "-V",
         b'P' => "-P",
         b'S' => "-S",
         b'i' => "-i",
