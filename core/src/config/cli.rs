@@ -1176,6 +1176,37 @@ mod tests {
         assert!(!e.contains("did you mean"), "{e}");
     }
 
+    /// The guess is the closest name at most 2 edits away, and fewer edits
+    /// than half the word, so a short word is not "corrected" into another.
+    #[test]
+    fn a_suggestion_is_close_in_edits_and_in_proportion_cli_9() {
+        // Levenshtein distances as the textbook gives them.
+        for (a, b, d) in [
+            ("kitten", "sitting", 3),
+            ("flaw", "lawn", 2),
+            ("", "abc", 3),
+            ("abc", "", 3),
+            ("abc", "abc", 0),
+            ("ab", "ba", 2),
+            ("hash", "hah", 1),
+        ] {
+            assert_eq!(edit_distance(a, b), d, "{a} / {b}");
+        }
+        assert_eq!(suggestion("hah"), Some("hash"), "1 edit in 3 letters");
+        assert_eq!(
+            suggestion("haxx"),
+            None,
+            "2 edits in 4 letters is half the word"
+        );
+        assert_eq!(suggestion("haxxy"), None, "3 edits");
+        assert_eq!(suggestion("hasxx"), Some("hash"), "2 edits in 5 letters");
+        assert_eq!(
+            suggestion("connect-timeoutxyz"),
+            None,
+            "3 edits are too many even in a long word"
+        );
+    }
+
     #[test]
     fn version_acts_where_it_appears_cli_1() {
         assert_eq!(parse(args(&["-V"])), Ok(Action::Version));
