@@ -1176,6 +1176,18 @@ mod tests {
         assert!(!e.contains("did you mean"), "{e}");
     }
 
+    /// An option that takes a value, last on the line with none, is named in a
+    /// syntax error (CLI-7), long or short.
+    #[test]
+    fn a_value_option_last_without_its_value_is_an_error_cli_7_cli_9() {
+        let err = |w: &[&str]| parse(args(w)).unwrap_err();
+        let e = err(&["8080", "127.0.0.1:80", "--idle-timeout"]);
+        assert_eq!(e.message(), "option --idle-timeout needs a value");
+        assert_eq!(e.status(), 5, "a syntax error (CLI-6)");
+        let e = err(&["8080", "127.0.0.1:80", "-t"]);
+        assert_eq!(e.message(), "option -t needs a value");
+    }
+
     /// The guess is the closest name at most 2 edits away, and fewer edits
     /// than half the word, so a short word is not "corrected" into another.
     #[test]
