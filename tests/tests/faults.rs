@@ -139,13 +139,17 @@ fn the_idle_timeout_holds_after_a_half_close_fault_2() {
         let plug = Plug::start(bin, &["--idle-timeout", "1", "{port}", &dest]);
         let mut client = connect(plug.addr());
         let mut upstream = accept_one(&listener);
-        // The last activity (the client's end of stream reaching plug) comes
-        // after this instant, so the close may come no sooner than 1 s after
-        // it; load can only make it later.
-        let start = Instant::now();
         client.shutdown(Shutdown::Write).unwrap();
         let mut got = Vec::new();
         upstream.read_to_end(&mut got).unwrap();
+        // The half-close has gone through. The last byte (OPT-2: an end of
+        // stream is no byte) is the one written below, after this instant, so
+        // the close may come no sooner than 1 s after it; load can only make
+        // it later.
+        let start = Instant::now();
+        upstream.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        client.read_exact(&mut one).unwrap();
         // Both stay quiet: one direction is finished, the other idle.
         assert!(read_to_close(&mut client), "idle timeout never fired");
         let waited = start.elapsed();
