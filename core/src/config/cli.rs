@@ -692,7 +692,9 @@ fn seconds(option: &str, word: &str, min: u64) -> Result<Duration, CliError> {
             "bad value '{word}' for {option}: expected whole seconds from {min} to {MAX_SECONDS}"
         ))
     };
-    if word.is_empty() || word.len() > 10 || !word.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only: Rust's parser would also take `+5`. An empty or too long
+    // word fails the parse or the range below.
+    if !word.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     match word.parse::<u64>() {
@@ -1174,6 +1176,37 @@ mod tests {
         assert!(!e.contains("did you mean"), "{e}");
         let e = err(&["--x", "8080", "127.0.0.1:80"]);
         assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    /// Seconds are decimal digits only, within range, whatever their length.
+    #[test]
+    fn seconds_are_digits_within_range_cli_7() {
+        assert_eq!(seconds("-t", "007", 1), Ok(Duration::from_secs(7)));
+        assert_eq!(
+            seconds("-t", "00000000000000000007", 1),
+            Ok(Duration::from_secs(7))
+        );
+        assert_eq!(
+            seconds("-t", "3155760000", 1),
+            Ok(Duration::from_secs(3_155_760_000))
+        );
+        for bad in [
+            "",
+            "+5",
+            "-5",
+            " 5",
+            "5s",
+            "3155760001",
+            "99999999999999999999999",
+        ] {
+            let e = seconds("-t", bad, 1).unwrap_err();
+            assert_eq!(
+                e.message(),
+                format!("bad value '{bad}' for -t: expected whole seconds from 1 to 3155760000")
+            );
+        }
+        assert!(seconds("-r", "0", 1).is_err());
+        assert_eq!(seconds("--drain-timeout", "0", 0), Ok(Duration::ZERO));
     }
 
     /// An option that takes a value, last on the line with none, is named in a
