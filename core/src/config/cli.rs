@@ -1345,6 +1345,9 @@ mod tests {
         assert!(err(&["--proxy-auth-file", "/x", "80", "10.0.0.5"]).contains("-h"));
         assert!(err(&["-p", "::1", "80", "10.0.0.5"]).contains("families"));
         assert!(err(&["-i", "127.0.0.1", "127.0.0.2:80", "10.0.0.5"]).contains("twice"));
+        // The same address twice is no conflict (CLI-8).
+        let c = run(&["-i", "127.0.0.2", "127.0.0.2:80", "10.0.0.5"]);
+        assert_eq!(c.source.bind_addr(), "127.0.0.2:80".parse().unwrap());
     }
 
     #[test]

@@ -110,10 +110,13 @@ mod tests {
         let mut b = AcceptBackoff::new();
         let a = b.handle_failure(now, AcceptFailure::OutOfDescriptors, "Too many open files");
         assert_eq!(a.pause, Some(EXHAUSTED_PAUSE));
-        assert!(a
-            .log
-            .unwrap()
-            .contains("out of file descriptors (Too many open files)"));
+        // The first report has nothing suppressed to tell of.
+        assert_eq!(
+            a.log.as_deref(),
+            Some(
+                "accept: out of file descriptors (Too many open files); still listening, retrying"
+            )
+        );
         for k in 1..50 {
             let a = b.handle_failure(
                 now + Duration::from_millis(100 * k),
@@ -125,6 +128,26 @@ mod tests {
         }
         let a = b.handle_failure(now + LOG_INTERVAL, AcceptFailure::OutOfDescriptors, "x");
         assert!(a.log.unwrap().ends_with("(49 more since the last report)"));
+    }
+
+    /// Out of memory is exhaustion too, said as such; an error plug does not
+    /// know gets a short pause, so it cannot spin a core.
+    #[test]
+    fn memory_and_unknown_errors_are_named_and_paused_spec_5() {
+        let mut b = AcceptBackoff::new();
+        let a = b.handle_failure(t0(), AcceptFailure::OutOfMemory, "Cannot allocate memory");
+        assert_eq!(a.pause, Some(EXHAUSTED_PAUSE));
+        assert_eq!(
+            a.log.as_deref(),
+            Some("accept: out of memory (Cannot allocate memory); still listening, retrying")
+        );
+        let mut b = AcceptBackoff::new();
+        let a = b.handle_failure(t0(), AcceptFailure::Other, "Protocol error");
+        assert_eq!(a.pause, Some(Duration::from_millis(10)));
+        assert_eq!(
+            a.log.as_deref(),
+            Some("accept: failed (Protocol error); still listening, retrying")
+        );
     }
 
     #[test]
