@@ -1,17 +1,16 @@
-//! The accept loops. Each listener has a crew of threads that all wait in
-//! accept(2); the one the kernel hands a client to serves it itself, so a new
-//! connection costs no hand-over between threads. A crew member that takes a
-//! client while no other is waiting starts one first, so the listener always
-//! has a thread in accept; one that finishes while enough are waiting exits.
+//! The accept loop: each admitted connection runs on a thread of its own, taken
+//! from a small pool of idle threads when one is waiting, so that a busy listener
+//! does not pay for creating and tearing down a thread per connection.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use plug_core::forwarder::AcceptNext;
 use plug_core::reports::log::LogLevel;
+use plug_shell::drive::conn::Conn;
 use plug_shell::sys::{self, PollFd, POLLIN};
 use plug_shell::{drive::scrape, net::sockets, Acceptor, Boot, Context, Listener};
 
@@ -20,111 +19,90 @@ use crate::conn;
 /// Stack for connection threads: the driver keeps its buffers on the heap.
 const CONNECTION_STACK: usize = 128 * 1024;
 
-/// Threads a listener keeps waiting in accept once their connections have
-/// ended: enough for a steady stream of short connections, few enough that a
-/// burst of thousands does not leave thousands of stacks behind.
-const MAX_WAITING: usize = 64;
+/// Threads kept waiting for the next connection once theirs has ended: enough for
+/// a steady stream of short connections, few enough that a burst of thousands
+/// does not leave thousands of stacks behind.
+const MAX_IDLE_THREADS: usize = 64;
 
-/// How long a thread waits in accept for a client before it exits, when
-/// another thread of its crew is waiting too.
+/// How long an idle thread waits for a connection before it exits.
 const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
 
-/// The threads serving one listener, and its accepting socket. Those waiting
-/// in accept hold it; a thread serving a connection holds it only weakly, so
-/// a listener a reload closed is let go as soon as nobody accepts on it.
-#[derive(Debug)]
-struct Crew {
-    ctx: Arc<Context>,
-    listener: Arc<Listener>,
-    socket: TcpListener,
-    /// Threads in (or about to be in) accept(2).
-    waiting: AtomicUsize,
-    /// Dropped after `socket` (fields drop in order), so the port is free
-    /// by the time the loop's end is reported.
-    end: LoopEnd,
+/// A connection waiting for a thread.
+type Job = (Conn, TcpStream);
+
+/// Threads between connections, and connections handed to them.
+#[derive(Debug, Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    handed: Condvar,
 }
 
-/// Reports the end of a listener's accept loop when dropped.
-#[derive(Debug)]
-struct LoopEnd {
-    ctx: Arc<Context>,
-    /// False when the loop never started: its end is not this crew's to report.
-    armed: AtomicBool,
+#[derive(Debug, Default)]
+struct PoolState {
+    jobs: VecDeque<Job>,
+    /// Threads waiting on `handed` (each will take at most one job).
+    idle: usize,
 }
 
-impl Crew {
-    /// Starts a thread that waits in accept.
-    fn add_member(self: &Arc<Self>) -> std::io::Result<()> {
-        let crew = Arc::clone(self);
-        std::thread::Builder::new()
-            .stack_size(CONNECTION_STACK)
-            .spawn(move || work(crew))
-            .map(drop)
-    }
-}
-
-impl Drop for LoopEnd {
-    fn drop(&mut self) {
-        // The last thread has left accept and the socket is closed, so
-        // another process (or a later reload) can bind the port.
-        if self.armed.load(Ordering::SeqCst) {
-            self.ctx.accept_loop_ended();
+impl Pool {
+    /// Gives `job` to an idle thread, or returns it when none is waiting.
+    fn hand_over(&self, job: Job) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.idle > state.jobs.len() {
+            state.jobs.push_back(job);
+            drop(state);
+            self.handed.notify_one();
+            None
+        } else {
+            Some(job)
         }
     }
-}
 
-/// A crew member: accepts, serves what it accepted, and accepts again, until
-/// the listener is shut or there are threads enough without it.
-fn work(crew: Arc<Crew>) {
-    let mut crew = crew;
-    loop {
-        crew.waiting.fetch_add(1, Ordering::SeqCst);
-        let accepted = sockets::accept(&crew.socket);
-        let others = crew.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-        let (client, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(_) if crew.ctx.accept_should_end(&crew.listener) => return,
-            // Idle for IDLE_THREAD_LIFETIME while another waits: not needed.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && others > 0 => return,
-            Err(e) => {
-                match crew.ctx.accept_failed(&crew.listener, Instant::now(), &e) {
-                    AcceptNext::Retry => {}
-                    AcceptNext::Pause(pause) => std::thread::sleep(pause),
-                    AcceptNext::WaitReadable => wait_readable(&crew.socket),
-                }
-                continue;
+    /// Waits for the next job after one has ended; `None` when this thread should
+    /// exit (the pool is full, or nothing came for a while).
+    fn next_job(&self) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.idle >= MAX_IDLE_THREADS {
+            return None;
+        }
+        state.idle += 1;
+        let deadline = Instant::now() + IDLE_THREAD_LIFETIME;
+        loop {
+            if let Some(job) = state.jobs.pop_front() {
+                state.idle -= 1;
+                return Some(job);
             }
-        };
-        // Should no other thread start, this one accepts again once it is
-        // free, and holds the socket meanwhile: it is the crew.
-        let alone = others == 0
-            && crew.add_member().is_err_and(|e| {
-                let text = format!("cannot start a connection thread: {e}");
-                crew.ctx.log(LogLevel::Error, text);
-                true
-            });
-        // Refused: dropping `client` closes it at once (CONN-1).
-        let Some(connection) = crew.ctx.accept(&crew.listener, Instant::now(), peer) else {
-            continue;
-        };
-        if alone {
-            conn::serve(connection, client);
-            continue;
+            let now = Instant::now();
+            if now >= deadline {
+                state.idle -= 1;
+                return None;
+            }
+            state = self
+                .handed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
-        let held: Weak<Crew> = Arc::downgrade(&crew);
-        drop(crew);
+    }
+}
+
+/// A connection thread: serves its first connection, then whatever the pool hands it.
+fn work(pool: &Pool, first: Job) {
+    let mut job = first;
+    loop {
+        let (connection, client) = job;
         conn::serve(connection, client);
-        crew = match held.upgrade() {
-            Some(crew) if crew.waiting.load(Ordering::SeqCst) < MAX_WAITING => crew,
-            _ => return,
-        };
+        match pool.next_job() {
+            Some(next) => job = next,
+            None => return,
+        }
     }
 }
 
 /// Stack for scrape threads: a scrape holds its reply on the heap.
 const SCRAPE_STACK: usize = 64 * 1024;
 
-/// Stack for the `--metrics` accept thread: it holds nothing but the loop.
+/// Stack for accept threads: they hold nothing but the loop.
 const ACCEPT_STACK: usize = 64 * 1024;
 
 /// Accepts on `socket` until it is shut and `ends` says so, handing each
@@ -178,10 +156,45 @@ fn serve_metrics(ctx: &Arc<Context>, socket: &TcpListener) {
     );
 }
 
-/// Runs each listener's accept loop as a [`Crew`] of connection threads, and
-/// the `--metrics` listener's on a thread of its own.
-#[derive(Debug)]
-struct Threads;
+/// Serves `listener`'s clients until a stop or a reload shuts it, each
+/// admitted one on a thread of the pool.
+fn serve_clients(
+    ctx: &Arc<Context>,
+    pool: &Arc<Pool>,
+    listener: &Arc<Listener>,
+    socket: &TcpListener,
+) {
+    accept_each(
+        socket,
+        || ctx.accept_should_end(listener),
+        |e| ctx.accept_failed(listener, Instant::now(), e),
+        |client, peer| {
+            // Refused: dropping `client` closes it at once (CONN-1).
+            let Some(connection) = ctx.accept(listener, Instant::now(), peer) else {
+                return;
+            };
+            let Some(job) = pool.hand_over((connection, client)) else {
+                return;
+            };
+            let mine = Arc::clone(pool);
+            let spawned = std::thread::Builder::new()
+                .stack_size(CONNECTION_STACK)
+                .spawn(move || work(&mine, job));
+            // A thread that cannot start drops its job: the connection is still
+            // accounted for (FAULT-5), and the failure logged.
+            if let Err(e) = spawned {
+                let text = format!("cannot start a connection thread: {e}");
+                ctx.log(LogLevel::Error, text);
+            }
+        },
+    );
+}
+
+/// Runs each accept loop on a thread of its own, connections on the pool's.
+#[derive(Debug, Default)]
+struct Threads {
+    pool: Arc<Pool>,
+}
 
 impl Acceptor for Threads {
     fn serve(
@@ -190,29 +203,24 @@ impl Acceptor for Threads {
         listener: Arc<Listener>,
         socket: TcpListener,
     ) -> std::io::Result<()> {
-        // A thread idle in accept this long learns so (EAGAIN) and may exit.
-        sockets::set_accept_timeout(&socket, IDLE_THREAD_LIFETIME)?;
-        let crew = Arc::new(Crew {
-            ctx: Arc::clone(ctx),
-            listener,
-            socket,
-            waiting: AtomicUsize::new(0),
-            end: LoopEnd {
-                ctx: Arc::clone(ctx),
-                armed: AtomicBool::new(true),
-            },
-        });
-        crew.add_member().inspect_err(|_| {
-            // The caller reports the end of a loop that could not start.
-            crew.end.armed.store(false, Ordering::SeqCst);
-        })
+        let ctx = Arc::clone(ctx);
+        let pool = Arc::clone(&self.pool);
+        std::thread::Builder::new()
+            .name("accept".into())
+            .stack_size(ACCEPT_STACK)
+            .spawn(move || {
+                serve_clients(&ctx, &pool, &listener, &socket);
+                // Closed now, so a new instance (or a reload) can bind the port.
+                drop(socket);
+                ctx.accept_loop_ended();
+            })
+            .map(drop)
     }
 
     fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> std::io::Result<()> {
         let ctx = Arc::clone(ctx);
         std::thread::Builder::new()
             .name("metrics".into())
-            .stack_size(ACCEPT_STACK)
             .spawn(move || serve_metrics(&ctx, &socket))
             .map(drop)
     }
@@ -220,7 +228,7 @@ impl Acceptor for Threads {
 
 /// Serves until the lifecycle thread exits the process, as the core says.
 pub fn run(boot: Boot) -> ! {
-    let ctx = boot.serve(Arc::new(Threads));
+    let ctx = boot.serve(Arc::new(Threads::default()));
     ctx.wait_for_exit()
 }
 

@@ -32,13 +32,6 @@ pub fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     Ok((socket.into(), peer))
 }
 
-/// Makes a blocking `accept` on `listener` give up with `WouldBlock` after
-/// `timeout` without a client (SO_RCVTIMEO), so a thread waiting in it can
-/// learn that it has been idle that long.
-pub fn set_accept_timeout(listener: &TcpListener, timeout: std::time::Duration) -> io::Result<()> {
-    socket2::SockRef::from(listener).set_read_timeout(Some(timeout))
-}
-
 /// Why an outgoing connection could not be started.
 #[derive(Debug)]
 pub enum ConnectError {
