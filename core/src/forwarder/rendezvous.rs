@@ -162,6 +162,11 @@ mod tests {
         assert!(top.is_finite() && top > weighted_score(u64::MAX - (1 << 20), 1));
         let bottom = weighted_score(0, 1);
         assert!(bottom.is_finite() && bottom > 0.0 && bottom < weighted_score(1 << 40, 1));
+        // Hash 0 stands for the midpoint of its interval, u = 2^-65, as every
+        // hash does for its own: 1 / -ln(2^-65), not the clamp's far smaller
+        // score, which would all but shut it out.
+        let midpoint = 1.0 / (65.0 * std::f64::consts::LN_2);
+        assert!((bottom - midpoint).abs() < 1e-12, "{bottom} vs {midpoint}");
         // A weight scales the score.
         let h = 1 << 63;
         assert!((weighted_score(h, 3) - 3.0 * weighted_score(h, 1)).abs() < 1e-9);
