@@ -318,8 +318,9 @@ impl Balancer {
                     e
                 }
                 None => {
+                    let id = DestId(self.next_id);
                     self.next_id += 1;
-                    Entry::new(DestId(self.next_id - 1), dest.clone())
+                    Entry::new(id, dest.clone())
                 }
             };
             entries.push(entry);
@@ -1746,5 +1747,17 @@ mod tests {
         let mut plan = b.plan(client(1));
         assert_eq!(b.next_attempt(now, &mut plan), Some(DestId(0)));
         assert_eq!(b.poll_event(), None);
+
+        // New destinations, in one reload or in several, each get an
+        // identity of their own, never one seen before.
+        b.reconfigure(words(&["10.0.0.5", "10.0.0.6", "10.0.0.1"]), policy);
+        b.reconfigure(words(&["10.0.0.7", "10.0.0.5", "10.0.0.6"]), policy);
+        let mut seen: Vec<DestId> = ids;
+        seen.extend(b.ids());
+        seen.push(DestId(1));
+        let all = seen.len();
+        seen.sort_by_key(|id| id.index());
+        seen.dedup();
+        assert_eq!(seen.len(), all, "an identity given twice: {seen:?}");
     }
 }
