@@ -1,93 +1,170 @@
-//! One connection on one thread: non-blocking sockets and poll(2), doing what the
-//! core says. The only waiting is poll(2) on what the core's [`Wait`] names, until
-//! its deadline; everything else is [`Conn::perform`].
+//! One connection in an event loop: its sockets, what epoll watches of them,
+//! and the core's outputs carried out until it waits again. The only waiting
+//! is the loop's epoll_wait on what the core's [`Wait`] names; everything else
+//! is [`Conn::perform`].
 
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use plug_core::connection::relay::Side;
 use plug_core::connection::{Output, Ready, Wait};
 use plug_shell::drive::conn::{Conn, Pipes};
-use plug_shell::sys::{self, PollFd, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT};
+use plug_shell::sys::{self, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT};
 
-/// Serves one admitted client (non-blocking, from `sockets::accept`) to the end.
-pub fn serve(mut conn: Conn, client: TcpStream) {
-    conn.start(&client);
-    let mut client = Some(client);
-    let mut dest: Option<TcpStream> = None;
-    let mut pipes: Pipes = [None, None];
-    // The clock is read once per wake-up: the work in between takes microseconds.
-    let mut now = Instant::now();
-    loop {
-        let out = conn.next(now);
-        let (Some(c), false) = (&client, out == Output::Done) else {
-            return;
-        };
-        if conn.perform(now, &out, c, dest.as_ref(), &mut pipes) {
-            continue;
-        }
-        match out {
-            Output::Connect { addr, bind } => dest = conn.connect(now, addr, bind),
-            Output::Wait(wait) => {
-                now = wait_for(&mut conn, &wait, [Some(c), dest.as_ref()]);
-            }
-            Output::Close { reset } => {
-                conn.before_close(reset, [client.as_ref(), dest.as_ref()]);
-                client = None;
-                dest = None;
-                pipes = [None, None];
-            }
-            // Yield: this thread is the connection's own. Nothing else is left.
-            _ => {}
-        }
-    }
+/// What a connection does after it has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// It waits for its sockets, or until the deadline if there is one.
+    Wait(Option<Instant>),
+    /// It has more to do, after the other connections have had their turn.
+    Yield,
+    /// It is over and accounted for: drop it.
+    Done,
 }
 
-/// Polls the sockets as `wait` says until one is ready or its deadline passes,
-/// and reports what poll(2) said; returns the time it woke. A socket watched for
-/// nothing but errors is still polled (events 0): poll(2) always reports errors
-/// and hang-ups (FAULT-1).
-fn wait_for(conn: &mut Conn, wait: &Wait, socks: [Option<&TcpStream>; 2]) -> Instant {
-    let mut fds = [PollFd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 2];
-    for (i, sock) in socks.iter().enumerate() {
-        let w = wait.watch[i];
-        if let Some(s) = sock.filter(|_| w.read || w.write || w.errors) {
-            fds[i].fd = s.as_raw_fd();
-            fds[i].events = if w.read { POLLIN } else { 0 } | if w.write { POLLOUT } else { 0 };
+/// How a socket is registered with the loop's epoll set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Registration {
+    /// Its key there (see [`key`]): a socket that replaces another (a new
+    /// connect attempt) gets a new one, so an event already taken for the old
+    /// socket is never reported as the new one's.
+    key: u64,
+    /// The events it is watched for; `None` while it is not in the set.
+    events: Option<u32>,
+}
+
+/// An epoll key for side `side` of the connection in slot `index`, made
+/// unique by `id` (the loop's count of sockets registered).
+pub fn key(id: u32, index: usize, side: Side) -> u64 {
+    (u64::from(id) << 32) | ((index as u64) << 1) | side.index() as u64
+}
+
+/// One admitted client and what the loop keeps of it.
+#[derive(Debug)]
+pub struct Entry {
+    conn: Conn,
+    client: Option<TcpStream>,
+    dest: Option<TcpStream>,
+    pipes: Pipes,
+    /// Per side (by [`Side::index`]).
+    registered: [Registration; 2],
+    /// The deadline the loop holds for it, if any.
+    pub deadline: Option<Instant>,
+}
+
+impl Entry {
+    /// Takes an admitted client (non-blocking, from `sockets::accept`); its
+    /// epoll key is `client_key`.
+    pub fn new(mut conn: Conn, client: TcpStream, client_key: u64) -> Entry {
+        conn.start(&client);
+        let unregistered = Registration {
+            key: client_key,
+            events: None,
+        };
+        Entry {
+            conn,
+            client: Some(client),
+            dest: None,
+            pipes: [None, None],
+            registered: [unregistered; 2],
+            deadline: None,
         }
     }
-    let timeout = wait
-        .deadline
-        .map(|d| d.saturating_duration_since(Instant::now()));
-    // EINTR and timeouts need no report: the core checks its deadlines itself.
-    let polled = sys::poll(&mut fds, timeout);
-    let now = Instant::now();
-    match polled {
-        Ok(0) => return now,
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return now,
-        // poll(2) itself failing (out of memory) would fail again at once: this
-        // driver cannot go on with the connection, which still ends accounted for.
-        Err(_) => {
-            conn.core().abandon(now);
-            return now;
-        }
+
+    /// The key `side`'s socket is registered under.
+    pub fn key(&self, side: Side) -> u64 {
+        self.registered[side.index()].key
     }
-    for (side, f) in [Side::Client, Side::Destination].into_iter().zip(fds) {
-        if f.fd >= 0 && f.revents != 0 {
-            let ready = Ready {
-                read: f.revents & POLLIN != 0,
-                write: f.revents & POLLOUT != 0,
-                error: f.revents & (POLLERR | POLLNVAL) != 0,
-                hangup: f.revents & POLLHUP != 0,
+
+    /// Reports what epoll said of `side`'s socket.
+    pub fn handle_event(&mut self, now: Instant, side: Side, flags: u32) {
+        let ready = Ready {
+            read: flags & EPOLLIN != 0,
+            write: flags & EPOLLOUT != 0,
+            error: flags & EPOLLERR != 0,
+            hangup: flags & EPOLLHUP != 0,
+        };
+        self.conn.core().handle_ready(now, side, ready);
+    }
+
+    /// Carries out the core's outputs at `now` until it waits, yields or is
+    /// done. A new destination socket is registered under `dest_key()`.
+    pub fn run(&mut self, now: Instant, epoll: RawFd, mut dest_key: impl FnMut() -> u64) -> Next {
+        loop {
+            let out = self.conn.next(now);
+            let (Some(c), false) = (&self.client, out == Output::Done) else {
+                return Next::Done;
             };
-            conn.core().handle_ready(now, side, ready);
+            if self
+                .conn
+                .perform(now, &out, c, self.dest.as_ref(), &mut self.pipes)
+            {
+                continue;
+            }
+            match out {
+                Output::Connect { addr, bind } => {
+                    // The earlier attempt's socket leaves the epoll set as it
+                    // is closed (nothing else holds it).
+                    self.dest = self.conn.connect(now, addr, bind);
+                    self.registered[Side::Destination.index()] = Registration {
+                        key: dest_key(),
+                        events: None,
+                    };
+                }
+                Output::Wait(wait) => {
+                    if self.watch(epoll, &wait).is_err() {
+                        // epoll cannot hold the socket (out of memory or of
+                        // its watch limit): this connection cannot go on, and
+                        // still ends accounted for.
+                        self.conn.core().abandon(now);
+                        continue;
+                    }
+                    return Next::Wait(wait.deadline);
+                }
+                Output::Yield => return Next::Yield,
+                Output::Close { reset } => {
+                    self.conn
+                        .before_close(reset, [self.client.as_ref(), self.dest.as_ref()]);
+                    self.client = None;
+                    self.dest = None;
+                    self.pipes = [None, None];
+                }
+                _ => {}
+            }
         }
     }
-    now
+
+    /// Makes the epoll set watch each socket as `wait` says: level-triggered,
+    /// so a socket that stays ready is reported again, as poll(2) would. A
+    /// socket watched for errors alone is registered for no event: epoll
+    /// reports errors and hang-ups whatever the interest (FAULT-1). One watched
+    /// for nothing leaves the set. Nothing changes, and no system call is made,
+    /// while a connection keeps waiting for the same things.
+    fn watch(&mut self, epoll: RawFd, wait: &Wait) -> std::io::Result<()> {
+        for side in [Side::Client, Side::Destination] {
+            let i = side.index();
+            let socket = match side {
+                Side::Client => self.client.as_ref(),
+                Side::Destination => self.dest.as_ref(),
+            };
+            let Some(socket) = socket else { continue };
+            let w = wait.watch[i];
+            let wanted = (w.read || w.write || w.errors)
+                .then_some(if w.read { EPOLLIN } else { 0 } | if w.write { EPOLLOUT } else { 0 });
+            let reg = &mut self.registered[i];
+            if wanted == reg.events {
+                continue;
+            }
+            let fd = socket.as_raw_fd();
+            match wanted {
+                Some(events) => {
+                    sys::epoll_register(epoll, fd, events, reg.key, reg.events.is_none())?
+                }
+                None => sys::epoll_forget(epoll, fd),
+            }
+            reg.events = wanted;
+        }
+        Ok(())
+    }
 }

@@ -1,8 +1,10 @@
-//! plug-std: plug on blocking accept, one thread per connection, non-blocking
-//! sockets and poll(2). It carries out what plug-core decides; start-up and
-//! everything else every runtime shares is plug-shell's.
+//! plug-std: plug on std alone, as pen and plugdaemon's heirs run: event loops
+//! on epoll, one per core, each serving every connection it accepted with
+//! non-blocking sockets, doing what plug-core decides. Start-up and everything
+//! else every runtime shares is plug-shell's.
 
 mod conn;
+mod event_loop;
 mod serve;
 
 use std::time::Duration;
@@ -10,17 +12,17 @@ use std::time::Duration;
 use plug_core::connection::Runtime;
 use plug_shell::net::splice::PIPE_CAPACITY;
 
-/// What this runtime offers the core: splicing, and buffers kept through a quiet
-/// second, then freed: a thread serves one connection at a time, so a buffer kept
-/// on it for others would sit there while thousands of threads wait idle.
+/// What this runtime offers the core: splicing, and buffers given back as soon
+/// as a direction is quiet (thousands of idle connections then hold none), to
+/// a per-thread pool that the next busy connection on the loop takes them from.
 pub const RUNTIME: Runtime = Runtime {
     name: "std",
     pipe_capacity: Some(PIPE_CAPACITY),
-    buffer_release_after: Duration::from_secs(1),
-    reuse_buffers: false,
+    buffer_release_after: Duration::ZERO,
+    reuse_buffers: true,
 };
 
-/// Runs plug on std threads with the process's arguments; never returns.
+/// Runs plug on std event loops with the process's arguments; never returns.
 pub fn main() -> ! {
     serve::run(plug_shell::boot(std::env::args_os(), RUNTIME))
 }

@@ -1,109 +1,20 @@
-//! The accept loop: each admitted connection runs on a thread of its own, taken
-//! from a small pool of idle threads when one is waiting, so that a busy listener
-//! does not pay for creating and tearing down a thread per connection.
+//! The event loops and what feeds them: every loop watches every listener and
+//! serves what it accepts ([`EventLoop`]); the `--metrics` listener keeps a
+//! thread of its own, and a thread per scrape, as scrapes are rare.
 
-use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use plug_core::forwarder::AcceptNext;
 use plug_core::reports::log::LogLevel;
-use plug_shell::drive::conn::Conn;
 use plug_shell::sys::{self, PollFd, POLLIN};
 use plug_shell::{drive::scrape, net::sockets, Acceptor, Boot, Context, Listener};
 
-use crate::conn;
-
-/// Stack for connection threads: the driver keeps its buffers on the heap.
-const CONNECTION_STACK: usize = 128 * 1024;
-
-/// Threads kept waiting for the next connection once theirs has ended: enough for
-/// a steady stream of short connections, few enough that a burst of thousands
-/// does not leave thousands of stacks behind.
-const MAX_IDLE_THREADS: usize = 64;
-
-/// How long an idle thread waits for a connection before it exits.
-const IDLE_THREAD_LIFETIME: Duration = Duration::from_secs(30);
-
-/// A connection waiting for a thread.
-type Job = (Conn, TcpStream);
-
-/// Threads between connections, and connections handed to them.
-#[derive(Debug, Default)]
-struct Pool {
-    state: Mutex<PoolState>,
-    handed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct PoolState {
-    jobs: VecDeque<Job>,
-    /// Threads waiting on `handed` (each will take at most one job).
-    idle: usize,
-}
-
-impl Pool {
-    /// Gives `job` to an idle thread, or returns it when none is waiting.
-    fn hand_over(&self, job: Job) -> Option<Job> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.idle > state.jobs.len() {
-            state.jobs.push_back(job);
-            drop(state);
-            self.handed.notify_one();
-            None
-        } else {
-            Some(job)
-        }
-    }
-
-    /// Waits for the next job after one has ended; `None` when this thread should
-    /// exit (the pool is full, or nothing came for a while).
-    fn next_job(&self) -> Option<Job> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.idle >= MAX_IDLE_THREADS {
-            return None;
-        }
-        state.idle += 1;
-        let deadline = Instant::now() + IDLE_THREAD_LIFETIME;
-        loop {
-            if let Some(job) = state.jobs.pop_front() {
-                state.idle -= 1;
-                return Some(job);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                state.idle -= 1;
-                return None;
-            }
-            state = self
-                .handed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-    }
-}
-
-/// A connection thread: serves its first connection, then whatever the pool hands it.
-fn work(pool: &Pool, first: Job) {
-    let mut job = first;
-    loop {
-        let (connection, client) = job;
-        conn::serve(connection, client);
-        match pool.next_job() {
-            Some(next) => job = next,
-            None => return,
-        }
-    }
-}
+use crate::event_loop::{Accepting, EventLoop, Mailbox};
 
 /// Stack for scrape threads: a scrape holds its reply on the heap.
 const SCRAPE_STACK: usize = 64 * 1024;
-
-/// Stack for accept threads: they hold nothing but the loop.
-const ACCEPT_STACK: usize = 64 * 1024;
 
 /// Accepts on `socket` until it is shut and `ends` says so, handing each
 /// socket to `serve`; what a failed accept means is the core's (§5, FAULT-1).
@@ -156,65 +67,25 @@ fn serve_metrics(ctx: &Arc<Context>, socket: &TcpListener) {
     );
 }
 
-/// Serves `listener`'s clients until a stop or a reload shuts it, each
-/// admitted one on a thread of the pool.
-fn serve_clients(
-    ctx: &Arc<Context>,
-    pool: &Arc<Pool>,
-    listener: &Arc<Listener>,
-    socket: &TcpListener,
-) {
-    accept_each(
-        socket,
-        || ctx.accept_should_end(listener),
-        |e| ctx.accept_failed(listener, Instant::now(), e),
-        |client, peer| {
-            // Refused: dropping `client` closes it at once (CONN-1).
-            let Some(connection) = ctx.accept(listener, Instant::now(), peer) else {
-                return;
-            };
-            let Some(job) = pool.hand_over((connection, client)) else {
-                return;
-            };
-            let mine = Arc::clone(pool);
-            let spawned = std::thread::Builder::new()
-                .stack_size(CONNECTION_STACK)
-                .spawn(move || work(&mine, job));
-            // A thread that cannot start drops its job: the connection is still
-            // accounted for (FAULT-5), and the failure logged.
-            if let Err(e) = spawned {
-                let text = format!("cannot start a connection thread: {e}");
-                ctx.log(LogLevel::Error, text);
-            }
-        },
-    );
+/// Hands each listener to every event loop.
+#[derive(Debug)]
+struct Loops {
+    mailboxes: Arc<[Arc<Mailbox>]>,
 }
 
-/// Runs each accept loop on a thread of its own, connections on the pool's.
-#[derive(Debug, Default)]
-struct Threads {
-    pool: Arc<Pool>,
-}
-
-impl Acceptor for Threads {
+impl Acceptor for Loops {
     fn serve(
         &self,
         ctx: &Arc<Context>,
         listener: Arc<Listener>,
         socket: TcpListener,
     ) -> std::io::Result<()> {
-        let ctx = Arc::clone(ctx);
-        let pool = Arc::clone(&self.pool);
-        std::thread::Builder::new()
-            .name("accept".into())
-            .stack_size(ACCEPT_STACK)
-            .spawn(move || {
-                serve_clients(&ctx, &pool, &listener, &socket);
-                // Closed now, so a new instance (or a reload) can bind the port.
-                drop(socket);
-                ctx.accept_loop_ended();
-            })
-            .map(drop)
+        socket.set_nonblocking(true)?;
+        let accepting = Arc::new(Accepting::new(Arc::clone(ctx), listener, socket));
+        for mailbox in self.mailboxes.iter() {
+            mailbox.add_listener(Arc::clone(&accepting));
+        }
+        Ok(())
     }
 
     fn serve_metrics(&self, ctx: &Arc<Context>, socket: TcpListener) -> std::io::Result<()> {
@@ -226,10 +97,52 @@ impl Acceptor for Threads {
     }
 }
 
-/// Serves until the lifecycle thread exits the process, as the core says.
+/// How many event loops run: the number in `PLUG_THREADS` when it is a
+/// positive integer, else one per core.
+fn loop_threads() -> usize {
+    std::env::var("PLUG_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Serves until the lifecycle thread exits the process, as the core says: this
+/// thread runs the first loop, and one more thread each of the others.
 pub fn run(boot: Boot) -> ! {
-    let ctx = boot.serve(Arc::new(Threads::default()));
-    ctx.wait_for_exit()
+    let ctx = Arc::clone(&boot.ctx);
+    let loops: Vec<EventLoop> = match (0..loop_threads())
+        .map(|_| EventLoop::new(Arc::clone(&ctx)))
+        .collect()
+    {
+        Ok(loops) => loops,
+        Err(e) => ctx.fatal(&format!("cannot start an event loop: {e}")),
+    };
+    let mailboxes: Arc<[Arc<Mailbox>]> = loops.iter().map(EventLoop::mailbox).collect();
+    let ctx = boot.serve(Arc::new(Loops {
+        mailboxes: Arc::clone(&mailboxes),
+    }));
+    let mut loops = loops.into_iter();
+    let first = loops.next();
+    for (i, event_loop) in loops.enumerate() {
+        let (all, mine) = (Arc::clone(&mailboxes), Arc::clone(&ctx));
+        let spawned = std::thread::Builder::new()
+            .name(format!("loop-{}", i + 1))
+            .spawn(move || {
+                let e = event_loop.run(all);
+                mine.fatal(&format!("event loop {} stopped: {e}", i + 1))
+            });
+        if let Err(e) = spawned {
+            ctx.fatal(&format!("cannot start an event loop thread: {e}"))
+        }
+    }
+    match first {
+        Some(event_loop) => {
+            let e = event_loop.run(mailboxes);
+            ctx.fatal(&format!("event loop stopped: {e}"))
+        }
+        None => ctx.wait_for_exit(),
+    }
 }
 
 /// Waits until a non-blocking listener has a client (or is shut down).

@@ -297,6 +297,9 @@ pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
 pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
 /// epoll's hang-up flag.
 pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+/// epoll's flag that wakes one waiter, not every epoll instance, when a
+/// descriptor several watch becomes ready (a listener shared by event loops).
+pub const EPOLLEXCLUSIVE: u32 = libc::EPOLLEXCLUSIVE as u32;
 
 /// Signal numbers plug handles.
 pub mod signal {
