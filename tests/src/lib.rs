@@ -25,16 +25,16 @@ pub const BINARIES: &[&str] = &["plug-std", "plug", "plug-smol", "plug-async-std
 fn sources_of(name: &str) -> &'static [&'static str] {
     match name {
         "plug-std" => &["core/src", "shell/src", "runtime-std/src"],
-        "plug" => &["core/src", "shell/src", "runtime-smol/src", "src"],
+        "plug" => &["core/src", "shell/src", "runtime-std/src", "src"],
         "plug-smol" => &["core/src", "shell/src", "runtime-smol/src"],
         _ => &["core/src", "shell/src", "runtime-async-std/src"],
     }
 }
 
-/// `plug` (smol by default) is also built with each other runtime feature and
-/// tested as well; these
-/// builds go to their own target directories (`target/variants/FEATURE`).
-pub const PLUG_FEATURES: &[&str] = &["std", "async-std"];
+/// `plug` (std by default) is also built with each other runtime feature and
+/// tested as well; these builds go to their own target directories
+/// (`target/variants/FEATURE`).
+pub const PLUG_FEATURES: &[&str] = &["smol", "async-std"];
 
 /// One binary under test.
 #[derive(Debug, Clone)]

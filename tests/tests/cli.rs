@@ -125,12 +125,12 @@ fn unreadable_proxy_credentials_are_fatal_opt_5() {
 fn version_names_the_runtime_and_typos_get_a_suggestion_cli_2_cli_9() {
     each_binary(|bin| {
         let runtime = match (bin.name, bin.label.as_str()) {
-            ("plug-std", _) => "std",
+            ("plug-smol", _) => "smol",
             ("plug-async-std", _) => "async-std",
-            (_, l) if l.ends_with("--features std") => "std",
+            (_, l) if l.ends_with("--features smol") => "smol",
             (_, l) if l.ends_with("--features async-std") => "async-std",
-            // plug-smol, and plug by default.
-            _ => "smol",
+            // plug-std, and plug by default.
+            _ => "std",
         };
         let string = format!(
             "plug {} ({runtime} runtime; plugdaemon 2.5.5 compatible)",
