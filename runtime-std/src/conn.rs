@@ -168,3 +168,29 @@ impl Entry {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_tell_sockets_apart_and_never_look_like_a_listener() {
+        // The loop reads the slot from bits 1..31 and the side from bit 0;
+        // bit 31 of the low half marks a listener.
+        let listener_bit = 1u64 << 31;
+        let biggest = (1usize << 30) - 1;
+        for (id, index) in [(0, 0), (1, 5), (u32::MAX, biggest)] {
+            for side in [Side::Client, Side::Destination] {
+                let k = key(id, index, side);
+                assert_eq!(k & listener_bit, 0);
+                assert_eq!(((k & 0xffff_ffff) >> 1) as usize, index);
+                assert_eq!((k & 1) as usize, side.index());
+                assert_eq!((k >> 32) as u32, id);
+            }
+        }
+        // A socket that replaces another in the same slot (a new connect) has
+        // a new key, so an event already taken for the old one is not its.
+        assert_ne!(key(7, 3, Side::Destination), key(8, 3, Side::Destination));
+        assert_ne!(key(7, 3, Side::Client), key(7, 3, Side::Destination));
+    }
+}

@@ -6,16 +6,23 @@
 //! readiness crosses to another thread.
 //!
 //! Every loop watches every listener (EPOLLEXCLUSIVE: one loop is woken per
-//! client) and keeps what it accepts: no hand-off at accept.
+//! client) and keeps what it accepts, unless another loop holds fewer
+//! connections: then that one gets it. The kernel wakes the same idle loop
+//! first every time, so without this one loop would serve every connection
+//! that arrives while it waits, four bulk streams included, and the other
+//! cores would stay idle.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use plug_core::connection::relay::Side;
 use plug_core::forwarder::AcceptNext;
+use plug_shell::drive::conn::Conn;
 use plug_shell::net::sockets;
 use plug_shell::sys::{self, EPOLLEXCLUSIVE, EPOLLIN};
 use plug_shell::{Context, Listener};
@@ -72,12 +79,16 @@ impl Drop for Accepting {
     }
 }
 
-/// What other threads may hand a loop: listeners to watch. Writing its
-/// counter wakes it.
+/// What other threads may hand a loop: listeners to watch, and clients
+/// another loop accepted for it. Writing its counter wakes it.
 #[derive(Debug)]
 pub struct Mailbox {
     wake: OwnedFd,
     listeners: Mutex<Vec<Arc<Accepting>>>,
+    clients: Mutex<Vec<(Conn, TcpStream)>>,
+    /// Connections the loop serves or has been handed: what the accepting
+    /// loop balances by.
+    load: AtomicUsize,
 }
 
 impl Mailbox {
@@ -85,6 +96,8 @@ impl Mailbox {
         Ok(Mailbox {
             wake: sys::eventfd()?,
             listeners: Mutex::default(),
+            clients: Mutex::default(),
+            load: AtomicUsize::new(0),
         })
     }
 
@@ -102,6 +115,19 @@ impl Mailbox {
     /// Wakes the loop, which then also looks for listeners that have ended.
     pub fn wake(&self) {
         sys::eventfd_signal(self.wake.as_raw_fd());
+    }
+
+    /// Hands an admitted client to the loop (already counted in its load).
+    fn hand(&self, conn: Conn, client: TcpStream) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.push((conn, client));
+        drop(clients);
+        self.wake();
+    }
+
+    fn take_clients(&self) -> Vec<(Conn, TcpStream)> {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *clients)
     }
 
     fn take_listeners(&self) -> Vec<Arc<Accepting>> {
@@ -209,6 +235,13 @@ impl EventLoop {
                 self.add_listener(accepting);
             }
             self.drop_ended_listeners();
+            let mut fresh = Vec::new();
+            for (conn, client) in self.mailbox.take_clients() {
+                fresh.extend(self.insert(conn, client));
+            }
+            for index in fresh {
+                self.run_conn(now, index);
+            }
             return;
         }
         let low = key & 0xffff_ffff;
@@ -306,6 +339,7 @@ impl EventLoop {
             // Its sockets leave the epoll set as they are closed.
             self.conns[index] = None;
             self.free.push(index);
+            self.mailbox.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -399,7 +433,13 @@ impl EventLoop {
                     let ctx = &accepting.ctx;
                     // Refused: dropping `client` closes it at once (CONN-1).
                     if let Some(conn) = ctx.accept(&accepting.listener, now, peer) {
-                        fresh.extend(self.insert(conn, client));
+                        let target = self.least_loaded();
+                        target.load.fetch_add(1, Ordering::Relaxed);
+                        if Arc::ptr_eq(&target, &self.mailbox) {
+                            fresh.extend(self.insert(conn, client));
+                        } else {
+                            target.hand(conn, client);
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -429,7 +469,20 @@ impl EventLoop {
     }
 
     /// Takes an admitted client into the loop and runs it.
-    /// Takes an admitted client into the loop; its slot, to run it.
+    /// The loop a new client goes to: this one, unless another holds fewer
+    /// connections.
+    fn least_loaded(&self) -> Arc<Mailbox> {
+        let mine = self.mailbox.load.load(Ordering::Relaxed);
+        let least = self
+            .all
+            .iter()
+            .min_by_key(|m| m.load.load(Ordering::Relaxed))
+            .filter(|m| m.load.load(Ordering::Relaxed) < mine);
+        Arc::clone(least.unwrap_or(&self.mailbox))
+    }
+
+    /// Takes an admitted client (counted in this loop's load) into the loop;
+    /// its slot, to run it.
     fn insert(
         &mut self,
         conn: plug_shell::drive::conn::Conn,
@@ -442,7 +495,10 @@ impl EventLoop {
                 self.conns.len() - 1
             }
             // Dropped: the connection still ends accounted for (FAULT-5).
-            None => return None,
+            None => {
+                self.mailbox.load.fetch_sub(1, Ordering::Relaxed);
+                return None;
+            }
         };
         self.registered = self.registered.wrapping_add(1);
         let key = conn::key(self.registered, index, Side::Client);
