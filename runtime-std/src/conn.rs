@@ -51,6 +51,8 @@ pub struct Entry {
     registered: [Registration; 2],
     /// The deadline the loop holds for it, if any.
     pub deadline: Option<Instant>,
+    /// Whether its loop counts it as splicing (see [`Entry::splicing`]).
+    pub counted_splicing: bool,
 }
 
 impl Entry {
@@ -69,6 +71,34 @@ impl Entry {
             pipes: [None, None],
             registered: [unregistered; 2],
             deadline: None,
+            counted_splicing: false,
+        }
+    }
+
+    /// True while it holds a splice pipe: it moves bulk data, and a loop
+    /// serving several such connections is busy enough to share them.
+    pub fn splicing(&self) -> bool {
+        self.pipes.iter().any(Option::is_some)
+    }
+
+    /// Takes its sockets out of `epoll`, to move it to another loop.
+    pub fn leave(&mut self, epoll: RawFd) {
+        for (socket, reg) in [self.client.as_ref(), self.dest.as_ref()]
+            .into_iter()
+            .zip(&mut self.registered)
+        {
+            if let (Some(socket), Some(_)) = (socket, reg.events) {
+                sys::epoll_forget(epoll, socket.as_raw_fd());
+            }
+            reg.events = None;
+        }
+    }
+
+    /// Gives its sockets new keys, in the loop it moved to; they are
+    /// registered there when it next waits.
+    pub fn rekey(&mut self, keys: [u64; 2]) {
+        for (reg, key) in self.registered.iter_mut().zip(keys) {
+            reg.key = key;
         }
     }
 

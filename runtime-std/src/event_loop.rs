@@ -6,11 +6,12 @@
 //! readiness crosses to another thread.
 //!
 //! Every loop watches every listener (EPOLLEXCLUSIVE: one loop is woken per
-//! client) and keeps what it accepts, unless another loop holds fewer
-//! connections: then that one gets it. The kernel wakes the same idle loop
-//! first every time, so without this one loop would serve every connection
-//! that arrives while it waits, four bulk streams included, and the other
-//! cores would stay idle.
+//! client) and keeps what it accepts: no hand-off at accept. The kernel wakes
+//! the same idle loop first every time, so most connections live on one loop,
+//! where one wait serves them all. Bulk is spread instead: a connection that
+//! starts splicing on a loop that already splices for more connections than
+//! another loop (by more than one) moves to that loop, once, so four bulk
+//! streams use every core.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -79,16 +80,16 @@ impl Drop for Accepting {
     }
 }
 
-/// What other threads may hand a loop: listeners to watch, and clients
-/// another loop accepted for it. Writing its counter wakes it.
+/// What other threads may hand a loop: listeners to watch, and connections
+/// another loop moves to it. Writing its counter wakes it.
 #[derive(Debug)]
 pub struct Mailbox {
     wake: OwnedFd,
     listeners: Mutex<Vec<Arc<Accepting>>>,
-    clients: Mutex<Vec<(Conn, TcpStream)>>,
-    /// Connections the loop serves or has been handed: what the accepting
-    /// loop balances by.
-    load: AtomicUsize,
+    moved: Mutex<Vec<Entry>>,
+    /// Connections the loop splices for, or has been moved: what bulk is
+    /// spread by.
+    splicing: AtomicUsize,
 }
 
 impl Mailbox {
@@ -96,8 +97,8 @@ impl Mailbox {
         Ok(Mailbox {
             wake: sys::eventfd()?,
             listeners: Mutex::default(),
-            clients: Mutex::default(),
-            load: AtomicUsize::new(0),
+            moved: Mutex::default(),
+            splicing: AtomicUsize::new(0),
         })
     }
 
@@ -117,17 +118,17 @@ impl Mailbox {
         sys::eventfd_signal(self.wake.as_raw_fd());
     }
 
-    /// Hands an admitted client to the loop (already counted in its load).
-    fn hand(&self, conn: Conn, client: TcpStream) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.push((conn, client));
-        drop(clients);
+    /// Moves a connection to the loop (already counted as splicing there).
+    fn move_in(&self, entry: Entry) {
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        moved.push(entry);
+        drop(moved);
         self.wake();
     }
 
-    fn take_clients(&self) -> Vec<(Conn, TcpStream)> {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *clients)
+    fn take_moved(&self) -> Vec<Entry> {
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *moved)
     }
 
     fn take_listeners(&self) -> Vec<Arc<Accepting>> {
@@ -235,12 +236,10 @@ impl EventLoop {
                 self.add_listener(accepting);
             }
             self.drop_ended_listeners();
-            let mut fresh = Vec::new();
-            for (conn, client) in self.mailbox.take_clients() {
-                fresh.extend(self.insert(conn, client));
-            }
-            for index in fresh {
-                self.run_conn(now, index);
+            for entry in self.mailbox.take_moved() {
+                if let Some(index) = self.place(entry) {
+                    self.run_conn(now, index);
+                }
             }
             return;
         }
@@ -335,11 +334,21 @@ impl EventLoop {
             }
             entry.deadline = new;
         }
+        let splicing = next != Next::Done && entry.splicing();
+        if splicing != entry.counted_splicing {
+            entry.counted_splicing = splicing;
+            match splicing {
+                true => self.mailbox.splicing.fetch_add(1, Ordering::Relaxed),
+                false => self.mailbox.splicing.fetch_sub(1, Ordering::Relaxed),
+            };
+            if splicing {
+                self.spread(index);
+            }
+        }
         if next == Next::Done {
             // Its sockets leave the epoll set as they are closed.
             self.conns[index] = None;
             self.free.push(index);
-            self.mailbox.load.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -433,13 +442,7 @@ impl EventLoop {
                     let ctx = &accepting.ctx;
                     // Refused: dropping `client` closes it at once (CONN-1).
                     if let Some(conn) = ctx.accept(&accepting.listener, now, peer) {
-                        let target = self.least_loaded();
-                        target.load.fetch_add(1, Ordering::Relaxed);
-                        if Arc::ptr_eq(&target, &self.mailbox) {
-                            fresh.extend(self.insert(conn, client));
-                        } else {
-                            target.hand(conn, client);
-                        }
+                        fresh.extend(self.insert(conn, client));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -469,37 +472,63 @@ impl EventLoop {
     }
 
     /// Takes an admitted client into the loop and runs it.
-    /// The loop a new client goes to: this one, unless another holds fewer
-    /// connections.
-    fn least_loaded(&self) -> Arc<Mailbox> {
-        let mine = self.mailbox.load.load(Ordering::Relaxed);
-        let least = self
+    /// Moves the connection in slot `index`, which has just started
+    /// splicing, to the loop that splices for the fewest, if this one splices
+    /// for more than one more than that: bulk then runs on every core, and a
+    /// connection moves at most once per burst.
+    fn spread(&mut self, index: usize) {
+        let mine = self.mailbox.splicing.load(Ordering::Relaxed);
+        let Some(target) = self
             .all
             .iter()
-            .min_by_key(|m| m.load.load(Ordering::Relaxed))
-            .filter(|m| m.load.load(Ordering::Relaxed) < mine);
-        Arc::clone(least.unwrap_or(&self.mailbox))
+            .min_by_key(|m| m.splicing.load(Ordering::Relaxed))
+            .filter(|m| m.splicing.load(Ordering::Relaxed) + 1 < mine)
+            .map(Arc::clone)
+        else {
+            return;
+        };
+        let Some(mut entry) = self.conns.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(index);
+        if let Some(at) = entry.deadline.take() {
+            self.deadlines.remove(&(at, index));
+        }
+        entry.leave(self.epoll.as_raw_fd());
+        self.mailbox.splicing.fetch_sub(1, Ordering::Relaxed);
+        target.splicing.fetch_add(1, Ordering::Relaxed);
+        target.move_in(entry);
     }
 
-    /// Takes an admitted client (counted in this loop's load) into the loop;
-    /// its slot, to run it.
-    fn insert(
-        &mut self,
-        conn: plug_shell::drive::conn::Conn,
-        client: std::net::TcpStream,
-    ) -> Option<usize> {
-        let index = match self.free.pop() {
-            Some(i) => i,
+    /// Takes a connection another loop moved here into a slot of this one;
+    /// the slot, to run it.
+    fn place(&mut self, mut entry: Entry) -> Option<usize> {
+        let index = self.slot()?;
+        let mut key = |side| {
+            self.registered = self.registered.wrapping_add(1);
+            conn::key(self.registered, index, side)
+        };
+        entry.rekey([key(Side::Client), key(Side::Destination)]);
+        self.conns[index] = Some(entry);
+        Some(index)
+    }
+
+    /// A free slot for a connection.
+    fn slot(&mut self) -> Option<usize> {
+        match self.free.pop() {
+            Some(i) => Some(i),
             None if self.conns.len() < MAX_CONNECTIONS => {
                 self.conns.push(None);
-                self.conns.len() - 1
+                Some(self.conns.len() - 1)
             }
-            // Dropped: the connection still ends accounted for (FAULT-5).
-            None => {
-                self.mailbox.load.fetch_sub(1, Ordering::Relaxed);
-                return None;
-            }
-        };
+            None => None,
+        }
+    }
+
+    /// Takes an admitted client into the loop; its slot, to run it.
+    fn insert(&mut self, conn: Conn, client: TcpStream) -> Option<usize> {
+        // None: dropped, and the connection still ends accounted for (FAULT-5).
+        let index = self.slot()?;
         self.registered = self.registered.wrapping_add(1);
         let key = conn::key(self.registered, index, Side::Client);
         self.conns[index] = Some(Entry::new(conn, client, key));
