@@ -3,8 +3,8 @@
 //! non-blocking sockets (read, write, splice, shut down, connect).
 //!
 //! A driver loops on [`Conn::next`]: it carries out the I/O outputs with
-//! [`Conn::perform`] and waits as [`Output::Wait`] says in its own way (poll(2),
-//! or a reactor). Dropping a `Conn` before the core said [`Output::Done`] still
+//! [`Conn::perform`] and waits as [`Output::Wait`] says in its own way (std's
+//! epoll loops, or a reactor). Dropping a `Conn` before the core said [`Output::Done`] still
 //! accounts for the connection (FAULT-5).
 
 use std::io::{Read, Write};
