@@ -1,7 +1,7 @@
-//! plug-std: plug on std alone, as pen and plugdaemon's heirs run: event loops
-//! on epoll, one per core, each serving every connection it accepted with
-//! non-blocking sockets, doing what plug-core decides. Start-up and everything
-//! else every runtime shares is plug-shell's.
+//! plug-std: plug on std alone, with no async runtime: epoll event loops, one
+//! per core, each serving the connections it accepted (and the bulk ones moved
+//! to it) on non-blocking sockets, doing what plug-core decides. Start-up and
+//! everything else every runtime shares is plug-shell's.
 
 mod conn;
 mod event_loop;
