@@ -376,10 +376,10 @@ fn a_removed_listeners_connections_are_cut_by_the_drain_timeout_opt_15() {
         assert!(reload(&plug, 1).contains("(0 added, 1 removed, 0 changed)"));
         // Still open within the drain time, then reset, with its lines.
         assert_eq!(round_trip(&held, b"x\n"), b"x\n");
-        let (rest, reset) = read_until_end(&mut held);
+        let (rest, end) = read_until_end(&mut held);
         assert!(
-            rest.is_empty() && reset,
-            "cut with a reset: {rest:?} {reset}"
+            rest.is_empty() && end == "reset",
+            "cut with a reset: {rest:?}, then {end}"
         );
         plug.stdout.expect(|l| {
             session_fields(l)
@@ -395,20 +395,25 @@ fn a_removed_listeners_connections_are_cut_by_the_drain_timeout_opt_15() {
 
 /// Reads until the end of stream or an error; returns what came and whether
 /// it ended with a reset.
-fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
+/// Reads until the stream ends; what came, and how it ended: `reset`, `end of
+/// stream`, or the error (a read timeout says nothing came for DEADLINE), so a
+/// failure says which.
+fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, String) {
     use std::io::Read;
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     for _ in 0..10_000 {
         match s.read(&mut buf) {
-            Ok(0) => return (got, false),
+            Ok(0) => return (got, "end of stream".into()),
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
-            Err(_) => return (got, false),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (got, "reset".into())
+            }
+            Err(e) => return (got, format!("error: {e}")),
         }
     }
-    (got, false)
+    (got, "no end after 10,000 reads".into())
 }
 
 #[test]
