@@ -96,14 +96,7 @@ impl<S: Spawn + Clone + Send + std::fmt::Debug + 'static> Acceptor for AcceptTas
 /// 37-46 µs. With plug's own reactor (one per thread) a second thread raised
 /// throughput by 8-13% but also CPU per redis request by 9% (16.9 to 18.5 µs).
 pub fn executor_threads(var: &str) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cores.div_ceil(2)
-        })
+    crate::drive::thread_count(var, 2)
 }
 
 /// Accepts on `socket` until it is shut and `ends` says so, handing each
