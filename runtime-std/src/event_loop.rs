@@ -18,7 +18,7 @@ use std::net::TcpListener;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use plug_core::connection::relay::Side;
@@ -42,6 +42,27 @@ const EVENTS_PER_WAIT: usize = 256;
 /// Clients accepted from one listener in a turn before the loop serves the
 /// others: a flood of connects does not starve the open connections.
 const ACCEPTS_PER_TURN: usize = 64;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A new key for side `side` of the connection in slot `index`: `counter`
+/// (a loop's count of sockets registered, wrapping) makes it unique.
+fn fresh_key(counter: &mut u32, index: usize, side: Side) -> u64 {
+    *counter = counter.wrapping_add(1);
+    conn::key(*counter, index, side)
+}
+
+/// Where a connection that has just started splicing goes, given how many
+/// connections splice on its loop (`mine`, itself included) and on each loop
+/// (`loads`, this one among them): the least busy loop, if that one splices
+/// for more than one fewer; else nowhere. The margin keeps a connection from
+/// moving to a loop that would then be the busier one.
+fn spread_to(mine: usize, loads: &[usize]) -> Option<usize> {
+    let (index, least) = loads.iter().enumerate().min_by_key(|(_, l)| **l)?;
+    (least + 1 < mine).then_some(index)
+}
 
 /// A listener as every loop shares it: its socket (a duplicate of the one its
 /// [`Listener`] keeps) is closed, and its accept loop reported ended, when the
@@ -104,12 +125,7 @@ impl Mailbox {
 
     /// Hands `accepting` to the loop, which watches it from its next turn.
     pub fn add_listener(&self, accepting: Arc<Accepting>) {
-        let mut listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        listeners.push(accepting);
-        drop(listeners);
+        lock(&self.listeners).push(accepting);
         self.wake();
     }
 
@@ -120,23 +136,16 @@ impl Mailbox {
 
     /// Moves a connection to the loop (already counted as splicing there).
     fn move_in(&self, entry: Entry) {
-        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
-        moved.push(entry);
-        drop(moved);
+        lock(&self.moved).push(entry);
         self.wake();
     }
 
     fn take_moved(&self) -> Vec<Entry> {
-        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *moved)
+        std::mem::take(&mut *lock(&self.moved))
     }
 
     fn take_listeners(&self) -> Vec<Arc<Accepting>> {
-        let mut listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *listeners)
+        std::mem::take(&mut *lock(&self.listeners))
     }
 }
 
@@ -237,8 +246,12 @@ impl EventLoop {
             }
             self.drop_ended_listeners();
             for entry in self.mailbox.take_moved() {
-                if let Some(index) = self.place(entry) {
-                    self.run_conn(now, index);
+                match self.place(entry) {
+                    Some(index) => self.run_conn(now, index),
+                    // Dropped (accounted for, FAULT-5): it splices no more.
+                    None => {
+                        self.mailbox.splicing.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             }
             return;
@@ -312,8 +325,7 @@ impl EventLoop {
             return;
         };
         let next = entry.run(now, epoll, || {
-            *registered = registered.wrapping_add(1);
-            conn::key(*registered, index, Side::Destination)
+            fresh_key(registered, index, Side::Destination)
         });
         let old = entry.deadline;
         let new = match next {
@@ -471,18 +483,19 @@ impl EventLoop {
         }
     }
 
-    /// Takes an admitted client into the loop and runs it.
     /// Moves the connection in slot `index`, which has just started
     /// splicing, to the loop that splices for the fewest, if this one splices
     /// for more than one more than that: bulk then runs on every core, and a
     /// connection moves at most once per burst.
     fn spread(&mut self, index: usize) {
         let mine = self.mailbox.splicing.load(Ordering::Relaxed);
-        let Some(target) = self
+        let loads: Vec<usize> = self
             .all
             .iter()
-            .min_by_key(|m| m.splicing.load(Ordering::Relaxed))
-            .filter(|m| m.splicing.load(Ordering::Relaxed) + 1 < mine)
+            .map(|m| m.splicing.load(Ordering::Relaxed))
+            .collect();
+        let Some(target) = spread_to(mine, &loads)
+            .and_then(|i| self.all.get(i))
             .map(Arc::clone)
         else {
             return;
@@ -504,11 +517,8 @@ impl EventLoop {
     /// the slot, to run it.
     fn place(&mut self, mut entry: Entry) -> Option<usize> {
         let index = self.slot()?;
-        let mut key = |side| {
-            self.registered = self.registered.wrapping_add(1);
-            conn::key(self.registered, index, side)
-        };
-        entry.rekey([key(Side::Client), key(Side::Destination)]);
+        let counter = &mut self.registered;
+        entry.rekey([Side::Client, Side::Destination].map(|side| fresh_key(counter, index, side)));
         self.conns[index] = Some(entry);
         Some(index)
     }
@@ -529,9 +539,50 @@ impl EventLoop {
     fn insert(&mut self, conn: Conn, client: TcpStream) -> Option<usize> {
         // None: dropped, and the connection still ends accounted for (FAULT-5).
         let index = self.slot()?;
-        self.registered = self.registered.wrapping_add(1);
-        let key = conn::key(self.registered, index, Side::Client);
+        let key = fresh_key(&mut self.registered, index, Side::Client);
         self.conns[index] = Some(Entry::new(conn, client, key));
         Some(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams that start splicing one after another on the loop that
+    /// accepted them all (the kernel wakes the same idle loop first); each
+    /// goes where `spread_to` says. Returns how many splice on each loop.
+    fn start_streams(streams: usize, loops: usize) -> Vec<usize> {
+        let mut loads = vec![0; loops];
+        for _ in 0..streams {
+            loads[0] += 1;
+            if let Some(to) = spread_to(loads[0], &loads) {
+                loads[0] -= 1;
+                loads[to] += 1;
+            }
+        }
+        loads
+    }
+
+    #[test]
+    fn bulk_streams_accepted_on_one_loop_end_spread_over_every_loop() {
+        assert_eq!(start_streams(4, 2), [2, 2]);
+        assert_eq!(start_streams(4, 4), [1, 1, 1, 1]);
+        assert_eq!(start_streams(8, 2), [4, 4]);
+        // One loop: nowhere to go.
+        assert_eq!(start_streams(3, 1), [3]);
+        // Fewer streams than loops: each still gets a loop of its own but one.
+        assert_eq!(start_streams(2, 4).iter().filter(|&&l| l == 1).count(), 2);
+    }
+
+    #[test]
+    fn a_connection_never_moves_to_a_loop_that_would_be_the_busier() {
+        // Within one of the least busy loop: staying is as good as moving.
+        assert_eq!(spread_to(1, &[1, 0]), None);
+        assert_eq!(spread_to(3, &[3, 2, 2]), None);
+        // Two or more ahead: it moves to the least busy.
+        assert_eq!(spread_to(2, &[2, 0]), Some(1));
+        assert_eq!(spread_to(5, &[5, 3, 1, 2]), Some(2));
+        assert_eq!(spread_to(1, &[]), None);
     }
 }
