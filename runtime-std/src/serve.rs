@@ -2,7 +2,7 @@
 //! serves what it accepts ([`EventLoop`]); the `--metrics` listener keeps a
 //! thread of its own, and a thread per scrape, as scrapes are rare.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -16,19 +16,15 @@ use crate::event_loop::{Accepting, EventLoop, Mailbox};
 /// Stack for scrape threads: a scrape holds its reply on the heap.
 const SCRAPE_STACK: usize = 64 * 1024;
 
-/// Accepts on `socket` until it is shut and `ends` says so, handing each
-/// socket to `serve`; what a failed accept means is the core's (§5, FAULT-1).
-fn accept_each(
-    socket: &TcpListener,
-    ends: impl Fn() -> bool,
-    failed: impl Fn(&std::io::Error) -> AcceptNext,
-    mut serve: impl FnMut(TcpStream, SocketAddr),
-) {
+/// Serves scrapes of the `--metrics` listener (OPT-9), a thread each, until a
+/// graceful stop shuts it; what a failed accept means is the core's (§5,
+/// FAULT-1).
+fn serve_metrics(ctx: &Arc<Context>, socket: &TcpListener) {
     loop {
         match sockets::accept(socket) {
-            Ok((client, peer)) => serve(client, peer),
-            Err(_) if ends() => return,
-            Err(e) => match failed(&e) {
+            Ok((stream, _)) => serve_scrape(ctx, stream),
+            Err(_) if ctx.is_stopping() => return,
+            Err(e) => match ctx.scrape_accept_failed(&e) {
                 AcceptNext::Retry => {}
                 AcceptNext::Pause(pause) => std::thread::sleep(pause),
                 AcceptNext::WaitReadable => wait_readable(socket),
@@ -37,34 +33,26 @@ fn accept_each(
     }
 }
 
-/// Serves scrapes of the `--metrics` listener (OPT-9), a thread each, as
-/// connections are served.
-fn serve_metrics(ctx: &Arc<Context>, socket: &TcpListener) {
-    accept_each(
-        socket,
-        || ctx.is_stopping(),
-        |e| ctx.scrape_accept_failed(e),
-        |stream, _| {
-            // Over the budget: dropped, so closed at once (FAULT-6).
-            let Some(ticket) = scrape::admit(ctx) else {
-                return;
-            };
-            let mine = Arc::clone(ctx);
-            let spawned = std::thread::Builder::new()
-                .name("scrape".into())
-                .stack_size(SCRAPE_STACK)
-                .spawn(move || {
-                    scrape::serve(&mine, stream);
-                    drop(ticket);
-                });
-            if let Err(e) = spawned {
-                ctx.log(
-                    LogLevel::Error,
-                    format!("cannot start a scrape thread: {e}"),
-                );
-            }
-        },
-    );
+/// Serves one scrape on a thread of its own, or closes it at once when over
+/// the budget (FAULT-6).
+fn serve_scrape(ctx: &Arc<Context>, stream: TcpStream) {
+    let Some(ticket) = scrape::admit(ctx) else {
+        return;
+    };
+    let mine = Arc::clone(ctx);
+    let spawned = std::thread::Builder::new()
+        .name("scrape".into())
+        .stack_size(SCRAPE_STACK)
+        .spawn(move || {
+            scrape::serve(&mine, stream);
+            drop(ticket);
+        });
+    if let Err(e) = spawned {
+        ctx.log(
+            LogLevel::Error,
+            format!("cannot start a scrape thread: {e}"),
+        );
+    }
 }
 
 /// Hands each listener to every event loop.
