@@ -18,13 +18,14 @@ use std::net::TcpListener;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plug_core::connection::relay::Side;
 use plug_core::forwarder::AcceptNext;
 use plug_shell::drive::conn::Conn;
 use plug_shell::net::sockets;
+use plug_shell::shared::lock;
 use plug_shell::sys::{self, EPOLLEXCLUSIVE, EPOLLIN};
 use plug_shell::{Context, Listener};
 
@@ -42,10 +43,6 @@ const EVENTS_PER_WAIT: usize = 256;
 /// Clients accepted from one listener in a turn before the loop serves the
 /// others: a flood of connects does not starve the open connections.
 const ACCEPTS_PER_TURN: usize = 64;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A new key for side `side` of the connection in slot `index`: `counter`
 /// (a loop's count of sockets registered, wrapping) makes it unique.

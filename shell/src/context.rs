@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use plug_core::config::cli::{Config, FileStart, EXIT_FATAL};
@@ -26,6 +26,7 @@ use crate::net::sockets;
 use crate::output::log::Logger;
 use crate::output::session_file::SessionWriter;
 use crate::output::writer::Writer;
+use crate::shared::lock;
 use crate::start::credentials::read_credentials;
 use crate::start::daemon::PidFile;
 use crate::{sys, systemd};
@@ -71,11 +72,6 @@ pub struct Context {
     /// To the lifecycle thread.
     pub(crate) events: Sender<Event>,
     pub(crate) notifier: systemd::Notifier,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking connection must not take the whole daemon with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Context {

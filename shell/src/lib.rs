@@ -28,7 +28,8 @@
 //!   lookups;
 //! - [`net`]: socket options, splice pipes, the sockets a cut resets;
 //! - [`output`]: the writer thread, the log and syslog, the session file;
-//! - [`sys`] (the only `unsafe`) and [`systemd`].
+//! - [`sys`] (the only `unsafe`), [`systemd`], and [`shared`] (locking state
+//!   that threads share).
 
 pub mod context;
 pub mod drive;
@@ -36,6 +37,7 @@ pub mod lifecycle;
 pub mod listeners;
 pub mod net;
 pub mod output;
+pub mod shared;
 pub mod start;
 pub mod sys;
 pub mod systemd;

@@ -20,6 +20,7 @@ use plug_core::reports::log::{LogLevel, LogRecord};
 
 use crate::net::sockets;
 use crate::output::session_file::SessionWriter;
+use crate::shared::lock;
 use crate::start::config_file::read_config_file;
 use crate::start::credentials::read_credentials;
 use crate::{sys, Context};
@@ -58,11 +59,6 @@ pub struct Listener {
     /// Set when its connections are cut: a reload closed it and
     /// `--drain-timeout` has passed (OPT-15).
     cutting: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking connection must not take the whole daemon with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Listener {

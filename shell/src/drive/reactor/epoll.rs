@@ -17,13 +17,14 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use plug_core::connection::Ready;
 
 use super::{Deadline, Reactor, Source};
+use crate::shared::lock;
 use crate::sys;
 
 /// plug's reactor, as a [`Reactor`]: sockets and timers belong to the
@@ -45,10 +46,6 @@ const EVENTS_PER_WAIT: usize = 256;
 const READY_READ: u8 = 1;
 /// As [`READY_READ`], for writing.
 const READY_WRITE: u8 = 2;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 thread_local! {
     /// The reactor of this thread's loop, while [`block_on`] runs.
