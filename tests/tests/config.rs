@@ -393,8 +393,6 @@ fn a_removed_listeners_connections_are_cut_by_the_drain_timeout_opt_15() {
     });
 }
 
-/// Reads until the end of stream or an error; returns what came and whether
-/// it ended with a reset.
 /// Reads until the stream ends; what came, and how it ended: `reset`, `end of
 /// stream`, or the error (a read timeout says nothing came for DEADLINE), so a
 /// failure says which.
