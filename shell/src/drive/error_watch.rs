@@ -70,7 +70,7 @@ impl ErrorWatch {
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<u64, Slot>> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        crate::shared::lock(&self.slots)
     }
 
     fn hand_over(&self) {

@@ -36,7 +36,7 @@ pub struct LiveSockets {
 
 impl LiveSockets {
     fn table(&self) -> MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+        crate::shared::lock(&self.table)
     }
 
     /// Records the client socket of a connection `listener` accepted; its

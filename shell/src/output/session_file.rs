@@ -53,7 +53,7 @@ impl SessionWriter {
 
     /// Appends one line (newline included) in a single write.
     pub fn write(&self, line: &str) -> io::Result<()> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = crate::shared::lock(&self.lock);
         match &self.target {
             SessionTarget::Stdout => {
                 let mut out = io::stdout().lock();

@@ -53,7 +53,7 @@ impl Syslog {
     pub fn send(&self, severity: Severity, text: &str) -> bool {
         let time = sys::local_time(SystemTime::now());
         let datagram = syslog_datagram(severity, &time, &self.ident, self.pid, text);
-        let mut socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut socket = crate::shared::lock(&self.socket);
         if let Some(s) = socket.as_ref() {
             match s.send(datagram.as_bytes()) {
                 Ok(_) => return true,

@@ -84,7 +84,7 @@ impl Boot {
                 let dup = socket
                     .try_clone()
                     .map_err(|e| format!("cannot serve --metrics: {e}"))?;
-                *ctx.metrics_socket.lock().unwrap_or_else(|p| p.into_inner()) = Some(socket);
+                *crate::shared::lock(&ctx.metrics_socket) = Some(socket);
                 acceptor
                     .serve_metrics(&ctx, dup)
                     .map_err(|e| format!("cannot serve --metrics: {e}"))?;
