@@ -537,7 +537,7 @@ impl SyslogReceiver {
                 return None;
             }
             let mut buf = [0u8; 4096];
-            if let Ok(n) = self.socket.recv(&mut buf) {
+            if let Ok(n) = restarting(|| self.socket.recv(&mut buf)) {
                 self.seen
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
@@ -697,10 +697,7 @@ impl Plug {
             let words = with_port(args, port);
             let mut plug = Plug::spawn_launched(bin, launch, words, &env, port);
             let mut buf = [0u8; 256];
-            if sock
-                .recv(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"READY=1"))
-            {
+            if restarting(|| sock.recv(&mut buf)).is_ok_and(|n| buf[..n].starts_with(b"READY=1")) {
                 return plug;
             }
             let _ = plug.child.kill();
@@ -988,7 +985,7 @@ fn serve_backend(mut conn: TcpStream, behaviour: &Behaviour, kept: &mut Vec<u8>)
 fn echo(conn: &mut TcpStream) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = conn.read(&mut buf)?;
+        let n = restarting(|| conn.read(&mut buf))?;
         if n == 0 {
             return conn.shutdown(Shutdown::Write);
         }
@@ -1022,12 +1019,61 @@ pub fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Makes one socket call, again while it fails with EINTR. A read or recv on a
+/// socket with a timeout fails so when the test process is stopped and continued
+/// (a debugger, a frozen cgroup, a CI host's checkpoint; signal(7)), with no
+/// handler installed: that says nothing about plug, and CI saw it fail tests.
+pub fn restarting<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    for _ in 0..1_000 {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
+        }
+    }
+    call()
+}
+
+/// How a stream read to its end ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// End of stream: the peer closed cleanly.
+    Clean,
+    /// The peer reset the connection.
+    Reset,
+    /// Nothing came for the read timeout.
+    Silent,
+    /// Another error, as the read reported it.
+    Failed(String),
+}
+
+/// Reads `s` until it ends: what came, and how it ended, so a failure can say
+/// which. Keeps the socket's read timeout (the connect helpers set DEADLINE).
+pub fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, End) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..100_000 {
+        match restarting(|| s.read(&mut buf)) {
+            Ok(0) => return (got, End::Clean),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                let end = match e.kind() {
+                    io::ErrorKind::ConnectionReset => End::Reset,
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => End::Silent,
+                    _ => End::Failed(e.to_string()),
+                };
+                return (got, end);
+            }
+        }
+    }
+    (got, End::Failed("no end after 100,000 reads".into()))
+}
+
 /// Reads one line (without the newline) from `s`; an error says what was read.
 pub fn try_read_line(s: &mut TcpStream) -> Result<String, String> {
     let mut out = vec![];
     let mut byte = [0u8; 1];
     loop {
-        match s.read(&mut byte) {
+        match restarting(|| s.read(&mut byte)) {
             Ok(0) => break,
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) => out.push(byte[0]),
@@ -1062,7 +1108,7 @@ pub fn which(addr: SocketAddr) -> String {
 /// reset) within the deadline.
 pub fn closed_without_data(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 16];
-    match s.read(&mut buf) {
+    match restarting(|| s.read(&mut buf)) {
         Ok(0) => true,
         Ok(_) => false,
         Err(e) => matches!(

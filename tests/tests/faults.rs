@@ -40,20 +40,7 @@ fn accept_one(listener: &TcpListener) -> TcpStream {
 /// Reads until end of stream or an error (a reset); true if that came in time.
 fn read_to_close(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut buf = [0u8; 4096];
-    let start = Instant::now();
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
-            Err(_) => return true,
-        }
-        if start.elapsed() > DEADLINE {
-            return false;
-        }
-    }
+    read_until_end(s).1 != End::Silent
 }
 
 /// Closes `s` with a reset (SO_LINGER 0).
@@ -211,7 +198,7 @@ fn clients_that_never_read_are_never_dropped_for_descriptors_fault_3() {
         for mut c in clients {
             c.set_read_timeout(Some(DEADLINE)).unwrap();
             let mut buf = [0u8; 1024];
-            match c.read(&mut buf) {
+            match restarting(|| c.read(&mut buf)) {
                 Ok(n) if n > 0 => {
                     admitted += 1;
                     // Still relaying: more arrives when it reads.

@@ -4,24 +4,9 @@
 //! names.
 
 use plug_tests::*;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-
-/// Reads from `s` until it ends: the bytes read, and whether it ended with a
-/// reset (true) or a clean end of stream (false).
-fn read_until_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
-    let mut got = vec![];
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (got, false),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
-            Err(e) => panic!("read failed: {e} after {} bytes", got.len()),
-        }
-    }
-}
 
 /// A client with a round trip done through `plug`, left open.
 fn open_transfer(plug: &Plug) -> TcpStream {
@@ -36,11 +21,12 @@ fn open_transfer(plug: &Plug) -> TcpStream {
 /// What OPT-8 asks of a connection cut short: a reset for the client, a session
 /// line with its counts, and a `Complete, status=N` line with N non-zero.
 fn expect_cut(plug: &Plug, client: &mut TcpStream) {
-    let (rest, reset) = read_until_end(client);
+    let (rest, end) = read_until_end(client);
     assert!(rest.is_empty(), "{rest:?}");
-    assert!(
-        reset,
-        "a cut transfer ended with a clean end of stream, as if it were complete"
+    assert_eq!(
+        end,
+        End::Reset,
+        "a cut transfer must end with a reset, not as if it were complete"
     );
     let line = plug.stdout.expect(|l| l.contains(" 127.0.0.1 "));
     let fields = session_fields(&line);
@@ -153,7 +139,7 @@ fn exits_with_its_output_stalled(bin: &Binary, args: &[&str], stalled_stdout: bo
         let mut s = connect(addr);
         s.write_all(b"x").unwrap();
         let mut b = [0u8; 1];
-        let _ = s.read(&mut b);
+        let _ = restarting(|| s.read(&mut b));
         made += 1;
     }
     // FAULT-4: a log or session line that cannot be written never holds up
@@ -304,7 +290,7 @@ fn scrapes_beyond_sixteen_are_closed_at_once_and_take_nothing_from_clients_fault
         // Clients are served all the while.
         let mut client = open_transfer(&plug);
         client.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_until_end(&mut client), (vec![], false));
+        assert_eq!(read_until_end(&mut client), (vec![], End::Clean));
         let all = plug.stderr.all();
         assert!(
             !all.iter().any(|l| l.contains("Too many open files")),
@@ -344,11 +330,11 @@ fn a_400_for_an_oversized_request_reaches_the_client_opt_9() {
                 "a".repeat(30_000)
             );
             s.write_all(head.as_bytes()).unwrap();
-            let (reply, reset) = read_until_end(&mut s);
+            let (reply, end) = read_until_end(&mut s);
             let reply = String::from_utf8_lossy(&reply);
             assert!(
-                reply.starts_with("HTTP/1.1 400") && !reset,
-                "the 400 was lost (reset: {reset}): {reply:?}"
+                reply.starts_with("HTTP/1.1 400") && end == End::Clean,
+                "the 400 was lost (ended: {end:?}): {reply:?}"
             );
         }
     });
@@ -437,7 +423,7 @@ fn an_ipv6_first_address_is_skipped_from_an_ipv4_p_opt_11_fault_6() {
         );
         let mut client = open_transfer(&plug);
         client.shutdown(Shutdown::Write).unwrap();
-        assert_eq!(read_until_end(&mut client), (vec![], false));
+        assert_eq!(read_until_end(&mut client), (vec![], End::Clean));
     });
 }
 

@@ -50,7 +50,7 @@ fn serve_proxy(mut conn: TcpStream, script: fn(&str) -> Reply, log: &Mutex<Vec<S
     let mut head = vec![];
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-        match conn.read(&mut byte) {
+        match restarting(|| conn.read(&mut byte)) {
             Ok(1) => head.push(byte[0]),
             _ => return,
         }
@@ -63,7 +63,7 @@ fn serve_proxy(mut conn: TcpStream, script: fn(&str) -> Reply, log: &Mutex<Vec<S
             conn.write_all(bytes).unwrap();
             let mut buf = [0u8; 4096];
             loop {
-                match conn.read(&mut buf) {
+                match restarting(|| conn.read(&mut buf)) {
                     Ok(0) | Err(_) => {
                         let _ = conn.shutdown(Shutdown::Write);
                         return;

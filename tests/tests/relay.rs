@@ -179,7 +179,7 @@ fn a_destination_reset_closes_the_client_promptly_conn_6() {
         let mut s = connect(plug.addr());
         s.write_all(b"trigger").unwrap();
         let mut buf = [0u8; 8];
-        let r = s.read(&mut buf);
+        let r = restarting(|| s.read(&mut buf));
         assert!(matches!(r, Ok(0)) || r.is_err(), "{r:?}");
         let status = format!("({}): Complete, status=3.", plug.port);
         plug.stderr.expect(|l| l.ends_with(&status));

@@ -18,13 +18,13 @@ fn ready_and_stopping_are_notified_opt_7() {
         };
         let mut plug = Plug::start_with(bin, &launch, &["{port}", "127.0.0.1:9"]);
         let mut buf = [0u8; 256];
-        let n = sock.recv(&mut buf).expect("no READY=1");
+        let n = restarting(|| sock.recv(&mut buf)).expect("no READY=1");
         assert_eq!(
             String::from_utf8_lossy(&buf[..n]),
             format!("READY=1\nMAINPID={}", plug.pid())
         );
         plug.signal(libc::SIGTERM);
-        let n = sock.recv(&mut buf).expect("no STOPPING=1");
+        let n = restarting(|| sock.recv(&mut buf)).expect("no STOPPING=1");
         assert_eq!(&buf[..n], b"STOPPING=1");
         assert_eq!(plug.wait_exit().code(), Some(0));
     });
