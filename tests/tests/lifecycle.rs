@@ -492,8 +492,10 @@ fn a_blackholed_first_address_does_not_fail_a_name_whose_second_answers_opt_10_o
     each_binary(|bin| {
         // .2 and .3 sort as written (.1 would be put first, as the source's own
         // address): the blackhole is tried first.
-        let backend = Backend::start_on("127.0.0.3:0", Behaviour::Echo);
-        let port = backend.addr.port();
+        // A port of the suite's own: one the kernel picked for .3 could be held
+        // on .2 by some other socket's ephemeral end (CI saw AddrInUse).
+        let port = free_port();
+        let _backend = Backend::start_on(&format!("127.0.0.3:{port}"), Behaviour::Echo);
         let _hole = blackhole(&format!("127.0.0.2:{port}"));
         let dest = format!("bh.plug-test:{port}");
         // The first round of health checks runs before plug reports ready; each

@@ -335,8 +335,13 @@ fn a_name_that_moves_is_followed_every_secs_opt_11() {
     let hosts = dir.path("hosts");
     each_binary(|bin| {
         std::fs::write(&hosts, "127.0.0.1 backend.plug-test\n").unwrap();
-        let first = Backend::start_on("127.0.0.1:0", Behaviour::Tagged("first".into()));
-        let port = first.addr.port();
+        // A port of the suite's own, free on every address: one the kernel
+        // picked for .1 could be held on .2 by another socket's ephemeral end.
+        let port = free_port();
+        let _first = Backend::start_on(
+            &format!("127.0.0.1:{port}"),
+            Behaviour::Tagged("first".into()),
+        );
         let second = Backend::start_on(
             &format!("127.0.0.2:{port}"),
             Behaviour::Tagged("second".into()),
