@@ -317,6 +317,53 @@ pub fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 254, (n / 250) as u8, (n % 250 + 1) as u8], 19_999))
 }
 
+/// A loopback address whose SYNs go unanswered, as a blackholed one's: a
+/// listener with backlog 0 that never accepts, its queue filled. A connect to it
+/// hangs until its timeout. Held for as long as the value lives.
+pub struct Blackhole {
+    /// Where it is.
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<socket2::Socket>,
+}
+
+impl Blackhole {
+    /// A blackhole on `addr` (port 0: one the kernel picks), checked to really
+    /// hold a connect back here.
+    pub fn on(addr: &str) -> Blackhole {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let domain = socket2::Domain::for_address(addr);
+        let listener = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+        listener.set_reuse_address(true).unwrap();
+        listener
+            .bind(&addr.into())
+            .unwrap_or_else(|e| panic!("blackhole on {addr}: {e}"));
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        // A backlog of 0 holds one connection; a few more fill what the kernel adds.
+        let fillers = (0..4)
+            .map(|_| {
+                let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let _ = s.connect(&addr.into());
+                s
+            })
+            .collect();
+        let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(
+            probe
+                .as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut),
+            "this kernel does not blackhole a full listener: {probe:?}"
+        );
+        Blackhole {
+            addr,
+            _listener: listener,
+            _fillers: fillers,
+        }
+    }
+}
+
 /// Where `program` is: on the PATH, or in /usr/sbin or /sbin (where nginx and
 /// other daemons live, outside a normal user's PATH). When it is not installed,
 /// the test that needs it says so loudly and passes, so that

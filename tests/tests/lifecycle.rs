@@ -461,27 +461,6 @@ fn a_probe_plug_cannot_run_does_not_mark_the_destination_down_fault_6() {
     });
 }
 
-/// A listener on `addr` whose accept queue is full and never drained: the
-/// kernel drops further SYNs, so a connect to it hangs until its timeout, as to
-/// a blackholed address. Keep the returned values alive while it is needed.
-fn blackhole(addr: &str) -> (socket2::Socket, Vec<socket2::Socket>) {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let listener =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    listener.set_reuse_address(true).unwrap();
-    listener.bind(&addr.into()).unwrap();
-    listener.listen(0).unwrap();
-    let mut fillers = vec![];
-    // A backlog of 0 holds one connection; a few more fill what the kernel adds.
-    for _ in 0..4 {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        s.set_nonblocking(true).unwrap();
-        let _ = s.connect(&addr.into());
-        fillers.push(s);
-    }
-    (listener, fillers)
-}
-
 #[test]
 fn a_blackholed_first_address_does_not_fail_a_name_whose_second_answers_opt_10_opt_11() {
     let dir = TempDir::new("blackhole");
@@ -496,7 +475,7 @@ fn a_blackholed_first_address_does_not_fail_a_name_whose_second_answers_opt_10_o
         // on .2 by some other socket's ephemeral end (CI saw AddrInUse).
         let port = free_port();
         let _backend = Backend::start_on(&format!("127.0.0.3:{port}"), Behaviour::Echo);
-        let _hole = blackhole(&format!("127.0.0.2:{port}"));
+        let _hole = Blackhole::on(&format!("127.0.0.2:{port}"));
         let dest = format!("bh.plug-test:{port}");
         // The first round of health checks runs before plug reports ready; each
         // address gets the whole --connect-timeout.
@@ -590,7 +569,7 @@ fn reset(s: TcpStream) {
 fn a_client_reset_while_dialing_ends_at_once_not_at_the_connect_timeout_fault_1() {
     each_binary(|bin| {
         let hole = format!("127.0.0.2:{}", free_port());
-        let _hole = blackhole(&hole);
+        let _hole = Blackhole::on(&hole);
         let plug = Plug::start(bin, &["-d", "--connect-timeout", "600", "{port}", &hole]);
         let client = connect(plug.addr());
         let local = client.local_addr().unwrap();

@@ -60,29 +60,11 @@ fn max_conns_per_ip_limits_each_client_opt_3() {
     });
 }
 
-/// A loopback address whose SYNs go unanswered: a listener with backlog 0 that
-/// never accepts, filled by one connection. Checked to really blackhole here.
-fn blackhole() -> (socket2::Socket, TcpStream, SocketAddr) {
-    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap().as_socket().unwrap();
-    let filler = TcpStream::connect(addr).unwrap();
-    let probe = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
-    assert!(
-        probe
-            .as_ref()
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
-        "this kernel does not blackhole a full listener: {probe:?}"
-    );
-    (l, filler, addr)
-}
-
 #[test]
 fn connect_timeout_moves_on_from_a_blackhole_opt_1_conn_4() {
     each_binary(|bin| {
-        let (_l, _filler, hole) = blackhole();
+        let blackhole = Blackhole::on("127.0.0.1:0");
+        let hole = blackhole.addr;
         let b = Backend::start(Behaviour::Tagged("B".into()));
         let plug = Plug::start(
             bin,
