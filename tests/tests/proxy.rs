@@ -446,3 +446,107 @@ fn health_checks_go_through_the_proxy_opt_10_conn_9() {
             .any(|l| l.contains("live.example:2 down")));
     });
 }
+
+/// The state (`S` sleeping, `T` stopped, ...) of each of `pid`'s threads named
+/// `name`, from /proc.
+fn thread_states(pid: u32, name: &str) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            (comm.trim_end() == name).then_some(state)
+        })
+        .collect()
+}
+
+/// OPT-10 and FAULT-6: a health check waiting for the proxy's reply when plug is
+/// stopped and continued (a debugger, `systemctl freeze` and `thaw`) still takes
+/// the reply as its answer. The kernel fails such a read with EINTR on the
+/// continue; taken for the destination's answer, it marked a healthy
+/// destination down ("Interrupted system call").
+#[test]
+fn a_health_check_through_a_stop_and_continue_still_gets_its_answer_opt_10() {
+    each_binary(|bin| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let (held, held_rx) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let (next, next_rx) = std::sync::mpsc::channel();
+        // The first probe (before plug serves) is answered at once; the second
+        // is held until the test has stopped and continued plug; the third says
+        // that the round after the held probe came.
+        thread::spawn(move || {
+            for (k, conn) in listener.incoming().take(3).enumerate() {
+                let Ok(mut conn) = conn else { return };
+                conn.set_read_timeout(Some(DEADLINE)).unwrap();
+                let mut head = vec![];
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    match restarting(|| conn.read(&mut byte)) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                match k {
+                    0 => {}
+                    1 => {
+                        let _ = held.send(());
+                        let _ = go_rx.recv_timeout(DEADLINE);
+                    }
+                    _ => {
+                        let _ = next.send(());
+                    }
+                }
+                let _ = conn.write_all(OK);
+            }
+        });
+        let plug = Plug::start(
+            bin,
+            &[
+                "--health-check",
+                "1",
+                "--connect-timeout",
+                "20",
+                "-h",
+                &proxy.to_string(),
+                "{port}",
+                "live.example:2",
+            ],
+        );
+        held_rx
+            .recv_timeout(DEADLINE)
+            .expect("no second health check");
+        // The probe thread has sent its CONNECT; once it sleeps, it is in the read.
+        let pid = plug.pid();
+        assert!(
+            eventually(|| thread_states(pid, "probe") == ['S']),
+            "no probe waiting for its reply: {:?}",
+            thread_states(pid, "probe")
+        );
+        plug.signal(libc::SIGSTOP);
+        assert!(eventually(|| thread_states(pid, "probe") == ['T']));
+        plug.signal(libc::SIGCONT);
+        assert!(eventually(|| thread_states(pid, "probe")
+            .first()
+            .is_none_or(|s| *s != 'T')));
+        go.send(()).unwrap();
+        next_rx
+            .recv_timeout(DEADLINE)
+            .expect("no health check after the held one");
+        // The next probe of a destination starts after the last one's result,
+        // and the dump asked for now is written after anything that result said.
+        plug.signal(libc::SIGUSR1);
+        plug.stderr
+            .expect(|l| l.contains("destination live.example:2 ") && l.contains(" open "));
+        let said = plug.stderr.all();
+        assert!(
+            !said.iter().any(|l| l.contains("live.example:2 down")),
+            "the stop and continue was taken for the destination's answer: {said:?}"
+        );
+    });
+}
