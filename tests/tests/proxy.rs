@@ -45,17 +45,25 @@ impl FakeProxy {
     }
 }
 
-fn serve_proxy(mut conn: TcpStream, script: fn(&str) -> Reply, log: &Mutex<Vec<String>>) {
+/// Reads a request head, up to its blank line, byte by byte (so nothing after it
+/// is taken); None if the connection ends or fails first.
+fn read_head(conn: &mut TcpStream) -> Option<String> {
     conn.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut head = vec![];
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
         match restarting(|| conn.read(&mut byte)) {
             Ok(1) => head.push(byte[0]),
-            _ => return,
+            _ => return None,
         }
     }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn serve_proxy(mut conn: TcpStream, script: fn(&str) -> Reply, log: &Mutex<Vec<String>>) {
+    let Some(head) = read_head(&mut conn) else {
+        return;
+    };
     let target = head.split(' ').nth(1).unwrap_or("").to_string();
     log.lock().unwrap().push(head);
     match script(&target) {
@@ -483,14 +491,8 @@ fn a_health_check_through_a_stop_and_continue_still_gets_its_answer_opt_10() {
         thread::spawn(move || {
             for (k, conn) in listener.incoming().take(3).enumerate() {
                 let Ok(mut conn) = conn else { return };
-                conn.set_read_timeout(Some(DEADLINE)).unwrap();
-                let mut head = vec![];
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
-                    match restarting(|| conn.read(&mut byte)) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                if read_head(&mut conn).is_none() {
+                    return;
                 }
                 match k {
                     0 => {}
