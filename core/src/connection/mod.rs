@@ -500,9 +500,20 @@ impl Connection {
 
     /// Checks the deadlines at `now` (also done by every [`Connection::poll_output`]).
     pub fn handle_timeout(&mut self, now: Instant) {
+        let dest = self.sockets[Side::Destination.index()];
         match &mut self.phase {
             Phase::Dialing(d) => {
-                if d.input.is_none() && d.dialer.poll_timeout().is_some_and(|t| now >= t) {
+                // Readiness reported but not yet looked at may be the answer the
+                // dial waits for, come in time while plug was late (stopped and
+                // continued, a clock jump): it is looked at first. A look that
+                // finds nothing clears it, and the deadline then holds.
+                let unseen = match d.io {
+                    DialIo::Connecting | DialIo::Sending { .. } => dest.writable,
+                    DialIo::Receiving { .. } => dest.readable,
+                    _ => false,
+                };
+                if d.input.is_none() && !unseen && d.dialer.poll_timeout().is_some_and(|t| now >= t)
+                {
                     d.input = Some(DialInput::Timeout);
                     self.dial_pending = true;
                 }
@@ -1422,6 +1433,110 @@ mod tests {
             }
         }
         panic!("never relaying")
+    }
+
+    /// Drives `c` at `at` (one instant: no time passes while plug catches up),
+    /// with `reply` from a CONNECT proxy in one read, if any, and nothing more
+    /// ready after it, until it waits, relays or ends; whether it reached its
+    /// destination, and the lines it logged.
+    fn catch_up(
+        f: &mut Forwarder,
+        c: &mut Connection,
+        at: Instant,
+        reply: Option<&[u8]>,
+    ) -> (bool, Vec<String>) {
+        let mut said = vec![];
+        let mut reply = reply;
+        for _ in 0..40 {
+            match c.poll_output(at) {
+                Output::Forwarder => f.exchange(at, c),
+                Output::FinishConnect => c.handle_connect_result(at, Ok(())),
+                Output::Write(Direction::Upstream) if c.reached().is_none() => {
+                    let n = c.write_data(Direction::Upstream).len();
+                    c.handle_transfer(at, Transfer::Moved(n));
+                }
+                Output::Read(Direction::Downstream) if c.reached().is_none() => {
+                    match reply.take() {
+                        Some(bytes) => {
+                            c.read_space(Direction::Downstream)[..bytes.len()]
+                                .copy_from_slice(bytes);
+                            c.handle_transfer(at, Transfer::Moved(bytes.len()));
+                        }
+                        None => c.handle_transfer(at, Transfer::WouldBlock),
+                    }
+                }
+                Output::Log(record) => said.push(record.text),
+                Output::Wait(_) | Output::Read(Direction::Upstream) | Output::Done => break,
+                Output::Close { .. } | Output::Session(_) | Output::ReturnBuffer(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        (c.reached().is_some(), said)
+    }
+
+    #[test]
+    fn a_connect_that_completed_while_plug_was_stopped_is_not_failed_by_its_deadline_conn_4() {
+        let writable = Ready {
+            write: true,
+            ..Ready::default()
+        };
+        // The kernel finished the connect in time; plug hears of it 5 s late,
+        // past --connect-timeout (stopped and continued, or the clock jumped).
+        let (mut f, mut c, now, _) = connecting(&["--connect-timeout", "1"]);
+        let late = now + Duration::from_secs(5);
+        c.handle_ready(late, Side::Destination, writable);
+        c.handle_timeout(late);
+        let (reached, said) = catch_up(&mut f, &mut c, late, None);
+        let timed_out = said.iter().any(|l| l.contains("timed out"));
+        assert!(
+            reached && !timed_out,
+            "failed for plug's own lateness: {said:?}"
+        );
+        // Nothing came in time: the deadline holds.
+        let (mut f, mut c, now, _) = connecting(&["--connect-timeout", "1"]);
+        let late = now + Duration::from_secs(5);
+        c.handle_timeout(late);
+        let (reached, said) = catch_up(&mut f, &mut c, late, None);
+        assert!(!reached);
+        assert!(said.iter().any(|l| l.contains("timed out")), "{said:?}");
+    }
+
+    #[test]
+    fn a_proxy_reply_that_came_while_plug_was_stopped_is_taken_conn_4_conn_9() {
+        let ok: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        // Connected and the CONNECT request sent at once; the proxy's reply not
+        // there yet when plug looked.
+        let sent = || {
+            let options = ["--connect-timeout", "1", "-h", "127.0.0.1:3128"];
+            let (mut f, mut c, now, _) = connecting(&options);
+            let writable = Ready {
+                write: true,
+                ..Ready::default()
+            };
+            c.handle_ready(now, Side::Destination, writable);
+            assert_eq!(catch_up(&mut f, &mut c, now, None), (false, vec![]));
+            (f, c, now + Duration::from_secs(5))
+        };
+        // The 200 came in time; plug hears of it 5 s late.
+        let (mut f, mut c, late) = sent();
+        let readable = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        c.handle_ready(late, Side::Destination, readable);
+        c.handle_timeout(late);
+        let (reached, said) = catch_up(&mut f, &mut c, late, Some(ok));
+        let timed_out = said.iter().any(|l| l.contains("timed out"));
+        assert!(
+            reached && !timed_out,
+            "failed for plug's own lateness: {said:?}"
+        );
+        // Nothing came in time: the deadline holds.
+        let (mut f, mut c, late) = sent();
+        c.handle_timeout(late);
+        let (reached, said) = catch_up(&mut f, &mut c, late, Some(ok));
+        assert!(!reached);
+        assert!(said.iter().any(|l| l.contains("timed out")), "{said:?}");
     }
 
     /// Does `out` as sockets that always have data and always take it all,
