@@ -286,6 +286,16 @@ enum DialIo {
     LocalAddr { leftover: Bytes, asked: bool },
 }
 
+/// True when a peer's bytes are waiting that plug has been told of and could
+/// read now. They came in time even if plug looks late (it was stopped and
+/// continued, or its clock jumped), so they are read before the idle deadline is
+/// taken; the read is activity, and a read that finds nothing clears the flag.
+fn unread(sockets: &[SocketState; 2], relay: &Relay) -> bool {
+    Direction::BOTH.iter().any(|&dir| {
+        sockets[dir.source().index()].readable && relay.half(dir).wants_read().is_some()
+    })
+}
+
 #[derive(Debug)]
 struct Dialing {
     dialer: Dialer,
@@ -519,7 +529,9 @@ impl Connection {
                 }
             }
             Phase::Relaying(relay) => {
-                relay.handle_timeout(now);
+                if !unread(&self.sockets, relay) {
+                    relay.handle_timeout(now);
+                }
             }
             Phase::Closing { .. } => {}
         }
@@ -873,7 +885,12 @@ impl Connection {
             return None;
         };
         // True once finished, whether by the idle timeout or both directions.
-        if relay.handle_timeout(now) {
+        let finished = if unread(&self.sockets, relay) {
+            relay.is_finished()
+        } else {
+            relay.handle_timeout(now)
+        };
+        if finished {
             let outcome = relay.outcome();
             self.finish(now, outcome);
             return None;
@@ -1537,6 +1554,61 @@ mod tests {
         let (reached, said) = catch_up(&mut f, &mut c, late, Some(ok));
         assert!(!reached);
         assert!(said.iter().any(|l| l.contains("timed out")), "{said:?}");
+    }
+
+    #[test]
+    fn bytes_that_came_while_plug_was_stopped_are_read_before_the_idle_timeout_opt_2() {
+        // Relaying, and both peers quiet: every read finds nothing.
+        let quiet = || {
+            let options = ["--idle-timeout", "1"];
+            let (f, mut c, now) = relaying_with(&options, None, Duration::from_secs(60));
+            for _ in 0..20 {
+                match c.poll_output(now) {
+                    Output::Read(dir) => {
+                        c.read_space(dir);
+                        c.handle_transfer(now, Transfer::WouldBlock);
+                    }
+                    Output::Wait(_) => return (f, c, now + Duration::from_secs(5)),
+                    other => panic!("{other:?}"),
+                }
+            }
+            panic!("never quiet")
+        };
+        let readable = Ready {
+            read: true,
+            ..Ready::default()
+        };
+        // The client's bytes came in time; plug hears of them 5 s late, past
+        // --idle-timeout (stopped and continued, or the clock jumped).
+        let (_f, mut c, late) = quiet();
+        c.handle_ready(late, Side::Client, readable);
+        c.handle_timeout(late);
+        assert_eq!(c.poll_output(late), Output::Read(Direction::Upstream));
+        c.read_space(Direction::Upstream);
+        c.handle_transfer(late, Transfer::Moved(3));
+        assert_eq!(c.poll_output(late), Output::Write(Direction::Upstream));
+        // Nothing came: the idle timeout holds.
+        let (_f, mut c, late) = quiet();
+        c.handle_timeout(late);
+        let mut outputs = vec![];
+        for _ in 0..20 {
+            let out = c.poll_output(late);
+            let done = out == Output::Done;
+            outputs.push(out);
+            if done {
+                break;
+            }
+            if outputs.last() == Some(&Output::Forwarder) {
+                break;
+            }
+        }
+        assert!(
+            outputs.iter().any(|o| matches!(o, Output::Close { .. })),
+            "{outputs:?}"
+        );
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, Output::Read(_) | Output::Write(_))));
     }
 
     /// Does `out` as sockets that always have data and always take it all,
