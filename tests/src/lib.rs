@@ -1278,6 +1278,21 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The /proc task directories of `pid`'s threads named `name` (plug names the
+/// threads tests look at: `writer`, `probe`).
+pub fn threads_named(pid: u32, name: &str) -> Vec<PathBuf> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return vec![];
+    };
+    tasks
+        .flatten()
+        .map(|task| task.path())
+        .filter(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
+}
+
 /// CPU time a process has used (user + system, all threads), in clock ticks
 /// (normally 100 per second).
 pub fn cpu_ticks(pid: u32) -> u64 {

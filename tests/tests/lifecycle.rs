@@ -74,13 +74,9 @@ fn a_transfer_cut_by_a_second_signal_is_reset_and_recorded_opt_8() {
 
 /// True once plug's writer thread is blocked writing to a pipe.
 fn writer_stuck(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().any(|t| {
-        let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
-        read("comm").trim() == "writer" && read("wchan").contains("pipe_write")
-    })
+    threads_named(pid, "writer")
+        .iter()
+        .any(|t| std::fs::read_to_string(t.join("wchan")).is_ok_and(|w| w.contains("pipe_write")))
 }
 
 /// Starts `bin` with `args` and a pipe nobody reads as stdout (`stalled_stdout`)

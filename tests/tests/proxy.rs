@@ -458,16 +458,11 @@ fn health_checks_go_through_the_proxy_opt_10_conn_9() {
 /// The state (`S` sleeping, `T` stopped, ...) of each of `pid`'s threads named
 /// `name`, from /proc.
 fn thread_states(pid: u32, name: &str) -> Vec<char> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return vec![];
-    };
-    tasks
-        .flatten()
+    threads_named(pid, name)
+        .iter()
         .filter_map(|task| {
-            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let state = stat.rsplit_once(") ")?.1.chars().next()?;
-            (comm.trim_end() == name).then_some(state)
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+            stat.rsplit_once(") ")?.1.chars().next()
         })
         .collect()
 }
