@@ -184,11 +184,7 @@ fn remaining(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
 /// when plug is stopped and continued (a debugger, `systemctl freeze` and
 /// `thaw`), even though plug's signals are taken by sigwait: that is no answer
 /// from the destination, so the read is made again with the time left.
-fn read_until_deadline(
-    s: &mut TcpStream,
-    buf: &mut [u8],
-    deadline: Option<Instant>,
-) -> io::Result<usize> {
+fn read_within(s: &mut TcpStream, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
     for _ in 0..1_000 {
         s.set_read_timeout(remaining(deadline)?)?;
         match s.read(buf) {
@@ -237,7 +233,7 @@ fn run(mut probe: Probe) -> (plug_core::forwarder::select::DestId, ProbeResult) 
             })(),
             ProbeStep::Read => (|| {
                 let s = socket.as_mut().ok_or(io::ErrorKind::NotConnected)?;
-                let n = read_until_deadline(s, &mut buf, deadline)?;
+                let n = read_within(s, &mut buf, deadline)?;
                 let now = Instant::now();
                 Ok(match buf.get(..n) {
                     Some([]) | None => probe.handle_eof(now),
