@@ -104,6 +104,7 @@ mod tests {
             pipe_capacity: None,
             buffer_release_after: Duration::ZERO,
             reuse_buffers: false,
+            readiness_tells_errors: false,
         };
         // Only its settings: the forwarder itself plays no part here.
         let f = Forwarder::new(&config, None, 1024, runtime);

@@ -12,14 +12,16 @@ use std::time::Duration;
 use plug_core::connection::Runtime;
 use plug_shell::net::splice::PIPE_CAPACITY;
 
-/// What this runtime offers the core: splicing, and buffers given back as soon
-/// as a direction is quiet (thousands of idle connections then hold none), to
-/// a per-thread pool that the next busy connection on the loop takes them from.
+/// What this runtime offers the core: splicing, buffers given back as soon as
+/// a direction is quiet (thousands of idle connections then hold none) to a
+/// per-thread pool that the next busy connection on the loop takes them from,
+/// and readiness as epoll's whole event mask, errors and hang-ups included.
 pub const RUNTIME: Runtime = Runtime {
     name: "std",
     pipe_capacity: Some(PIPE_CAPACITY),
     buffer_release_after: Duration::ZERO,
     reuse_buffers: true,
+    readiness_tells_errors: true,
 };
 
 /// Runs plug on std event loops with the process's arguments; never returns.

@@ -75,6 +75,14 @@ pub struct Runtime {
     /// True when the runtime keeps given-back buffers for other connections
     /// ([`Output::ReturnBuffer`]); false when they are simply freed.
     pub reuse_buffers: bool,
+    /// True when every [`Ready`] it reports carries the poller's error and
+    /// hang-up flags with the readiness (epoll's event mask). A connecting socket
+    /// then reported writable without either has connected: Linux reports
+    /// EPOLLOUT for a TCP socket only once its handshake is done, and a failed
+    /// connect with EPOLLERR and EPOLLHUP. The connect is taken as made without
+    /// asking the socket ([`Output::FinishConnect`]): one system call less per
+    /// connection. False where readiness comes without them (async-io).
+    pub readiness_tells_errors: bool,
 }
 
 /// What every connection of a listener needs to know, made once at start-up.
@@ -1095,10 +1103,20 @@ impl Connection {
         socket.readable |= ready.read || ready.error || ready.hangup;
         socket.writable |= ready.write || ready.error || ready.hangup;
         match &mut self.phase {
-            Phase::Dialing(_) => {
+            Phase::Dialing(d) => {
                 if side == Side::Client && (ready.error || ready.hangup) {
                     // The client is gone before a destination was reached.
                     self.abandon(now);
+                } else if side == Side::Destination
+                    && matches!(d.io, DialIo::Connecting)
+                    && self.settings.runtime.readiness_tells_errors
+                    && ready.write
+                    && !(ready.error || ready.hangup)
+                {
+                    // Connected, as the poller's flags say (see
+                    // `Runtime::readiness_tells_errors`); a failed connect still
+                    // has its error collected, for the log line.
+                    self.dial_input(DialInput::Connected);
                 }
             }
             Phase::Relaying(relay) => {
@@ -1413,6 +1431,7 @@ mod tests {
             pipe_capacity,
             buffer_release_after: release_after,
             reuse_buffers: true,
+            readiness_tells_errors: false,
         };
         let mut f = Forwarder::new(&config, None, 1024, runtime);
         let c = f
@@ -1489,6 +1508,81 @@ mod tests {
             }
         }
         (c.reached().is_some(), said)
+    }
+
+    /// CONN-3, CONN-4: on a poller whose readiness carries the error flags
+    /// (epoll, `readiness_tells_errors`), a connect reported writable without
+    /// an error has connected and is relayed at once, with no SO_ERROR look
+    /// (one system call less per connection); one reported with an error still
+    /// has its error collected, for the log, and the next destination is tried.
+    #[test]
+    fn a_connect_the_poller_reports_made_is_taken_and_one_it_reports_failed_fails_over_conn_4() {
+        let argv = ["8080", "127.0.0.1:9000", "127.0.0.2:9000"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let Ok(Action::Run(config)) = cli::parse(argv) else {
+            panic!("bad command line");
+        };
+        let runtime = Runtime {
+            name: "test",
+            pipe_capacity: None,
+            buffer_release_after: Duration::ZERO,
+            reuse_buffers: true,
+            readiness_tells_errors: true,
+        };
+        let now = t0();
+        let mut f = Forwarder::new(&config, None, 1024, runtime);
+        let mut c = f
+            .handle_accepted(now, "10.0.0.7:4000".parse().unwrap())
+            .unwrap();
+        let refused = Ready {
+            write: true,
+            error: true,
+            hangup: true,
+            ..Ready::default()
+        };
+        let made = Ready {
+            write: true,
+            ..Ready::default()
+        };
+        let (mut dialed, mut asked, mut said) = (vec![], 0, vec![]);
+        for _ in 0..40 {
+            match c.poll_output(now) {
+                Output::Forwarder => f.exchange(now, &mut c),
+                Output::Connect { addr, .. } => {
+                    dialed.push(addr.to_string());
+                    c.handle_connect_started(now, Ok(()));
+                }
+                // The first destination refuses, the second accepts.
+                Output::Wait(_) => {
+                    let ready = if dialed.len() == 1 { refused } else { made };
+                    c.handle_ready(now, Side::Destination, ready);
+                }
+                Output::FinishConnect => {
+                    asked += 1;
+                    let result = match dialed.len() {
+                        1 => Err("Connection refused (os error 111)".to_string()),
+                        _ => Ok(()),
+                    };
+                    c.handle_connect_result(now, result);
+                }
+                Output::Log(record) => said.push(record.text.clone()),
+                Output::Read(Direction::Upstream) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(dialed, ["127.0.0.1:9000", "127.0.0.2:9000"]);
+        assert_eq!(asked, 1, "only the failed connect is asked for its error");
+        assert!(
+            said.iter()
+                .any(|l| l.contains("127.0.0.1:9000") && l.contains("Connection refused")),
+            "{said:?}"
+        );
+        assert_eq!(
+            c.reached().map(ToString::to_string).as_deref(),
+            Some("127.0.0.2:9000")
+        );
     }
 
     #[test]

@@ -262,6 +262,7 @@ fn forwarder(s: &Scenario) -> Forwarder {
         name: "simulation",
         pipe_capacity: s.splice,
         reuse_buffers: s.release_immediately,
+        readiness_tells_errors: s.poll_mode,
         buffer_release_after: if s.release_immediately {
             Duration::ZERO
         } else {
@@ -359,6 +360,28 @@ impl Sim {
             return true;
         }
         false
+    }
+
+    /// Completes the pending connect as the kernel would: true if the attempt
+    /// connected (its destination is then live), false if it was refused.
+    fn establish(&mut self) -> bool {
+        self.connect_pending = false;
+        if self.dest.live {
+            return true;
+        }
+        match self.current {
+            Some(Attempt::Accept | Attempt::ProxyRefuses) => {
+                let down = if self.scenario.proxy {
+                    Vec::new()
+                } else {
+                    self.scenario.down.clone()
+                };
+                self.dest = Peer::new(down, self.scenario.dest_end);
+                self.dest.hold = self.scenario.proxy;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn ready(&self, side: Side) -> Ready {
@@ -496,6 +519,12 @@ impl Sim {
                 hangup: errors && r.hangup,
             };
             if seen != Ready::default() {
+                let connecting = side == Side::Destination && self.connect_pending;
+                if connecting && seen.write && !seen.error && self.scenario.poll_mode {
+                    // Writable without an error: the handshake is done, and a
+                    // driver that reports the flags may take it as made.
+                    self.establish();
+                }
                 self.conn.handle_ready(self.now, side, seen);
                 reported[side.index()] = seen;
                 any = true;
@@ -552,19 +581,17 @@ impl Sim {
                 Some(true)
             }
             Output::FinishConnect => {
-                self.connect_pending = false;
-                match self.current {
-                    Some(Attempt::Accept | Attempt::ProxyRefuses) => {
-                        let down = if self.scenario.proxy {
-                            Vec::new()
-                        } else {
-                            self.scenario.down.clone()
-                        };
-                        self.dest = Peer::new(down, self.scenario.dest_end);
-                        self.dest.hold = self.scenario.proxy;
-                        self.conn.handle_connect_result(now, Ok(()));
-                    }
-                    _ => self
+                // A driver whose readiness carries the error flags is asked
+                // only about a connect that failed (`readiness_tells_errors`).
+                if self.scenario.poll_mode {
+                    assert!(
+                        !self.dest.live,
+                        "asked for SO_ERROR of a connect already reported made"
+                    );
+                }
+                match self.establish() {
+                    true => self.conn.handle_connect_result(now, Ok(())),
+                    false => self
                         .conn
                         .handle_connect_result(now, Err("Connection refused".into())),
                 }

@@ -541,6 +541,7 @@ mod tests {
             pipe_capacity: Some(1 << 20),
             buffer_release_after: Duration::ZERO,
             reuse_buffers: true,
+            readiness_tells_errors: false,
         };
         Forwarder::new(&config, None, 1024, runtime)
     }

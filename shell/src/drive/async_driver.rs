@@ -31,13 +31,15 @@ use crate::Context;
 /// What an async runtime named `name` (`smol`, `async-std`) offers the core:
 /// splicing, and buffers given back as soon as a direction is quiet (thousands
 /// of idle tasks then hold none), to a per-thread pool that the next busy
-/// connection on the thread takes them from.
+/// connection on the thread takes them from. A reactor's readiness comes
+/// without the error flags, so a connect's end is asked of the socket.
 pub const fn runtime(name: &'static str) -> Runtime {
     Runtime {
         name,
         pipe_capacity: Some(PIPE_CAPACITY),
         buffer_release_after: Duration::ZERO,
         reuse_buffers: true,
+        readiness_tells_errors: false,
     }
 }
 

@@ -177,12 +177,7 @@ impl Conn {
             Output::ClosePipe(dir) => pipes[dir.index()] = None,
             Output::FinishConnect => {
                 let result = match dest.map(TcpStream::take_error) {
-                    Some(Ok(None)) => {
-                        if let Some(s) = dest {
-                            sockets::prepare(s, core.settings().keepalive);
-                        }
-                        Ok(())
-                    }
+                    Some(Ok(None)) => Ok(()),
                     Some(Ok(Some(e)) | Err(e)) => Err(e.to_string()),
                     None => Err(missing().to_string()),
                 };
@@ -209,7 +204,7 @@ impl Conn {
         if let Some(slot) = self.slot {
             self.ctx.live.set_destination(slot, None);
         }
-        match sockets::begin_connect(addr, bind) {
+        match sockets::begin_connect(addr, bind, self.core.settings().keepalive) {
             Ok(s) => {
                 if let Some(slot) = self.slot {
                     self.ctx.live.set_destination(slot, Some(s.as_raw_fd()));

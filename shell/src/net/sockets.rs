@@ -5,7 +5,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use plug_core::forwarder::accept::AcceptFailure;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 /// Binds and listens on `addr`: SO_REUSEADDR, a large backlog, dual-stack on `::`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -42,17 +42,23 @@ pub enum ConnectError {
     Remote(io::Error),
 }
 
-/// Starts a non-blocking connect to `addr`, bound first to `bind` (CONN-8); the
-/// caller waits for writability and then checks `take_error`. The socket is
+/// Starts a non-blocking connect to `addr`, bound first to `bind` (CONN-8), on
+/// a socket [`prepare`]d for relaying; the caller waits for writability and
+/// then checks `take_error` (unless the poller's flags said). The socket is
 /// non-blocking (so `Async::new_nonblocking` may take it as it is).
 pub fn begin_connect(
     addr: SocketAddr,
     bind: Option<SocketAddr>,
+    keepalive: bool,
 ) -> Result<TcpStream, ConnectError> {
     // Non-blocking from birth: saves the two fcntl calls of setting it afterwards.
     let kind = Type::STREAM.nonblocking();
     let socket = Socket::new(Domain::for_address(addr), kind, Some(Protocol::TCP))
         .map_err(ConnectError::Local)?;
+    // Set before the connect, where they hold as well (keepalive starts once
+    // connected): the connect's end then needs no system call but a look at
+    // its error, and none at all where the poller tells it.
+    prepare(SockRef::from(&socket), keepalive);
     if let Some(local) = bind {
         socket.bind(&local.into()).map_err(ConnectError::Local)?;
     }
@@ -68,28 +74,24 @@ pub fn begin_connect(
 /// TCP_NODELAY and SO_KEEPALIVE to accepted sockets, so a client then needs no
 /// setsockopt of its own (see [`prepare_client`]).
 pub fn prepare_listener(listener: &TcpListener, keepalive: bool) {
-    let socket = socket2::SockRef::from(listener);
-    let _ = socket.set_tcp_nodelay(true);
-    if keepalive {
-        let _ = socket.set_keepalive(true);
-    }
+    prepare(SockRef::from(listener), keepalive);
 }
 
 /// [`prepare`] for an accepted client: nothing to do where it inherited the
 /// listener's options (Linux, after [`prepare_listener`]).
 pub fn prepare_client(client: &TcpStream, keepalive: bool) {
     if !cfg!(target_os = "linux") {
-        prepare(client, keepalive);
+        prepare(SockRef::from(client), keepalive);
     }
 }
 
 /// Sets what plug wants on both relayed sockets, in every runtime: TCP_NODELAY (a
 /// forwarder must not add Nagle delays to what it relays) and, with `-k`,
 /// SO_KEEPALIVE (CONN-7). Failures are ignored: the connection still works.
-pub fn prepare(stream: &TcpStream, keepalive: bool) {
-    let _ = stream.set_nodelay(true);
+fn prepare(socket: SockRef<'_>, keepalive: bool) {
+    let _ = socket.set_tcp_nodelay(true);
     if keepalive {
-        let _ = socket2::SockRef::from(stream).set_keepalive(true);
+        let _ = socket.set_keepalive(true);
     }
 }
 
