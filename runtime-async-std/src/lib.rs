@@ -41,7 +41,10 @@ impl Spawn for AsyncStdSpawn {
 pub fn main() -> ! {
     // Start-up (and the fork) happens here; async-std starts its threads lazily, on
     // the first spawn, so none exists yet.
-    let boot = plug_shell::boot(std::env::args_os(), async_driver::runtime("async-std"));
+    let boot = plug_shell::boot(
+        std::env::args_os(),
+        async_driver::runtime::<AsyncIo>("async-std"),
+    );
     // async-std's own default is a thread per core; configured first, this wins.
     let threads = async_driver::executor_threads("ASYNC_STD_THREAD_COUNT");
     async_global_executor::init_with_config(

@@ -73,7 +73,7 @@ fn run(executor: &Executor<'static>) -> std::io::Error {
 /// Runs plug on smol with the process's arguments; never returns.
 pub fn main() -> ! {
     // Start-up (and the fork) happens here, before any executor thread exists.
-    let boot = plug_shell::boot(std::env::args_os(), async_driver::runtime("smol"));
+    let boot = plug_shell::boot(std::env::args_os(), async_driver::runtime::<Epoll>("smol"));
     let threads = async_driver::executor_threads("SMOL_THREADS");
     let executors: Arc<[Arc<Executor<'static>>]> =
         (0..threads).map(|_| Arc::new(Executor::new())).collect();

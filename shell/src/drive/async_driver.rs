@@ -31,15 +31,16 @@ use crate::Context;
 /// What an async runtime named `name` (`smol`, `async-std`) offers the core:
 /// splicing, and buffers given back as soon as a direction is quiet (thousands
 /// of idle tasks then hold none), to a per-thread pool that the next busy
-/// connection on the thread takes them from. A reactor's readiness comes
-/// without the error flags, so a connect's end is asked of the socket.
-pub const fn runtime(name: &'static str) -> Runtime {
+/// connection on the thread takes them from; on reactor `R`, whose readiness
+/// may come with the error flags (plug's) or not (async-io's, so a connect's
+/// end is asked of the socket).
+pub const fn runtime<R: Reactor>(name: &'static str) -> Runtime {
     Runtime {
         name,
         pipe_capacity: Some(PIPE_CAPACITY),
         buffer_release_after: Duration::ZERO,
         reuse_buffers: true,
-        readiness_tells_errors: false,
+        readiness_tells_errors: R::TELLS_ERRORS,
     }
 }
 
@@ -272,6 +273,22 @@ pub async fn serve<R: Reactor>(mut conn: Conn, client: R::Stream) {
     }
 }
 
+/// `ready` with what the reactor said of one readiness added: the flags that
+/// came with it, or, for a socket it could not take, ready for both.
+fn merged(ready: Ready, said: std::io::Result<Ready>) -> Ready {
+    let said = said.unwrap_or(Ready {
+        read: true,
+        write: true,
+        ..Ready::default()
+    });
+    Ready {
+        read: ready.read || said.read,
+        write: ready.write || said.write,
+        error: ready.error || said.error,
+        hangup: ready.hangup || said.hangup,
+    }
+}
+
 /// Waits until a socket is ready as `wait` says, or its deadline; reports what
 /// the reactor said and returns the time it woke. A socket watched for errors
 /// alone is handed to the [`ErrorWatch`] when nothing else is ready (FAULT-1).
@@ -296,11 +313,17 @@ async fn wait_for<R: Reactor>(
             let (Some(sock), w) = (sock, wait.watch[i]) else {
                 continue;
             };
-            if w.read && sock.poll_readable(cx).is_ready() {
-                ready[i].read = true;
+            // A socket the reactor cannot take (an Err) is reported ready: the
+            // read or write then meets the error.
+            if w.read {
+                if let Poll::Ready(r) = sock.poll_readable(cx) {
+                    ready[i] = merged(ready[i], r);
+                }
             }
-            if w.write && sock.poll_writable(cx).is_ready() {
-                ready[i].write = true;
+            if w.write {
+                if let Poll::Ready(r) = sock.poll_writable(cx) {
+                    ready[i] = merged(ready[i], r);
+                }
             }
         }
         let expired = match (wait.deadline, timer.as_mut()) {

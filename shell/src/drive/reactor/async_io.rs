@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use async_io::{Async, Timer};
+use plug_core::connection::Ready;
 
 use super::{Deadline, Reactor, Source};
 
@@ -20,6 +21,8 @@ impl Reactor for AsyncIo {
     type Stream = Async<std::net::TcpStream>;
     type Listener = Async<std::net::TcpListener>;
     type Timer = Timer;
+    // It reports a socket readable or writable, and nothing of why.
+    const TELLS_ERRORS: bool = false;
 }
 
 impl<T: AsFd + Send + Sync + 'static> Source<T> for Async<T> {
@@ -31,12 +34,18 @@ impl<T: AsFd + Send + Sync + 'static> Source<T> for Async<T> {
         Async::get_ref(self)
     }
 
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Async::poll_readable(self, cx)
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        Async::poll_readable(self, cx).map_ok(|()| Ready {
+            read: true,
+            ..Ready::default()
+        })
     }
 
-    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Async::poll_writable(self, cx)
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+        Async::poll_writable(self, cx).map_ok(|()| Ready {
+            write: true,
+            ..Ready::default()
+        })
     }
 }
 

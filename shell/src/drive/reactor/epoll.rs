@@ -36,6 +36,8 @@ impl Reactor for Epoll {
     type Stream = Socket<std::net::TcpStream>;
     type Listener = Socket<std::net::TcpListener>;
     type Timer = Timer;
+    // Each readiness is taken with the event's EPOLLERR and EPOLLHUP.
+    const TELLS_ERRORS: bool = true;
 }
 
 /// The key of the loop's own wake-up counter; sockets' keys start at 1.
@@ -195,6 +197,9 @@ struct State {
     interest: u32,
     /// Readiness a task was woken for and has not taken yet.
     ready: u8,
+    /// The error and hang-up flags of the events behind that readiness, for
+    /// reading and for writing: taken with it.
+    flags_with: [u32; 2],
     /// The error and hang-up flags a task was woken for and has not taken yet.
     trouble: u32,
     reader: Option<Waker>,
@@ -227,11 +232,18 @@ fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
 }
 
 impl Shared {
-    fn poll_ready(self: &Arc<Self>, cx: &mut Context<'_>, bit: u8) -> Poll<io::Result<()>> {
+    fn poll_ready(self: &Arc<Self>, cx: &mut Context<'_>, bit: u8) -> Poll<io::Result<Ready>> {
         let mut state = lock(&self.state);
         if state.ready & bit != 0 {
             state.ready &= !bit;
-            return Poll::Ready(Ok(()));
+            let write = bit == READY_WRITE;
+            let flags = std::mem::take(&mut state.flags_with[usize::from(write)]);
+            return Poll::Ready(Ok(Ready {
+                read: !write,
+                write,
+                error: flags & sys::EPOLLERR != 0,
+                hangup: flags & sys::EPOLLHUP != 0,
+            }));
         }
         match bit {
             READY_READ => set_waker(&mut state.reader, cx),
@@ -258,7 +270,7 @@ impl Shared {
 
     /// Brings the epoll registration in line with what tasks wait for;
     /// Ready only with the kernel's refusal.
-    fn register(self: &Arc<Self>, mut state: MutexGuard<'_, State>) -> Poll<io::Result<()>> {
+    fn register(self: &Arc<Self>, mut state: MutexGuard<'_, State>) -> Poll<io::Result<Ready>> {
         // Errors and hang-ups are reported whatever the interest.
         let wanted = state.wanted();
         if state.added && state.interest == wanted {
@@ -302,10 +314,12 @@ impl Shared {
                     wake[2] = Some(w);
                 }
             }
+            let trouble = flags & (sys::EPOLLERR | sys::EPOLLHUP);
             if flags & sys::EPOLLIN != 0 || hangup {
                 match state.reader.take() {
                     Some(w) => {
                         state.ready |= READY_READ;
+                        state.flags_with[0] |= trouble;
                         wake[0] = Some(w);
                     }
                     None => unwanted |= sys::EPOLLIN,
@@ -315,6 +329,7 @@ impl Shared {
                 match state.writer.take() {
                     Some(w) => {
                         state.ready |= READY_WRITE;
+                        state.flags_with[1] |= trouble;
                         wake[1] = Some(w);
                     }
                     None => unwanted |= sys::EPOLLOUT,
@@ -377,11 +392,11 @@ impl<T: Descriptor + Send + Sync + 'static> Source<T> for Socket<T> {
         &self.io
     }
 
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
         self.shared.poll_ready(cx, READY_READ)
     }
 
-    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
         self.shared.poll_ready(cx, READY_WRITE)
     }
 

@@ -24,6 +24,9 @@ pub trait Reactor: Send + Sync + 'static {
     type Listener: Source<TcpListener>;
     /// A deadline that wakes the task that polls it.
     type Timer: Deadline;
+    /// True when its readiness comes with the kernel's error and hang-up
+    /// flags ([`Runtime::readiness_tells_errors`](plug_core::connection::Runtime)).
+    const TELLS_ERRORS: bool;
 }
 
 /// A non-blocking socket whose readiness the reactor reports.
@@ -34,13 +37,14 @@ pub trait Source<T>: Send + Sync + Sized + 'static {
     /// The socket itself, for the system calls the core asks for.
     fn get_ref(&self) -> &T;
 
-    /// Ready once the socket is readable (or has an error or hang-up);
-    /// otherwise wakes the task when it may be.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Ready once the socket is readable (or has an error or hang-up), with
+    /// the error and hang-up flags that came with it where the reactor
+    /// [tells them](Reactor::TELLS_ERRORS); otherwise wakes the task when it
+    /// may be.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>>;
 
-    /// Ready once the socket is writable (or has an error or hang-up);
-    /// otherwise wakes the task when it may be.
-    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// As [`Source::poll_readable`], for writing.
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>>;
 
     /// Ready with what happened once the socket has an error or hang-up,
     /// whatever else it is waited for; otherwise wakes the task then. `None`
@@ -66,12 +70,16 @@ pub trait Deadline: Send + Sized + 'static {
 
 /// Waits until `source` is readable.
 pub async fn readable<T, S: Source<T>>(source: &S) -> io::Result<()> {
-    std::future::poll_fn(|cx| source.poll_readable(cx)).await
+    std::future::poll_fn(|cx| source.poll_readable(cx))
+        .await
+        .map(drop)
 }
 
 /// Waits until `source` is writable.
 pub async fn writable<T, S: Source<T>>(source: &S) -> io::Result<()> {
-    std::future::poll_fn(|cx| source.poll_writable(cx)).await
+    std::future::poll_fn(|cx| source.poll_writable(cx))
+        .await
+        .map(drop)
 }
 
 /// Waits until `at`.
