@@ -273,14 +273,9 @@ pub async fn serve<R: Reactor>(mut conn: Conn, client: R::Stream) {
     }
 }
 
-/// `ready` with what the reactor said of one readiness added: the flags that
-/// came with it, or, for a socket it could not take, ready for both.
-fn merged(ready: Ready, said: std::io::Result<Ready>) -> Ready {
-    let said = said.unwrap_or(Ready {
-        read: true,
-        write: true,
-        ..Ready::default()
-    });
+/// `ready` with what the reactor said of one more readiness added, with the
+/// flags that came with it.
+fn merged(ready: Ready, said: Ready) -> Ready {
     Ready {
         read: ready.read || said.read,
         write: ready.write || said.write,
@@ -313,16 +308,24 @@ async fn wait_for<R: Reactor>(
             let (Some(sock), w) = (sock, wait.watch[i]) else {
                 continue;
             };
-            // A socket the reactor cannot take (an Err) is reported ready: the
-            // read or write then meets the error.
+            // A socket the reactor cannot take (an Err) is reported ready for
+            // what was asked: the read or write then meets the error.
             if w.read {
                 if let Poll::Ready(r) = sock.poll_readable(cx) {
-                    ready[i] = merged(ready[i], r);
+                    let readable = Ready {
+                        read: true,
+                        ..Ready::default()
+                    };
+                    ready[i] = merged(ready[i], r.unwrap_or(readable));
                 }
             }
             if w.write {
                 if let Poll::Ready(r) = sock.poll_writable(cx) {
-                    ready[i] = merged(ready[i], r);
+                    let writable = Ready {
+                        write: true,
+                        ..Ready::default()
+                    };
+                    ready[i] = merged(ready[i], r.unwrap_or(writable));
                 }
             }
         }

@@ -621,6 +621,46 @@ mod tests {
         assert_eq!(got, b"x");
     }
 
+    /// What `Runtime::readiness_tells_errors` rests on, on the kernel's own
+    /// sockets: a connect that failed is reported writable with its error, one
+    /// that was made without any.
+    #[test]
+    fn a_connects_writability_comes_with_its_error_flags_and_only_then() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let gone = TcpListener::bind("127.0.0.1:0").unwrap();
+            gone.local_addr().unwrap()
+        };
+        let said = run(async move {
+            let mut said = Vec::new();
+            for to in [open, closed] {
+                // A refusal may come before connect(2) returns; the refused
+                // connect under way is the case wanted, and the usual one.
+                let stream = (0..100)
+                    .find_map(|_| crate::net::sockets::begin_connect(to, None, false).ok())
+                    .expect("every connect to a closed port was refused at once");
+                let socket = Socket::new(stream).unwrap();
+                let ready = std::future::poll_fn(|cx| socket.poll_writable(cx))
+                    .await
+                    .unwrap();
+                said.push(ready);
+            }
+            said
+        });
+        assert!(
+            said[0].write && !said[0].error && !said[0].hangup,
+            "{:?}",
+            said[0]
+        );
+        assert!(
+            said[1].write && (said[1].error || said[1].hangup),
+            "{:?}",
+            said[1]
+        );
+        drop(listener);
+    }
+
     #[test]
     fn a_deadline_is_kept_by_sleeping_not_spinning() {
         // A wait rounded down to the millisecond would wake early and spin.
