@@ -1417,21 +1417,28 @@ mod tests {
         pipe_capacity: Option<usize>,
         release_after: Duration,
     ) -> (Forwarder, Connection, Instant) {
-        let now = t0();
-        let argv = options
+        let words: Vec<&str> = options
             .iter()
-            .chain(&["8080", "127.0.0.1:9000"])
-            .map(OsString::from)
+            .copied()
+            .chain(["8080", "127.0.0.1:9000"])
             .collect();
-        let Ok(Action::Run(config)) = cli::parse(argv) else {
-            panic!("bad command line");
-        };
         let runtime = Runtime {
             name: "test",
             pipe_capacity,
             buffer_release_after: release_after,
             reuse_buffers: true,
             readiness_tells_errors: false,
+        };
+        accepted_by(&words, runtime)
+    }
+
+    /// A connection accepted by a forwarder made from the command line
+    /// `words` on `runtime`.
+    fn accepted_by(words: &[&str], runtime: Runtime) -> (Forwarder, Connection, Instant) {
+        let now = t0();
+        let argv = words.iter().map(OsString::from).collect();
+        let Ok(Action::Run(config)) = cli::parse(argv) else {
+            panic!("bad command line");
         };
         let mut f = Forwarder::new(&config, None, 1024, runtime);
         let c = f
@@ -1517,13 +1524,6 @@ mod tests {
     /// has its error collected, for the log, and the next destination is tried.
     #[test]
     fn a_connect_the_poller_reports_made_is_taken_and_one_it_reports_failed_fails_over_conn_4() {
-        let argv = ["8080", "127.0.0.1:9000", "127.0.0.2:9000"]
-            .into_iter()
-            .map(OsString::from)
-            .collect();
-        let Ok(Action::Run(config)) = cli::parse(argv) else {
-            panic!("bad command line");
-        };
         let runtime = Runtime {
             name: "test",
             pipe_capacity: None,
@@ -1531,11 +1531,8 @@ mod tests {
             reuse_buffers: true,
             readiness_tells_errors: true,
         };
-        let now = t0();
-        let mut f = Forwarder::new(&config, None, 1024, runtime);
-        let mut c = f
-            .handle_accepted(now, "10.0.0.7:4000".parse().unwrap())
-            .unwrap();
+        let words = ["8080", "127.0.0.1:9000", "127.0.0.2:9000"];
+        let (mut f, mut c, now) = accepted_by(&words, runtime);
         let refused = Ready {
             write: true,
             error: true,
