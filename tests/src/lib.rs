@@ -1261,6 +1261,32 @@ pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<u8> {
     })
 }
 
+/// The TCP sockets whose local port is `port`, as /proc/net/tcp and tcp6 give
+/// them (local and remote address in hex, state in hex: 0A listening, 07
+/// closed; inode): for a failure message when a bind that should succeed does
+/// not.
+pub fn sockets_on_port(port: u16) -> String {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = f.get(1).and_then(|a| a.rsplit(':').next());
+            if local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) {
+                let field = |i: usize| f.get(i).copied().unwrap_or("?");
+                let (remote, state, inode) = (field(2), field(3), field(9));
+                found.push(format!("{} -> {remote} state {state} inode {inode}", f[1]));
+            }
+        }
+    }
+    match found.is_empty() {
+        true => format!("no TCP socket on port {port}"),
+        false => format!("TCP sockets on port {port}: {}", found.join("; ")),
+    }
+}
+
 /// How many descriptors a process has open.
 pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
