@@ -157,6 +157,34 @@ pub struct Ready {
     pub hangup: bool,
 }
 
+impl Ready {
+    /// Readable, and nothing said of errors.
+    pub const READABLE: Ready = Ready {
+        read: true,
+        write: false,
+        error: false,
+        hangup: false,
+    };
+    /// Writable, and nothing said of errors.
+    pub const WRITABLE: Ready = Ready {
+        read: false,
+        write: true,
+        error: false,
+        hangup: false,
+    };
+
+    /// What `self` and `other` say together: a poller's reports of one socket
+    /// for reading and for writing, taken in one wait.
+    pub fn union(self, other: Ready) -> Ready {
+        Ready {
+            read: self.read || other.read,
+            write: self.write || other.write,
+            error: self.error || other.error,
+            hangup: self.hangup || other.hangup,
+        }
+    }
+}
+
 /// What to watch on one socket while waiting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Watch {
@@ -1580,6 +1608,24 @@ mod tests {
             c.reached().map(ToString::to_string).as_deref(),
             Some("127.0.0.2:9000")
         );
+    }
+
+    /// A poller's two reports of one socket, for reading and for writing, lose
+    /// nothing when taken together: an error said with either still counts.
+    #[test]
+    fn readiness_taken_together_keeps_what_each_report_said() {
+        let hung_up = Ready {
+            hangup: true,
+            ..Ready::READABLE
+        };
+        let both = hung_up.union(Ready::WRITABLE);
+        assert!(both.read && both.write && both.hangup && !both.error);
+        assert_eq!(Ready::default().union(Ready::default()), Ready::default());
+        let failed = Ready {
+            error: true,
+            ..Ready::WRITABLE
+        };
+        assert!(Ready::READABLE.union(failed).error);
     }
 
     #[test]

@@ -273,14 +273,12 @@ pub async fn serve<R: Reactor>(mut conn: Conn, client: R::Stream) {
     }
 }
 
-/// `ready` with what the reactor said of one more readiness added, with the
-/// flags that came with it.
-fn merged(ready: Ready, said: Ready) -> Ready {
-    Ready {
-        read: ready.read || said.read,
-        write: ready.write || said.write,
-        error: ready.error || said.error,
-        hangup: ready.hangup || said.hangup,
+/// Adds to `ready` what the reactor said of one readiness `asked` for, with
+/// the flags that came with it. A socket the reactor cannot take (an Err) is
+/// reported ready for what was asked: the read or write then meets the error.
+fn take(ready: &mut Ready, polled: Poll<std::io::Result<Ready>>, asked: Ready) {
+    if let Poll::Ready(said) = polled {
+        *ready = ready.union(said.unwrap_or(asked));
     }
 }
 
@@ -308,25 +306,11 @@ async fn wait_for<R: Reactor>(
             let (Some(sock), w) = (sock, wait.watch[i]) else {
                 continue;
             };
-            // A socket the reactor cannot take (an Err) is reported ready for
-            // what was asked: the read or write then meets the error.
             if w.read {
-                if let Poll::Ready(r) = sock.poll_readable(cx) {
-                    let readable = Ready {
-                        read: true,
-                        ..Ready::default()
-                    };
-                    ready[i] = merged(ready[i], r.unwrap_or(readable));
-                }
+                take(&mut ready[i], sock.poll_readable(cx), Ready::READABLE);
             }
             if w.write {
-                if let Poll::Ready(r) = sock.poll_writable(cx) {
-                    let writable = Ready {
-                        write: true,
-                        ..Ready::default()
-                    };
-                    ready[i] = merged(ready[i], r.unwrap_or(writable));
-                }
+                take(&mut ready[i], sock.poll_writable(cx), Ready::WRITABLE);
             }
         }
         let expired = match (wait.deadline, timer.as_mut()) {

@@ -35,17 +35,11 @@ impl<T: AsFd + Send + Sync + 'static> Source<T> for Async<T> {
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        Async::poll_readable(self, cx).map_ok(|()| Ready {
-            read: true,
-            ..Ready::default()
-        })
+        Async::poll_readable(self, cx).map_ok(|()| Ready::READABLE)
     }
 
     fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        Async::poll_writable(self, cx).map_ok(|()| Ready {
-            write: true,
-            ..Ready::default()
-        })
+        Async::poll_writable(self, cx).map_ok(|()| Ready::WRITABLE)
     }
 }
 
