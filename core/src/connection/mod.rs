@@ -565,7 +565,7 @@ impl Connection {
                 }
             }
             Phase::Relaying(relay) => {
-                if !unread(&self.sockets, relay) {
+                if relay.poll_timeout().is_some() && !unread(&self.sockets, relay) {
                     relay.handle_timeout(now);
                 }
             }
@@ -921,7 +921,9 @@ impl Connection {
             return None;
         };
         // True once finished, whether by the idle timeout or both directions.
-        let finished = if unread(&self.sockets, relay) {
+        // Without an idle deadline only the directions can finish it, and
+        // that is all a relayed message asks of this (OPT-2).
+        let finished = if relay.poll_timeout().is_none() || unread(&self.sockets, relay) {
             relay.is_finished()
         } else {
             relay.handle_timeout(now)
@@ -1000,21 +1002,22 @@ impl Connection {
         if holding {
             let since = *self.quiet_since.get_or_insert(now);
             quiet_since = Some(since);
-            let quiet_for = now.saturating_duration_since(since);
+            // Quiet for `wait` by now; no clock arithmetic for an immediate release.
+            let quiet_for =
+                |wait: Duration| wait.is_zero() || now.saturating_duration_since(since) >= wait;
             for dir in Direction::BOTH {
                 let half = relay.half_mut(dir);
                 if !half.is_idle() {
                     continue;
                 }
-                let due = quiet_for >= self.settings.runtime.buffer_release_after;
-                if half.has_buffer() && due {
+                if half.has_buffer() && quiet_for(self.settings.runtime.buffer_release_after) {
                     if let Some(buffer) = half.release_idle_buffer() {
                         if self.settings.runtime.reuse_buffers {
                             return Some(Output::ReturnBuffer(buffer));
                         }
                     }
                 }
-                if self.pipes[dir.index()] && quiet_for >= PIPE_IDLE {
+                if self.pipes[dir.index()] && quiet_for(PIPE_IDLE) {
                     self.pipes[dir.index()] = false;
                     self.settings.pipes.give_back();
                     return Some(Output::ClosePipe(dir));
