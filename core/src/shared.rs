@@ -162,7 +162,7 @@ mod tests {
         );
         let (out, _) = next(&mut conn, now);
         assert!(
-            matches!(out, Output::Connect { addr, .. } if addr.port() == 1),
+            matches!(&out, Output::Connect(to) if to.addr.port() == 1),
             "{out:?}"
         );
         conn

@@ -133,10 +133,10 @@ impl Entry {
                 continue;
             }
             match out {
-                Output::Connect { addr, bind } => {
+                Output::Connect(to) => {
                     // The earlier attempt's socket leaves the epoll set as it
                     // is closed (nothing else holds it).
-                    self.dest = self.conn.connect(now, addr, bind);
+                    self.dest = self.conn.connect(now, to.addr, to.bind);
                     self.registered[Side::Destination.index()] = Registration {
                         key: dest_key(),
                         events: None,
@@ -150,7 +150,7 @@ impl Entry {
                         self.conn.core().abandon(now);
                         continue;
                     }
-                    return Next::Wait(wait.deadline);
+                    return Next::Wait(self.conn.core().poll_timeout());
                 }
                 Output::Yield => return Next::Yield,
                 Output::Close { reset } => {

@@ -339,7 +339,7 @@ impl Sim {
     }
 
     /// The world changes: a peer acts, or the clock jumps. False when nothing can.
-    fn world(&mut self, wait: Option<&Wait>) -> bool {
+    fn world(&mut self, deadline: Option<Instant>) -> bool {
         self.proxy_step();
         let first_client = self.rng.chance(50);
         for k in 0..2 {
@@ -353,7 +353,7 @@ impl Sim {
                 return true;
             }
         }
-        if let Some(deadline) = wait.and_then(|w| w.deadline) {
+        if let Some(deadline) = deadline {
             // Sometimes overshoot: the clock jumps (a suspended machine).
             let extra = Duration::from_millis(self.rng.below(3000));
             self.now = deadline.max(self.now) + extra;
@@ -455,18 +455,19 @@ impl Sim {
                 Output::Wait(wait) => {
                     assert_eq!(self.closes, 0, "waiting after close");
                     let watched = wait.watch.iter().any(|w| w.read || w.write || w.errors);
+                    let deadline = self.conn.poll_timeout();
                     assert!(
-                        watched || wait.deadline.is_some(),
+                        watched || deadline.is_some(),
                         "a wait nothing can end: {wait:?}"
                     );
-                    if let Some(d) = wait.deadline {
+                    if let Some(d) = deadline {
                         assert!(d > self.now, "a wait on a deadline already passed");
                     }
                     if self.report(&wait) {
                         self.blocked = None;
                         continue;
                     }
-                    if !self.world(Some(&wait)) {
+                    if !self.world(deadline) {
                         // Stuck for good: fine only where a silent peer keeps the
                         // connection open and no reset awaits notice (with poll(2)
                         // every reset must be noticed, FAULT-1).
@@ -617,7 +618,11 @@ impl Sim {
                 assert!(pipe.is_empty(), "a pipe closed with bytes in it");
                 Some(true)
             }
-            Output::ReturnBuffer(mut buffer) => {
+            Output::ReturnBuffer(dir) => {
+                let mut buffer = self
+                    .conn
+                    .take_buffer(dir)
+                    .expect("a buffer offered is there");
                 // Dirty it: a lent buffer's old bytes must never be sent.
                 buffer.fill(0xEE);
                 self.spare.push(buffer);

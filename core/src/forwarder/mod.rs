@@ -826,7 +826,7 @@ mod tests {
         );
         let mut c = f.handle_accepted(now, client(1)).unwrap();
         match c.poll_output(now) {
-            Output::Connect { addr, .. } => assert_eq!(addr, "10.0.0.9:80".parse().unwrap()),
+            Output::Connect(to) => assert_eq!(to.addr, "10.0.0.9:80".parse().unwrap()),
             other => panic!("{other:?}"),
         }
         // Resolved: eligible again, its addresses tried in the order given.
@@ -839,10 +839,10 @@ mod tests {
             ["destination web.example:80 resolves to 10.0.0.7 10.0.0.8"]
         );
         let mut c = f.handle_accepted(later, client(2)).unwrap();
-        let Output::Connect { addr, .. } = c.poll_output(later) else {
+        let Output::Connect(to) = c.poll_output(later) else {
             panic!()
         };
-        assert_eq!(addr, "10.0.0.7:80".parse().unwrap());
+        assert_eq!(to.addr, "10.0.0.7:80".parse().unwrap());
         c.handle_connect_started(
             later,
             Err(crate::connection::ConnectFailure::Remote("refused".into())),
@@ -850,9 +850,9 @@ mod tests {
         loop {
             match c.poll_output(later) {
                 Output::Forwarder => f.exchange(later, &mut c),
-                Output::Connect { addr, .. } => {
+                Output::Connect(to) => {
                     assert_eq!(
-                        addr,
+                        to.addr,
                         "10.0.0.8:80".parse().unwrap(),
                         "next address, same destination"
                     );
@@ -908,10 +908,10 @@ mod tests {
         // Clients go to the other destination, and the new order is the one tried
         // once the destination is back.
         let mut c = f.handle_accepted(later, client(3)).unwrap();
-        let Output::Connect { addr, .. } = c.poll_output(later) else {
+        let Output::Connect(to) = c.poll_output(later) else {
             panic!()
         };
-        assert_eq!(addr, "10.0.0.9:80".parse().unwrap());
+        assert_eq!(to.addr, "10.0.0.9:80".parse().unwrap());
         assert_eq!(
             f.balancer().addresses(DestId(0)),
             [SocketAddr::new(b, 80), SocketAddr::new(a, 80)]

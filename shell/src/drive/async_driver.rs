@@ -235,10 +235,10 @@ pub async fn serve<R: Reactor>(mut conn: Conn, client: R::Stream) {
             continue;
         }
         match out {
-            Output::Connect { addr, bind } => {
+            Output::Connect(to) => {
                 // The earlier attempt's socket is closed only after `connect`
                 // has forgotten it.
-                let made = conn.connect(now, addr, bind);
+                let made = conn.connect(now, to.addr, to.bind);
                 watched[Side::Destination.index()] = None;
                 dest = None;
                 if let Some(s) = made {
@@ -292,7 +292,8 @@ async fn wait_for<R: Reactor>(
     timer: &mut Option<Box<R::Timer>>,
     watched: &mut [Option<Box<Watched>>; 2],
 ) -> Instant {
-    match wait.deadline {
+    let deadline = conn.core().poll_timeout();
+    match deadline {
         Some(deadline) => timer
             .get_or_insert_with(|| Box::new(R::Timer::never()))
             .set_at(deadline),
@@ -313,7 +314,7 @@ async fn wait_for<R: Reactor>(
                 take(&mut ready[i], sock.poll_writable(cx), Ready::WRITABLE);
             }
         }
-        let expired = match (wait.deadline, timer.as_mut()) {
+        let expired = match (deadline, timer.as_mut()) {
             (Some(_), Some(t)) => t.poll_expired(cx).is_ready(),
             _ => false,
         };

@@ -96,8 +96,12 @@ impl Conn {
                     self.ctx
                         .with(&self.listener, now, |f| f.exchange(now, core));
                 }
-                Output::Log(record) => self.ctx.writer.log(record),
-                Output::ReturnBuffer(buffer) => buffers::put(buffer),
+                Output::Log(record) => self.ctx.writer.log(*record),
+                Output::ReturnBuffer(dir) => {
+                    if let Some(buffer) = self.core.take_buffer(dir) {
+                        buffers::put(buffer);
+                    }
+                }
                 Output::Session(record) => {
                     if let Some(to) = &self.session {
                         self.ctx.writer.session(Arc::clone(to), record);
