@@ -7,7 +7,6 @@
 //! epoll loops, or a reactor). Dropping a `Conn` before the core said [`Output::Done`] still
 //! accounts for the connection (FAULT-5).
 
-use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -141,14 +140,14 @@ impl Conn {
                     core.lend_buffer(dir, buffer);
                 }
                 let result = match socket(dir.source()) {
-                    Some(mut s) => s.read(core.read_space(dir)),
+                    Some(s) => sockets::recv(s, core.read_space(dir)),
                     None => Err(missing()),
                 };
                 core.handle_transfer(now, Transfer::from(result));
             }
             Output::Write(dir) => {
                 let result = match socket(dir.sink()) {
-                    Some(mut s) => s.write(core.write_data(dir)),
+                    Some(s) => sockets::send(s, core.write_data(dir)),
                     None => Err(missing()),
                 };
                 core.handle_transfer(now, Transfer::from(result));
