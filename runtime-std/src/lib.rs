@@ -7,20 +7,19 @@ mod conn;
 mod event_loop;
 mod serve;
 
-use plug_core::connection::{Runtime, BUFFER_IDLE};
+use std::time::Duration;
+
+use plug_core::connection::Runtime;
 use plug_shell::net::splice::PIPE_CAPACITY;
 
-/// What this runtime offers the core: splicing, buffers given back once a
-/// connection has been quiet for [`BUFFER_IDLE`] (thousands of idle
-/// connections then hold none) to a per-thread pool that the next busy
-/// connection on the loop takes them from, and readiness as epoll's whole
-/// event mask, errors and hang-ups included. The wait for a quiet moment costs
-/// the loop nothing per message: the deadline it asks for stays put while the
-/// connection is busy (see `Connection::poll_timeout`).
+/// What this runtime offers the core: splicing, buffers given back as soon as
+/// a direction is quiet (thousands of idle connections then hold none) to a
+/// per-thread pool that the next busy connection on the loop takes them from,
+/// and readiness as epoll's whole event mask, errors and hang-ups included.
 pub const RUNTIME: Runtime = Runtime {
     name: "std",
     pipe_capacity: Some(PIPE_CAPACITY),
-    buffer_release_after: BUFFER_IDLE,
+    buffer_release_after: Duration::ZERO,
     reuse_buffers: true,
     readiness_tells_errors: true,
 };

@@ -654,12 +654,6 @@ impl Relay {
         self.downstream.abort();
     }
 
-    /// When a byte last moved, in either direction (the relay's start before any).
-    #[must_use]
-    pub fn last_activity(&self) -> Instant {
-        self.last_activity
-    }
-
     /// The instant the idle timeout fires, or `None` without one or once finished.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -31,12 +31,7 @@ use crate::Context;
 /// What an async runtime named `name` (`smol`, `async-std`) offers the core:
 /// splicing, and buffers given back as soon as a direction is quiet (thousands
 /// of idle tasks then hold none), to a per-thread pool that the next busy
-/// connection on the thread takes them from. Not after a quiet moment as std's
-/// loops do ([`plug_core::connection::BUFFER_IDLE`]): the deadline that asks
-/// for costs a task's timer more on every wait (a clock read and a lock here,
-/// a re-registration in async-io) than the buffer's round trip (callgrind:
-/// 7,000 against 6,750 instructions per redis request on smol, 8,800 against
-/// 7,000 on async-std). On reactor `R`, whose readiness
+/// connection on the thread takes them from; on reactor `R`, whose readiness
 /// may come with the error flags (plug's) or not (async-io's, so a connect's
 /// end is asked of the socket).
 pub const fn runtime<R: Reactor>(name: &'static str) -> Runtime {
