@@ -528,8 +528,17 @@ impl Connection {
             let out = match self.phase {
                 Phase::Dialing(_) => self.poll_dial(now),
                 Phase::Relaying(_) => self.poll_relay(now),
-                Phase::Closing { stage, .. } => Some(match stage {
+                Phase::Closing { stage, ref ended } => Some(match stage {
                     CloseStage::Sockets { reset } => {
+                        // The relay's buffers go back first, read off the
+                        // state: no queue is allocated for them.
+                        if let Some(dir) = Direction::BOTH
+                            .into_iter()
+                            .find(|d| ended.buffers[d.index()].is_some())
+                        {
+                            self.offered = Some(dir);
+                            return Output::ReturnBuffer(dir);
+                        }
                         self.set_stage(CloseStage::Counts);
                         Output::Close { reset }
                     }
@@ -804,9 +813,8 @@ impl Connection {
         if let Phase::Relaying(relay) = &mut self.phase {
             for dir in Direction::BOTH {
                 let buffer = relay.half_mut(dir).release_idle_buffer();
-                if let (Some(buffer), true) = (buffer, self.settings.runtime.reuse_buffers) {
-                    buffers[dir.index()] = Some(buffer);
-                    self.queue.push_back(Output::ReturnBuffer(dir));
+                if self.settings.runtime.reuse_buffers {
+                    buffers[dir.index()] = buffer;
                 }
             }
         }
@@ -2321,6 +2329,52 @@ mod tests {
 
     /// A buffer given back when quiet is asked for again at the next read,
     /// and one lent then is the one read into.
+    #[test]
+    fn an_ended_connection_gives_its_buffers_back_before_its_sockets_close_fault_3() {
+        // Buffers are kept while quiet here, so only the end gives them back.
+        let (_f, mut c, now) = relaying(Duration::from_secs(60));
+        let mut taken = Vec::new();
+        let mut read = [0usize; 2];
+        for _ in 0..60 {
+            match c.poll_output(now) {
+                Output::Read(dir) => {
+                    // Ten bytes each way, then the end of both streams.
+                    let n = c.read_space(dir).len().min(10);
+                    let result = if read[dir.index()] == 0 { n } else { 0 };
+                    read[dir.index()] += 1;
+                    c.handle_transfer(now, Transfer::Moved(result));
+                }
+                Output::Write(dir) => {
+                    let n = c.write_data(dir).len();
+                    c.handle_transfer(now, Transfer::Moved(n));
+                }
+                Output::ShutdownWrite(_) => c.handle_shutdown(now, Ok(())),
+                Output::Wait(_) => {
+                    for side in [Side::Client, Side::Destination] {
+                        c.handle_ready(now, side, Ready::READABLE);
+                    }
+                }
+                Output::ReturnBuffer(dir) => {
+                    let buffer = c.take_buffer(dir).expect("offered");
+                    assert!(!buffer.is_empty());
+                    taken.push(dir);
+                }
+                Output::Close { reset } => {
+                    assert!(!reset, "both ended cleanly");
+                    break;
+                }
+                Output::Done => panic!("done before closing"),
+                _ => {}
+            }
+        }
+        taken.sort_by_key(|d| d.index());
+        assert_eq!(
+            taken,
+            Direction::BOTH,
+            "each direction's buffer, before the close"
+        );
+    }
+
     #[test]
     fn a_buffer_offered_and_not_taken_is_offered_once_and_dropped_fault_3() {
         let (_f, mut c, now) = relaying(Duration::ZERO);
