@@ -2375,22 +2375,37 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_buffer_offered_and_not_taken_is_offered_once_and_dropped_fault_3() {
-        let (_f, mut c, now) = relaying(Duration::ZERO);
-        let size = c.wants_buffer(Direction::Upstream).expect("asked for");
-        let _ = c.read_space(Direction::Upstream);
-        c.handle_transfer(now, Transfer::Moved(10));
-        // An adapter that keeps no buffers: it never takes one.
-        let quiet = |c: &mut Connection, out: &Output| match out {
+    /// Moves everything offered, and finds every socket empty.
+    fn drained(c: &mut Connection, out: &Output) {
+        match out {
             Output::Read(_) => c.handle_transfer(t0(), Transfer::WouldBlock),
             other => all(c, t0(), other),
-        };
-        let Output::ReturnBuffer(dir) =
-            until(&mut c, now, quiet, |o| matches!(o, Output::ReturnBuffer(_)))
-        else {
+        }
+    }
+
+    /// A connection (buffers given back at once) that read ten bytes upstream
+    /// into a buffer of its own and is run until it offers that buffer back;
+    /// with the size it asked for and the direction offered.
+    fn offering_its_buffer() -> (Forwarder, Connection, Instant, usize, Direction) {
+        let (f, mut c, now) = relaying(Duration::ZERO);
+        // None is held before the first read.
+        let size = c.wants_buffer(Direction::Upstream).expect("asked for");
+        assert!(size > 1, "{size}");
+        let _ = c.read_space(Direction::Upstream);
+        assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
+        c.handle_transfer(now, Transfer::Moved(10));
+        let Output::ReturnBuffer(dir) = until(&mut c, now, drained, |o| {
+            matches!(o, Output::ReturnBuffer(_))
+        }) else {
             unreachable!()
         };
+        (f, c, now, size, dir)
+    }
+
+    #[test]
+    fn a_buffer_offered_and_not_taken_is_offered_once_and_dropped_fault_3() {
+        // An adapter that keeps no buffers: it never takes one.
+        let (_f, mut c, now, size, dir) = offering_its_buffer();
         assert_eq!(dir, Direction::Upstream);
         // It waits next, and is not offered the same buffer again.
         let mut offered = 0;
@@ -2399,7 +2414,7 @@ mod tests {
             now,
             |c, o| {
                 offered += usize::from(matches!(o, Output::ReturnBuffer(_)));
-                quiet(c, o);
+                drained(c, o);
             },
             is_wait,
         );
@@ -2414,25 +2429,10 @@ mod tests {
 
     #[test]
     fn a_returned_buffer_is_asked_for_again_and_a_lent_one_used_fault_3() {
-        let (_f, mut c, now) = relaying(Duration::ZERO);
-        // None is held before the first read.
-        let size = c.wants_buffer(Direction::Upstream).expect("asked for");
-        assert!(size > 1, "{size}");
-        let _ = c.read_space(Direction::Upstream);
-        assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
-        c.handle_transfer(now, Transfer::Moved(10));
-        let quiet = |c: &mut Connection, out: &Output| match out {
-            Output::Read(_) => c.handle_transfer(t0(), Transfer::WouldBlock),
-            other => all(c, t0(), other),
-        };
-        let Output::ReturnBuffer(dir) =
-            until(&mut c, now, quiet, |o| matches!(o, Output::ReturnBuffer(_)))
-        else {
-            unreachable!()
-        };
+        let (_f, mut c, now, size, dir) = offering_its_buffer();
         let buffer = c.take_buffer(dir).expect("offered");
         assert!(buffer.capacity() >= size, "{}", buffer.capacity());
-        let _ = until(&mut c, now, quiet, is_wait);
+        let _ = until(&mut c, now, drained, is_wait);
         let readable = Ready {
             read: true,
             ..Ready::default()
@@ -2446,9 +2446,9 @@ mod tests {
         assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
         assert_eq!(c.read_space(Direction::Upstream).len(), size);
         c.handle_transfer(now, Transfer::Moved(10));
-        let Output::ReturnBuffer(dir) =
-            until(&mut c, now, quiet, |o| matches!(o, Output::ReturnBuffer(_)))
-        else {
+        let Output::ReturnBuffer(dir) = until(&mut c, now, drained, |o| {
+            matches!(o, Output::ReturnBuffer(_))
+        }) else {
             unreachable!()
         };
         let again = c.take_buffer(dir).expect("offered");
