@@ -335,6 +335,18 @@ enum DialIo {
     LocalAddr { leftover: Bytes, asked: bool },
 }
 
+/// Checks `relay`'s idle deadline at `now` (OPT-2); true once it is finished,
+/// whether by that deadline or by both directions. Without a deadline only the
+/// directions can finish it, and that is all a relayed message asks of this.
+/// Bytes a peer was heard to have sent are read before the deadline is taken.
+fn relay_timeout(sockets: &[SocketState; 2], relay: &mut Relay, now: Instant) -> bool {
+    if relay.poll_timeout().is_none() || unread(sockets, relay) {
+        relay.is_finished()
+    } else {
+        relay.handle_timeout(now)
+    }
+}
+
 /// True when a peer's bytes are waiting that plug has been told of and could
 /// read now. They came in time even if plug looks late (it was stopped and
 /// continued, or its clock jumped), so they are read before the idle deadline is
@@ -596,9 +608,7 @@ impl Connection {
                 }
             }
             Phase::Relaying(relay) => {
-                if relay.poll_timeout().is_some() && !unread(&self.sockets, relay) {
-                    relay.handle_timeout(now);
-                }
+                relay_timeout(&self.sockets, relay, now);
             }
             Phase::Closing { .. } => {}
         }
@@ -733,7 +743,7 @@ impl Connection {
         }
         for record in lines {
             if self.settings.log.wants(record.level) {
-                self.queue.push_back(Output::Log(Box::new(record)));
+                self.queue_log(record);
             }
         }
         if let Some(step) = step {
@@ -874,9 +884,13 @@ impl Connection {
 
     fn log(&mut self, level: LogLevel, text: impl FnOnce() -> String) {
         if self.settings.log.wants(level) {
-            self.queue
-                .push_back(Output::Log(Box::new(LogRecord::new(level, text()))));
+            self.queue_log(LogRecord::new(level, text()));
         }
+    }
+
+    /// Queues `record` for the log, after the outputs already queued.
+    fn queue_log(&mut self, record: LogRecord) {
+        self.queue.push_back(Output::Log(Box::new(record)));
     }
 
     fn poll_dial(&mut self, now: Instant) -> Option<Output> {
@@ -956,15 +970,7 @@ impl Connection {
         let Phase::Relaying(relay) = &mut self.phase else {
             return None;
         };
-        // True once finished, whether by the idle timeout or both directions.
-        // Without an idle deadline only the directions can finish it, and
-        // that is all a relayed message asks of this (OPT-2).
-        let finished = if relay.poll_timeout().is_none() || unread(&self.sockets, relay) {
-            relay.is_finished()
-        } else {
-            relay.handle_timeout(now)
-        };
-        if finished {
+        if relay_timeout(&self.sockets, relay, now) {
             let outcome = relay.outcome();
             self.finish(now, outcome);
             return None;
@@ -1275,7 +1281,7 @@ impl Connection {
             (Err(e), _) => {
                 let text = format!("cannot learn the local address for the PROXY header: {e}");
                 let record = LogRecord::limited(LogKind::ClientError, LogLevel::Error, text);
-                self.queue.push_back(Output::Log(Box::new(record)));
+                self.queue_log(record);
                 self.finish(now, Some(no_relay(Side::Client)));
             }
         }
@@ -1336,7 +1342,7 @@ impl Connection {
                                 n => format!("{}: {n} bytes from the {from}", self.peer),
                             };
                             let record = LogRecord::new(LogLevel::Debug(2), text);
-                            self.queue.push_back(Output::Log(Box::new(record)));
+                            self.queue_log(record);
                         }
                         if n > 0 {
                             self.quiet_since = None;
