@@ -95,10 +95,10 @@ fn prepare(socket: SockRef<'_>, keepalive: bool) {
     }
 }
 
-/// Reads what `socket` has into `buf`: recv(2) made directly, as std's
-/// read makes it through glibc, whose cancellation-point wrapper cost more
-/// instructions than the rest of a relayed message's user-space work
-/// together with send's (callgrind).
+/// Reads what `socket` has into `buf`: recv(2) made directly, where std's
+/// read makes it through glibc, whose cancellation-point wrappers (with
+/// send's) took about 250 instructions per relayed redis request, 6% of
+/// plug's own (callgrind).
 pub fn recv(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     rustix::net::recv(socket, buf, rustix::net::RecvFlags::empty())
         .map(|(n, _)| n)
