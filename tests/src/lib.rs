@@ -1246,14 +1246,34 @@ impl Drop for TempDir {
     }
 }
 
+/// The rows of the kernel's TCP socket tables `tables` (/proc/net/tcp, tcp6),
+/// each split into its fields; a table that cannot be read gives none.
+fn proc_tcp_rows(tables: &[&str]) -> Vec<Vec<String>> {
+    tables
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .map(|line| line.split_whitespace().map(String::from).collect())
+                .collect::<Vec<Vec<String>>>()
+        })
+        .collect()
+}
+
+/// The port of an address field of those tables (`0100007F:1F90`).
+fn hex_port(field: &str) -> Option<u16> {
+    u16::from_str_radix(field.rsplit(':').next()?, 16).ok()
+}
+
 /// The kernel's timer state (`tr` in /proc/net/tcp) of the IPv4 TCP socket with
 /// this local and remote port: 0 none, 1 retransmit, 2 keepalive, ...
 pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<u8> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() > 5 && port(f[1]) == Some(local_port) && port(f[2]) == Some(remote_port) {
+    proc_tcp_rows(&["/proc/net/tcp"]).iter().find_map(|f| {
+        if f.len() > 5
+            && hex_port(&f[1]) == Some(local_port)
+            && hex_port(&f[2]) == Some(remote_port)
+        {
             f[5].split(':').next()?.parse().ok()
         } else {
             None
@@ -1266,21 +1286,20 @@ pub fn tcp_timer(local_port: u16, remote_port: u16) -> Option<u8> {
 /// closed; inode): for a failure message when a bind that should succeed does
 /// not.
 pub fn sockets_on_port(port: u16) -> String {
-    let mut found = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let local = f.get(1).and_then(|a| a.rsplit(':').next());
-            if local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) {
-                let field = |i: usize| f.get(i).copied().unwrap_or("?");
-                let (remote, state, inode) = (field(2), field(3), field(9));
-                found.push(format!("{} -> {remote} state {state} inode {inode}", f[1]));
-            }
-        }
-    }
+    let found: Vec<String> = proc_tcp_rows(&["/proc/net/tcp", "/proc/net/tcp6"])
+        .iter()
+        .filter(|f| f.get(1).and_then(|a| hex_port(a)) == Some(port))
+        .map(|f| {
+            let field = |i: usize| f.get(i).map_or("?", String::as_str);
+            format!(
+                "{} -> {} state {} inode {}",
+                field(1),
+                field(2),
+                field(3),
+                field(9)
+            )
+        })
+        .collect();
     match found.is_empty() {
         true => format!("no TCP socket on port {port}"),
         false => format!("TCP sockets on port {port}: {}", found.join("; ")),
