@@ -187,7 +187,7 @@ mod tests {
         let (_, mut events) = next(&mut conn, now);
         chosen(&mut conn, now, events.remove(0), None);
         let (out, events) = next(&mut conn, now);
-        assert!(matches!(out, Output::Close { reset: false }), "{out:?}");
+        assert!(matches!(out, Output::Close { reset: false, .. }), "{out:?}");
         assert!(events.is_empty());
         // Then its end, with nothing reached and no failure blamed on anyone.
         let (out, events) = next(&mut conn, now);

@@ -153,7 +153,7 @@ impl Entry {
                     return Next::Wait(self.conn.core().poll_timeout());
                 }
                 Output::Yield => return Next::Yield,
-                Output::Close { reset } => {
+                Output::Close { reset, .. } => {
                     self.conn
                         .before_close(reset, [self.client.as_ref(), self.dest.as_ref()]);
                     self.client = None;

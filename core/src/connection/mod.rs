@@ -73,7 +73,8 @@ pub struct Runtime {
     /// How long a quiet direction keeps its copy buffer before giving it back.
     pub buffer_release_after: Duration,
     /// True when the runtime keeps given-back buffers for other connections
-    /// ([`Output::ReturnBuffer`]); false when they are simply freed.
+    /// ([`Wait::buffers_offered`], [`Output::Close`]); false when they are
+    /// simply freed.
     pub reuse_buffers: bool,
     /// True when every [`Ready`] it reports carries the poller's error and
     /// hang-up flags with the readiness (epoll's event mask). A connecting socket
@@ -204,6 +205,14 @@ pub struct Watch {
 pub struct Wait {
     /// Per side ([`Side::index`]).
     pub watch: [Watch; 2],
+    /// Per direction ([`Direction::index`]): its copy buffer is no longer
+    /// needed (the direction is quiet). Take it with
+    /// [`Connection::take_buffer`] and keep it for a later
+    /// [`Connection::lend_buffer`], or leave it: one not taken before the next
+    /// [`Connection::poll_output`] is dropped. Given with the wait rather than
+    /// as an output of its own, as a quiet moment is when a relayed message
+    /// ends: one output fewer per message.
+    pub buffers_offered: [bool; 2],
 }
 
 /// Where [`Output::Connect`] connects.
@@ -243,12 +252,6 @@ pub enum Output {
     OpenPipe(Direction),
     /// Close `dir`'s splice pipe (it is empty).
     ClosePipe(Direction),
-    /// `dir`'s copy buffer is no longer needed (the direction is quiet or
-    /// over): take it with [`Connection::take_buffer`] and keep it for a later
-    /// [`Connection::lend_buffer`]. Saves allocating and zeroing a buffer for
-    /// every burst. One not taken before the next [`Connection::poll_output`]
-    /// is dropped.
-    ReturnBuffer(Direction),
     /// Read from `dir`'s source into [`Connection::read_space`]; report
     /// [`Connection::handle_transfer`].
     Read(Direction),
@@ -290,6 +293,9 @@ pub enum Output {
     Close {
         /// Reset rather than close cleanly.
         reset: bool,
+        /// Per direction, a copy buffer it no longer needs, as
+        /// [`Wait::buffers_offered`] says.
+        buffers_offered: [bool; 2],
     },
     /// The connection is over and accounted for: drop it.
     Done,
@@ -437,8 +443,9 @@ pub struct Connection {
     pipes: [bool; 2],
     /// When the last byte moved, for releasing idle buffers and pipes.
     quiet_since: Option<Instant>,
-    /// The direction whose buffer [`Output::ReturnBuffer`] just offered.
-    offered: Option<Direction>,
+    /// The directions whose buffers the last output offered
+    /// ([`Wait::buffers_offered`], [`Output::Close`]).
+    offered: [bool; 2],
 }
 
 impl Connection {
@@ -482,7 +489,7 @@ impl Connection {
             outputs_since_wait: 0,
             pipes: [false; 2],
             quiet_since: None,
-            offered: None,
+            offered: [false; 2],
         };
         conn.run_dial(now);
         conn
@@ -518,9 +525,13 @@ impl Connection {
     /// The next thing to do at `now`. Call after every input until it returns
     /// [`Output::Wait`] or [`Output::Done`]; deadlines are checked on every call.
     pub fn poll_output(&mut self, now: Instant) -> Output {
-        if let Some(dir) = self.offered.take() {
-            // Not taken: dropped, so it is not offered again and again.
-            drop(self.take_buffer(dir));
+        if self.offered != [false; 2] {
+            for dir in Direction::BOTH {
+                if std::mem::take(&mut self.offered[dir.index()]) {
+                    // Not taken: dropped, so it is not offered again and again.
+                    drop(self.take_buffer(dir));
+                }
+            }
         }
         // Each pass either returns or moves the connection on to closing, which
         // always returns: at most a few passes.
@@ -542,17 +553,14 @@ impl Connection {
                 Phase::Relaying(_) => self.poll_relay(now),
                 Phase::Closing { stage, ref ended } => Some(match stage {
                     CloseStage::Sockets { reset } => {
-                        // The relay's buffers go back first, read off the
-                        // state: no queue is allocated for them.
-                        if let Some(dir) = Direction::BOTH
-                            .into_iter()
-                            .find(|d| ended.buffers[d.index()].is_some())
-                        {
-                            self.offered = Some(dir);
-                            return Output::ReturnBuffer(dir);
-                        }
+                        // The relay's buffers go back with the close.
+                        let buffers_offered = ended.buffers.each_ref().map(Option::is_some);
+                        self.offered = buffers_offered;
                         self.set_stage(CloseStage::Counts);
-                        Output::Close { reset }
+                        Output::Close {
+                            reset,
+                            buffers_offered,
+                        }
                     }
                     // Told with the forwarder's events, above.
                     CloseStage::Counts => Output::Forwarder,
@@ -917,6 +925,7 @@ impl Connection {
                         errors: dest_errors,
                     },
                 ],
+                buffers_offered: [false; 2],
             })
         };
         let out = match &mut d.io {
@@ -1047,21 +1056,25 @@ impl Connection {
                 |wait: Duration| wait.is_zero() || now.saturating_duration_since(since) >= wait;
             for dir in Direction::BOTH {
                 let half = relay.half_mut(dir);
-                if !half.is_idle() {
-                    continue;
-                }
-                if half.has_buffer() && quiet_for(self.settings.runtime.buffer_release_after) {
-                    if self.settings.runtime.reuse_buffers {
-                        // Taken by the adapter, or dropped at the next poll.
-                        self.offered = Some(dir);
-                        return Some(Output::ReturnBuffer(dir));
-                    }
-                    drop(half.release_idle_buffer());
-                }
-                if self.pipes[dir.index()] && quiet_for(PIPE_IDLE) {
+                if half.is_idle() && self.pipes[dir.index()] && quiet_for(PIPE_IDLE) {
                     self.pipes[dir.index()] = false;
                     self.settings.pipes.give_back();
                     return Some(Output::ClosePipe(dir));
+                }
+            }
+            // Buffers last: they go out with the wait below.
+            for dir in Direction::BOTH {
+                let half = relay.half_mut(dir);
+                if half.is_idle()
+                    && half.has_buffer()
+                    && quiet_for(self.settings.runtime.buffer_release_after)
+                {
+                    if self.settings.runtime.reuse_buffers {
+                        // Taken by the adapter, or dropped at the next poll.
+                        self.offered[dir.index()] = true;
+                    } else {
+                        drop(half.release_idle_buffer());
+                    }
                 }
             }
         }
@@ -1078,7 +1091,10 @@ impl Connection {
         for side in [Side::Client, Side::Destination] {
             watch[side.index()].errors = !self.sockets[side.index()].hung_up;
         }
-        Some(Output::Wait(Wait { watch }))
+        Some(Output::Wait(Wait {
+            watch,
+            buffers_offered: self.offered,
+        }))
     }
 
     /// When to call [`Connection::poll_output`] again even if no socket is
@@ -1098,7 +1114,8 @@ impl Connection {
         }
     }
 
-    /// Takes `dir`'s copy buffer after [`Output::ReturnBuffer`].
+    /// Takes `dir`'s copy buffer after [`Wait::buffers_offered`] or
+    /// [`Output::Close`] offered it.
     pub fn take_buffer(&mut self, dir: Direction) -> Option<BytesMut> {
         match &mut self.phase {
             Phase::Relaying(relay) => relay.half_mut(dir).release_idle_buffer(),
@@ -1119,7 +1136,8 @@ impl Connection {
             if !half.is_idle() {
                 continue;
             }
-            if half.has_buffer() {
+            // One offered is given back, or dropped at the next poll.
+            if half.has_buffer() && !self.offered[dir.index()] {
                 due = earliest(
                     due,
                     quiet_since.checked_add(self.settings.runtime.buffer_release_after),
@@ -1605,7 +1623,7 @@ mod tests {
                 }
                 Output::Log(record) => said.push(record.text),
                 Output::Wait(_) | Output::Read(Direction::Upstream) | Output::Done => break,
-                Output::Close { .. } | Output::Session(_) | Output::ReturnBuffer(_) => {}
+                Output::Close { .. } | Output::Session(_) => {}
                 other => panic!("{other:?}"),
             }
         }
@@ -1904,7 +1922,8 @@ mod tests {
                     c.handle_transfer(now, Transfer::Moved(n));
                 }
                 Output::Read(_) => c.handle_transfer(now, Transfer::WouldBlock),
-                Output::Wait(_) => {
+                Output::Wait(wait) => {
+                    assert_eq!(wait.buffers_offered, [false; 2], "before it is due");
                     deadline = c.poll_timeout();
                     break;
                 }
@@ -1919,10 +1938,9 @@ mod tests {
         let later = now + release;
         let mut returned = false;
         for _ in 0..10 {
-            match c.poll_output(later) {
-                Output::ReturnBuffer(_) => returned = true,
-                Output::Wait(_) => break,
-                _ => {}
+            if let Output::Wait(wait) = c.poll_output(later) {
+                returned = wait.buffers_offered[Direction::Upstream.index()];
+                break;
             }
         }
         assert!(returned, "the quiet buffer goes back at its deadline");
@@ -2158,7 +2176,7 @@ mod tests {
                     shutdowns.push(dir);
                     c.handle_shutdown(now, Ok(()));
                 }
-                Output::Close { reset } => {
+                Output::Close { reset, .. } => {
                     assert!(!reset, "both ended cleanly");
                     assert_eq!(shutdowns, [Direction::Upstream]);
                     return;
@@ -2333,13 +2351,11 @@ mod tests {
         }
     }
 
-    /// A buffer given back when quiet is asked for again at the next read,
-    /// and one lent then is the one read into.
+    /// An ended connection offers each direction's buffer with its close.
     #[test]
-    fn an_ended_connection_gives_its_buffers_back_before_its_sockets_close_fault_3() {
+    fn an_ended_connection_offers_its_buffers_with_the_close_fault_3() {
         // Buffers are kept while quiet here, so only the end gives them back.
         let (_f, mut c, now) = relaying(Duration::from_secs(60));
-        let mut taken = Vec::new();
         let mut read = [0usize; 2];
         for _ in 0..60 {
             match c.poll_output(now) {
@@ -2355,30 +2371,29 @@ mod tests {
                     c.handle_transfer(now, Transfer::Moved(n));
                 }
                 Output::ShutdownWrite(_) => c.handle_shutdown(now, Ok(())),
-                Output::Wait(_) => {
+                Output::Wait(wait) => {
+                    assert_eq!(wait.buffers_offered, [false; 2], "held while quiet");
                     for side in [Side::Client, Side::Destination] {
                         c.handle_ready(now, side, Ready::READABLE);
                     }
                 }
-                Output::ReturnBuffer(dir) => {
-                    let buffer = c.take_buffer(dir).expect("offered");
-                    assert!(!buffer.is_empty());
-                    taken.push(dir);
-                }
-                Output::Close { reset } => {
+                Output::Close {
+                    reset,
+                    buffers_offered,
+                } => {
                     assert!(!reset, "both ended cleanly");
-                    break;
+                    assert_eq!(buffers_offered, [true; 2], "each direction's buffer");
+                    for dir in Direction::BOTH {
+                        let buffer = c.take_buffer(dir).expect("offered");
+                        assert!(!buffer.is_empty());
+                    }
+                    return;
                 }
                 Output::Done => panic!("done before closing"),
                 _ => {}
             }
         }
-        taken.sort_by_key(|d| d.index());
-        assert_eq!(
-            taken,
-            Direction::BOTH,
-            "each direction's buffer, before the close"
-        );
+        panic!("never closed");
     }
 
     /// Moves everything offered, and finds every socket empty.
@@ -2389,10 +2404,21 @@ mod tests {
         }
     }
 
+    /// The directions a wait offers buffers for.
+    fn offered_with(out: &Output) -> Vec<Direction> {
+        match out {
+            Output::Wait(wait) => Direction::BOTH
+                .into_iter()
+                .filter(|d| wait.buffers_offered[d.index()])
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// A connection (buffers given back at once) that read ten bytes upstream
-    /// into a buffer of its own and is run until it offers that buffer back;
-    /// with the size it asked for and the direction offered.
-    fn offering_its_buffer() -> (Forwarder, Connection, Instant, usize, Direction) {
+    /// into a buffer of its own and is run until it waits, offering that
+    /// buffer back; with the size it asked for.
+    fn offering_its_buffer() -> (Forwarder, Connection, Instant, usize) {
         let (f, mut c, now) = relaying(Duration::ZERO);
         // None is held before the first read.
         let size = c.wants_buffer(Direction::Upstream).expect("asked for");
@@ -2400,33 +2426,21 @@ mod tests {
         let _ = c.read_space(Direction::Upstream);
         assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
         c.handle_transfer(now, Transfer::Moved(10));
-        let Output::ReturnBuffer(dir) = until(&mut c, now, drained, |o| {
-            matches!(o, Output::ReturnBuffer(_))
-        }) else {
-            unreachable!()
-        };
-        (f, c, now, size, dir)
+        let wait = until(&mut c, now, drained, is_wait);
+        assert_eq!(offered_with(&wait), [Direction::Upstream]);
+        (f, c, now, size)
     }
 
     #[test]
     fn a_buffer_offered_and_not_taken_is_offered_once_and_dropped_fault_3() {
         // An adapter that keeps no buffers: it never takes one.
-        let (_f, mut c, now, size, dir) = offering_its_buffer();
-        assert_eq!(dir, Direction::Upstream);
-        // It waits next, and is not offered the same buffer again.
-        let mut offered = 0;
-        let out = until(
-            &mut c,
-            now,
-            |c, o| {
-                offered += usize::from(matches!(o, Output::ReturnBuffer(_)));
-                drained(c, o);
-            },
-            is_wait,
-        );
-        assert!(is_wait(&out));
-        assert_eq!(offered, 0, "offered again");
-        assert_eq!(c.take_buffer(dir).map(|b| b.len()), None, "still held");
+        let (_f, mut c, now, size) = offering_its_buffer();
+        // It waits again, and is not offered the same buffer again, nor woken
+        // to give it back.
+        let out = until(&mut c, now, drained, is_wait);
+        assert_eq!(offered_with(&out), [], "offered again");
+        assert_eq!(c.poll_timeout(), None, "a deadline for a buffer gone");
+        assert_eq!(c.take_buffer(Direction::Upstream).map(|b| b.len()), None);
         // Its next read asks for a buffer: the one not taken is gone.
         c.handle_ready(now, Side::Client, Ready::READABLE);
         assert_eq!(c.poll_output(now), Output::Read(Direction::Upstream));
@@ -2435,8 +2449,8 @@ mod tests {
 
     #[test]
     fn a_returned_buffer_is_asked_for_again_and_a_lent_one_used_fault_3() {
-        let (_f, mut c, now, size, dir) = offering_its_buffer();
-        let buffer = c.take_buffer(dir).expect("offered");
+        let (_f, mut c, now, size) = offering_its_buffer();
+        let buffer = c.take_buffer(Direction::Upstream).expect("offered");
         assert!(buffer.capacity() >= size, "{}", buffer.capacity());
         let _ = until(&mut c, now, drained, is_wait);
         let readable = Ready {
@@ -2452,12 +2466,9 @@ mod tests {
         assert_eq!(c.wants_buffer(Direction::Upstream), None, "it has one");
         assert_eq!(c.read_space(Direction::Upstream).len(), size);
         c.handle_transfer(now, Transfer::Moved(10));
-        let Output::ReturnBuffer(dir) = until(&mut c, now, drained, |o| {
-            matches!(o, Output::ReturnBuffer(_))
-        }) else {
-            unreachable!()
-        };
-        let again = c.take_buffer(dir).expect("offered");
+        let wait = until(&mut c, now, drained, is_wait);
+        assert_eq!(offered_with(&wait), [Direction::Upstream]);
+        let again = c.take_buffer(Direction::Upstream).expect("offered");
         assert!(again.capacity() >= 3 * size, "the lent one was used");
     }
 

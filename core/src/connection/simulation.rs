@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use crate::config::cli::{self, Action};
-use crate::connection::relay::Side;
+use crate::connection::relay::{Direction, Side};
 use crate::connection::{ConnectFailure, Connection, Output, Ready, Runtime, Transfer, Wait};
 use crate::forwarder::Forwarder;
 use crate::reports::log::LogLevel;
@@ -438,8 +438,12 @@ impl Sim {
                 }
                 Output::Session(record) => self.sessions.push(*record),
                 Output::Yield => {}
-                Output::Close { reset } => {
+                Output::Close {
+                    reset,
+                    buffers_offered,
+                } => {
                     assert_eq!(self.closes, 0, "closed twice");
+                    self.keep_buffers(buffers_offered);
                     self.close_reset = reset;
                     if !reset {
                         // A clean close sends FIN to both peers.
@@ -454,6 +458,7 @@ impl Sim {
                 }
                 Output::Wait(wait) => {
                     assert_eq!(self.closes, 0, "waiting after close");
+                    self.keep_buffers(wait.buffers_offered);
                     let watched = wait.watch.iter().any(|w| w.read || w.write || w.errors);
                     let deadline = self.conn.poll_timeout();
                     assert!(
@@ -501,6 +506,22 @@ impl Sim {
             }
         }
         panic!("the connection never ended");
+    }
+
+    /// Takes the buffers an output offered, as an adapter that keeps them
+    /// does.
+    fn keep_buffers(&mut self, offered: [bool; 2]) {
+        for dir in Direction::BOTH {
+            if offered[dir.index()] {
+                let mut buffer = self
+                    .conn
+                    .take_buffer(dir)
+                    .expect("a buffer offered is there");
+                // Dirty it: a lent buffer's old bytes must never be sent.
+                buffer.fill(0xEE);
+                self.spare.push(buffer);
+            }
+        }
     }
 
     /// Reports readiness for what `wait` watches, as poll(2) or a reactor would;
@@ -617,16 +638,6 @@ impl Sim {
                     .expect("closing a pipe never opened");
                 assert!(pipe.is_empty(), "a pipe closed with bytes in it");
                 Some(true)
-            }
-            Output::ReturnBuffer(dir) => {
-                let mut buffer = self
-                    .conn
-                    .take_buffer(dir)
-                    .expect("a buffer offered is there");
-                // Dirty it: a lent buffer's old bytes must never be sent.
-                buffer.fill(0xEE);
-                self.spare.push(buffer);
-                None
             }
             Output::Read(dir) => {
                 if let Some(size) = self.conn.wants_buffer(dir) {

@@ -699,7 +699,7 @@ mod tests {
             c.handle_cut(now);
             match c.poll_output(now) {
                 Output::Forwarder => f.exchange(now, &mut c),
-                Output::Close { reset } => closes.push(reset),
+                Output::Close { reset, .. } => closes.push(reset),
                 Output::Session(_) => {
                     // Whoever reads the session line finds the counts agree.
                     assert_eq!(f.open(), 0, "counts before the session line");

@@ -260,7 +260,7 @@ pub async fn serve<R: Reactor>(mut conn: Conn, client: R::Stream) {
                 future::yield_now().await;
                 now = Instant::now();
             }
-            Output::Close { reset } => {
+            Output::Close { reset, .. } => {
                 let socks = [client.as_ref(), dest.as_ref()].map(|s| s.map(Source::get_ref));
                 conn.before_close(reset, socks);
                 watched = [None, None];

@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use plug_core::connection::relay::Side;
-use plug_core::connection::{ConnectFailure, Connection, Output, Transfer};
+use plug_core::connection::relay::{Direction, Side};
+use plug_core::connection::{ConnectFailure, Connection, Output, Transfer, Wait};
 
 use crate::listeners::Listener;
 use crate::net::live::Slot;
@@ -89,17 +89,28 @@ impl Conn {
             self.core.handle_cut(now);
         }
         loop {
-            match self.core.poll_output(now) {
+            let out = self.core.poll_output(now);
+            match out {
                 Output::Forwarder => {
                     let core = &mut self.core;
                     self.ctx
                         .with(&self.listener, now, |f| f.exchange(now, core));
                 }
                 Output::Log(record) => self.ctx.writer.log(*record),
-                Output::ReturnBuffer(dir) => {
-                    if let Some(buffer) = self.core.take_buffer(dir) {
-                        buffers::put(buffer);
+                Output::Wait(Wait {
+                    buffers_offered, ..
+                })
+                | Output::Close {
+                    buffers_offered, ..
+                } if buffers_offered != [false; 2] => {
+                    for dir in Direction::BOTH {
+                        if buffers_offered[dir.index()] {
+                            if let Some(buffer) = self.core.take_buffer(dir) {
+                                buffers::put(buffer);
+                            }
+                        }
                     }
+                    return out;
                 }
                 Output::Session(record) => {
                     if let Some(to) = &self.session {
