@@ -82,7 +82,8 @@ impl Conn {
 
     /// The next output a driver must carry out at `now`. What needs no socket is
     /// done here: [`Output::Forwarder`] with the shared state, log and session lines
-    /// to the writer thread.
+    /// to the writer thread, and the buffers a wait or a close offers kept for
+    /// this thread's next reads.
     pub fn next(&mut self, now: Instant) -> Output {
         // Cut by the end of a drain (OPT-8): what that means is the core's.
         if self.ctx.is_cutting() || self.listener.is_cutting() {
