@@ -526,11 +526,9 @@ impl Connection {
     /// [`Output::Wait`] or [`Output::Done`]; deadlines are checked on every call.
     pub fn poll_output(&mut self, now: Instant) -> Output {
         if self.offered != [false; 2] {
-            for dir in Direction::BOTH {
-                if std::mem::take(&mut self.offered[dir.index()]) {
-                    // Not taken: dropped, so it is not offered again and again.
-                    drop(self.take_buffer(dir));
-                }
+            for dir in Direction::marked(std::mem::take(&mut self.offered)) {
+                // Not taken: dropped, so it is not offered again and again.
+                drop(self.take_buffer(dir));
             }
         }
         // Each pass either returns or moves the connection on to closing, which
@@ -2407,10 +2405,7 @@ mod tests {
     /// The directions a wait offers buffers for.
     fn offered_with(out: &Output) -> Vec<Direction> {
         match out {
-            Output::Wait(wait) => Direction::BOTH
-                .into_iter()
-                .filter(|d| wait.buffers_offered[d.index()])
-                .collect(),
+            Output::Wait(wait) => Direction::marked(wait.buffers_offered).collect(),
             _ => Vec::new(),
         }
     }
@@ -2447,6 +2442,8 @@ mod tests {
         assert_eq!(c.wants_buffer(Direction::Upstream), Some(size));
     }
 
+    /// A buffer given back when quiet is asked for again at the next read,
+    /// and one lent then is the one read into.
     #[test]
     fn a_returned_buffer_is_asked_for_again_and_a_lent_one_used_fault_3() {
         let (_f, mut c, now, size) = offering_its_buffer();

@@ -83,6 +83,15 @@ impl Direction {
     pub fn sink(self) -> Side {
         self.source().other()
     }
+
+    /// The directions `flags` marks, by [`Direction::index`] (as
+    /// [`Wait::buffers_offered`](crate::connection::Wait::buffers_offered)
+    /// does).
+    pub fn marked(flags: [bool; 2]) -> impl Iterator<Item = Direction> {
+        Direction::BOTH
+            .into_iter()
+            .filter(move |d| flags[d.index()])
+    }
 }
 
 /// Where the next read of a direction goes.

@@ -511,16 +511,14 @@ impl Sim {
     /// Takes the buffers an output offered, as an adapter that keeps them
     /// does.
     fn keep_buffers(&mut self, offered: [bool; 2]) {
-        for dir in Direction::BOTH {
-            if offered[dir.index()] {
-                let mut buffer = self
-                    .conn
-                    .take_buffer(dir)
-                    .expect("a buffer offered is there");
-                // Dirty it: a lent buffer's old bytes must never be sent.
-                buffer.fill(0xEE);
-                self.spare.push(buffer);
-            }
+        for dir in Direction::marked(offered) {
+            let mut buffer = self
+                .conn
+                .take_buffer(dir)
+                .expect("a buffer offered is there");
+            // Dirty it: a lent buffer's old bytes must never be sent.
+            buffer.fill(0xEE);
+            self.spare.push(buffer);
         }
     }
 

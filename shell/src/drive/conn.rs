@@ -104,11 +104,9 @@ impl Conn {
                 | Output::Close {
                     buffers_offered, ..
                 } if buffers_offered != [false; 2] => {
-                    for dir in Direction::BOTH {
-                        if buffers_offered[dir.index()] {
-                            if let Some(buffer) = self.core.take_buffer(dir) {
-                                buffers::put(buffer);
-                            }
+                    for dir in Direction::marked(buffers_offered) {
+                        if let Some(buffer) = self.core.take_buffer(dir) {
+                            buffers::put(buffer);
                         }
                     }
                     return out;
