@@ -5,13 +5,13 @@
 //! waiting for the same things costs no `epoll_ctl`, and no connection's
 //! readiness crosses to another thread.
 //!
-//! Every loop watches every listener (EPOLLEXCLUSIVE: one loop is woken per
-//! client) and keeps what it accepts: no hand-off at accept. The kernel wakes
-//! the same idle loop first every time, so most connections live on one loop,
-//! where one wait serves them all. Bulk is spread instead: a connection that
-//! starts splicing on a loop that already splices for more connections than
-//! another loop (by more than one) moves to that loop, once, so four bulk
-//! streams use every core.
+//! One loop in two watches every listener (EPOLLEXCLUSIVE: one loop is woken
+//! per client) and keeps what it accepts: no hand-off at accept. Short
+//! connections and small messages thus live on few loops, where one wait
+//! serves many sockets. Bulk is spread instead: a connection that starts
+//! splicing on a loop that already splices for more connections than another
+//! loop (by more than one), accepting or not, moves to that loop, once, so
+//! four bulk streams use every core.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -61,7 +61,7 @@ fn spread_to(mine: usize, loads: &[usize]) -> Option<usize> {
     (least + 1 < mine).then_some(index)
 }
 
-/// A listener as every loop shares it: its socket (a duplicate of the one its
+/// A listener as the accepting loops share it: its socket (a duplicate of the one its
 /// [`Listener`] keeps) is closed, and its accept loop reported ended, when the
 /// last loop lets go of it.
 #[derive(Debug)]
@@ -547,7 +547,7 @@ mod tests {
     use super::*;
 
     /// Streams that start splicing one after another on the loop that
-    /// accepted them all (the kernel wakes the same idle loop first); each
+    /// accepted them all (on two loops, the one that accepts); each
     /// goes where `spread_to` says. Returns how many splice on each loop.
     fn start_streams(streams: usize, loops: usize) -> Vec<usize> {
         let mut loads = vec![0; loops];
