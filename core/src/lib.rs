@@ -25,6 +25,8 @@
 //!   cut, exit, and what each signal means (PROC-4, OPT-8, FAULT-7).
 //! - [`reports`]: the texts: log lines, session lines, `/metrics`.
 //! - [`shared`]: the events a connection and its forwarder exchange.
+//! - [`threads`]: how many threads run connections, how many accept, and
+//!   where a bulk connection moves.
 //!
 //! Adapters feed a `Connection`, and lock the `Forwarder` only to hand it the
 //! connection's events ([`forwarder::Forwarder::exchange`]); one `Process` per
@@ -42,6 +44,7 @@ pub mod process;
 pub mod reports;
 pub mod rounds;
 pub mod shared;
+pub mod threads;
 
 #[cfg(test)]
 mod test_clock;

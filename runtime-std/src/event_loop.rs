@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use plug_core::connection::relay::Side;
 use plug_core::forwarder::AcceptNext;
+use plug_core::threads;
 use plug_shell::drive::conn::Conn;
 use plug_shell::net::sockets;
 use plug_shell::shared::lock;
@@ -49,16 +50,6 @@ const ACCEPTS_PER_TURN: usize = 64;
 fn fresh_key(counter: &mut u32, index: usize, side: Side) -> u64 {
     *counter = counter.wrapping_add(1);
     conn::key(*counter, index, side)
-}
-
-/// Where a connection that has just started splicing goes, given how many
-/// connections splice on its loop (`mine`, itself included) and on each loop
-/// (`loads`, this one among them): the least busy loop, if that one splices
-/// for more than one fewer; else nowhere. The margin keeps a connection from
-/// moving to a loop that would then be the busier one.
-fn spread_to(mine: usize, loads: &[usize]) -> Option<usize> {
-    let (index, least) = loads.iter().enumerate().min_by_key(|(_, l)| **l)?;
-    (least + 1 < mine).then_some(index)
 }
 
 /// A listener as the accepting loops share it: its socket (a duplicate of the one its
@@ -491,7 +482,7 @@ impl EventLoop {
             .iter()
             .map(|m| m.splicing.load(Ordering::Relaxed))
             .collect();
-        let Some(target) = spread_to(mine, &loads)
+        let Some(target) = threads::spread_to(mine, &loads)
             .and_then(|i| self.all.get(i))
             .map(Arc::clone)
         else {
@@ -539,47 +530,5 @@ impl EventLoop {
         let key = fresh_key(&mut self.registered, index, Side::Client);
         self.conns[index] = Some(Entry::new(conn, client, key));
         Some(index)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Streams that start splicing one after another on the loop that
-    /// accepted them all (on two loops, the one that accepts); each
-    /// goes where `spread_to` says. Returns how many splice on each loop.
-    fn start_streams(streams: usize, loops: usize) -> Vec<usize> {
-        let mut loads = vec![0; loops];
-        for _ in 0..streams {
-            loads[0] += 1;
-            if let Some(to) = spread_to(loads[0], &loads) {
-                loads[0] -= 1;
-                loads[to] += 1;
-            }
-        }
-        loads
-    }
-
-    #[test]
-    fn bulk_streams_accepted_on_one_loop_end_spread_over_every_loop() {
-        assert_eq!(start_streams(4, 2), [2, 2]);
-        assert_eq!(start_streams(4, 4), [1, 1, 1, 1]);
-        assert_eq!(start_streams(8, 2), [4, 4]);
-        // One loop: nowhere to go.
-        assert_eq!(start_streams(3, 1), [3]);
-        // Fewer streams than loops: each still gets a loop of its own but one.
-        assert_eq!(start_streams(2, 4).iter().filter(|&&l| l == 1).count(), 2);
-    }
-
-    #[test]
-    fn a_connection_never_moves_to_a_loop_that_would_be_the_busier() {
-        // Within one of the least busy loop: staying is as good as moving.
-        assert_eq!(spread_to(1, &[1, 0]), None);
-        assert_eq!(spread_to(3, &[3, 2, 2]), None);
-        // Two or more ahead: it moves to the least busy.
-        assert_eq!(spread_to(2, &[2, 0]), Some(1));
-        assert_eq!(spread_to(5, &[5, 3, 1, 2]), Some(2));
-        assert_eq!(spread_to(1, &[]), None);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use plug_core::forwarder::AcceptNext;
 use plug_core::reports::log::LogLevel;
+use plug_core::threads;
 use plug_shell::sys::{self, PollFd, POLLIN};
 use plug_shell::{drive::scrape, net::sockets, Acceptor, Boot, Context, Listener};
 
@@ -57,7 +58,7 @@ fn serve_scrape(ctx: &Arc<Context>, stream: TcpStream) {
 }
 
 /// Hands each listener to the accepting loops: the first
-/// [`accepting_loops`] of them.
+/// [`threads::accepting_loops`] of them.
 #[derive(Debug)]
 struct Loops {
     mailboxes: Arc<[Arc<Mailbox>]>,
@@ -88,36 +89,12 @@ impl Acceptor for Loops {
     }
 }
 
-/// How many event loops run: the number in `PLUG_THREADS` when it is a
-/// positive integer, else one per core. Why not more: more loops means more
-/// accepting loops ([`accepting_loops`]), which spread short connections
-/// thinner (one plug-bench run with two per core, all accepting: crr 90
-/// against 80 CPU-µs, redis 17.2 against 15.0), while bulk already moves to
-/// where the cores are free.
-fn loop_threads() -> usize {
-    plug_shell::drive::thread_count("PLUG_THREADS", 1)
-}
-
-/// How many of `loops` event loops accept clients: one in two (at least one).
-/// The others serve the bulk connections an accepting loop moves to them
-/// (see [`EventLoop`]), so bulk still runs on every core, while short
-/// connections and small messages share fewer loops, where one wait serves
-/// more sockets and fewer threads contend with the peers for the cores. With
-/// every loop accepting, the kernel hands clients to whichever loop is asleep,
-/// which on a 2-core box spreads them over both. One plug-bench run there, one
-/// accepting loop of two against both: per short connection 43.2 against 45.7
-/// CPU-µs (pen 39.6), 12,589 against 11,815 a second, p99 2.7 against 4.5 ms;
-/// per redis request 8.0 against 8.3 µs (pen 7.5); bulk over four streams
-/// 2.55 against 2.53 GB/s.
-fn accepting_loops(loops: usize) -> usize {
-    loops.div_ceil(2).max(1)
-}
-
 /// Serves until the lifecycle thread exits the process, as the core says: this
 /// thread runs the first loop, and one more thread each of the others.
 pub fn run(boot: Boot) -> ! {
     let ctx = Arc::clone(&boot.ctx);
-    let loops: Vec<EventLoop> = match (0..loop_threads())
+    let event_loops = plug_shell::drive::thread_count("PLUG_THREADS", threads::event_loops);
+    let loops: Vec<EventLoop> = match (0..event_loops)
         .map(|_| EventLoop::new(Arc::clone(&ctx)))
         .collect()
     {
@@ -127,7 +104,7 @@ pub fn run(boot: Boot) -> ! {
     let mailboxes: Arc<[Arc<Mailbox>]> = loops.iter().map(EventLoop::mailbox).collect();
     let ctx = boot.serve(Arc::new(Loops {
         mailboxes: Arc::clone(&mailboxes),
-        accepting: accepting_loops(mailboxes.len()),
+        accepting: threads::accepting_loops(mailboxes.len()),
     }));
     let mut loops = loops.into_iter();
     let first = loops.next();
@@ -160,19 +137,4 @@ fn wait_readable(listener: &TcpListener) {
         revents: 0,
     }];
     let _ = sys::poll(&mut fds, None);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::accepting_loops;
-
-    #[test]
-    fn one_loop_in_two_accepts_and_there_is_always_one() {
-        assert_eq!(accepting_loops(1), 1);
-        assert_eq!(accepting_loops(2), 1);
-        assert_eq!(accepting_loops(3), 2);
-        assert_eq!(accepting_loops(8), 4);
-        // With more than one loop, one is left for bulk to move to.
-        assert!((2..64).all(|n| accepting_loops(n) < n));
-    }
 }

@@ -89,17 +89,10 @@ impl<S: Spawn + Clone + Send + std::fmt::Debug + 'static> Acceptor for AcceptTas
     }
 }
 
-/// How many threads run connection tasks: the number in the environment variable
-/// `var` when it is a positive integer, else one per two cores (at least one).
-///
-/// Why not one per core: the threads share the cores with the peers they serve,
-/// and a connection accepted on one thread and run on another costs a wake-up.
-/// With async-io (one reactor for the process) readiness also crosses threads:
-/// plug-bench on 2 cores, one thread cut CPU per round trip from 66-72 to
-/// 37-46 µs. With plug's own reactor (one per thread) a second thread raised
-/// throughput by 8-13% but also CPU per redis request by 9% (16.9 to 18.5 µs).
+/// How many threads run connection tasks, as the core's
+/// [`plug_core::threads::executors`] says of the environment variable `var`.
 pub fn executor_threads(var: &str) -> usize {
-    crate::drive::thread_count(var, 2)
+    crate::drive::thread_count(var, plug_core::threads::executors)
 }
 
 /// Accepts on `socket` until it is shut and `ends` says so, handing each

@@ -12,16 +12,11 @@ pub mod reactor;
 pub mod rounds;
 pub mod scrape;
 
-/// How many threads a runtime runs connections on: the number in the
-/// environment variable `var` when it is a positive integer, else one per
-/// `cores_per_thread` cores (at least one).
-pub fn thread_count(var: &str, cores_per_thread: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cores.div_ceil(cores_per_thread.max(1))
-        })
+/// How many threads a runtime runs connections on: what `decide` (one of
+/// [`plug_core::threads`]) says of the environment variable `var` and this
+/// machine's cores.
+pub fn thread_count(var: &str, decide: fn(Option<&str>, usize) -> usize) -> usize {
+    let configured = std::env::var(var).ok();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    decide(configured.as_deref(), cores)
 }
